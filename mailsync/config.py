@@ -1,0 +1,115 @@
+"""Settings, read once from the environment, typed, with the defaults argued for here.
+
+Sizes: Graph serves at most 1,000 messages a page and large pages with full bodies can
+time out (504), so a page is 500 messages of the selected fields only (~1.5 MB with a few
+KB of body each). A chunk is 5,000 messages: ten pages, a few seconds of work, small enough
+that a retried chunk repeats little and large enough that the per-chunk bookkeeping (a
+claim, a Prefect task run, a completion) is noise. 100,000 messages are 20 chunks and 200
+requests, far below Outlook's 10,000 requests per 10 minutes per mailbox.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mailsync.errors import ConfigError
+
+DEFAULT_CHUNK_SIZE = 5_000
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1_000  # Graph's limit for $top on messages
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_HEARTBEAT_S = 10.0
+# Stuck after three missed heartbeats: a dead worker's chunk is back within ~40 s.
+DEFAULT_STUCK_AFTER_S = 30.0
+GRAPH_URL = "https://graph.microsoft.com"
+AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def default_home() -> Path:
+    from platformdirs import user_data_dir  # shipped with prefect; the XDG-aware answer
+
+    return Path(user_data_dir("mailsync", appauthor=False))
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str | None  # None: the embedded PostgreSQL under home
+    graph_url: str = GRAPH_URL
+    authority_host: str = AUTHORITY_HOST
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    page_size: int = DEFAULT_PAGE_SIZE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+    # Chunk retry backoff: base * 2**(attempt-1), jittered, capped; Retry-After wins.
+    retry_base_s: float = 2.0
+    retry_max_s: float = 120.0
+    # In-request retries of 429/5xx inside the Graph client before the chunk attempt fails.
+    http_max_retries: int = 6
+    http_backoff_base_s: float = 0.5
+    http_backoff_max_s: float = 30.0
+    http_timeout_s: float = 60.0
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+def load_settings() -> Settings:
+    home = Path(_env("MAILSYNC_HOME") or default_home()).expanduser()
+    return Settings(
+        home=home,
+        database_url=_env("MAILSYNC_DATABASE_URL") or _env("DATABASE_URL"),
+        graph_url=(_env("MAILSYNC_GRAPH_URL") or GRAPH_URL).rstrip("/"),
+        authority_host=(_env("MAILSYNC_AUTHORITY_HOST") or AUTHORITY_HOST).rstrip("/"),
+        tenant_id=_env("MAILSYNC_TENANT_ID"),
+        client_id=_env("MAILSYNC_CLIENT_ID"),
+        client_secret=_env("MAILSYNC_CLIENT_SECRET"),
+        chunk_size=_env_int("MAILSYNC_CHUNK_SIZE", DEFAULT_CHUNK_SIZE),
+        page_size=_env_int("MAILSYNC_PAGE_SIZE", DEFAULT_PAGE_SIZE),
+        max_attempts=_env_int("MAILSYNC_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
+        heartbeat_s=_env_float("MAILSYNC_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),
+        stuck_after_s=_env_float("MAILSYNC_STUCK_AFTER_S", DEFAULT_STUCK_AFTER_S),
+        retry_base_s=_env_float("MAILSYNC_RETRY_BASE_S", 2.0),
+        retry_max_s=_env_float("MAILSYNC_RETRY_MAX_S", 120.0),
+        http_max_retries=_env_int("MAILSYNC_HTTP_MAX_RETRIES", 6),
+        http_backoff_base_s=_env_float("MAILSYNC_HTTP_BACKOFF_BASE_S", 0.5),
+        http_backoff_max_s=_env_float("MAILSYNC_HTTP_BACKOFF_MAX_S", 30.0),
+        http_timeout_s=_env_float("MAILSYNC_HTTP_TIMEOUT_S", 60.0),
+    )

@@ -1,0 +1,139 @@
+"""The database seam: a pool, transactions that carry the tenant, and named queries.
+
+Callers never see psycopg's exceptions: they become ``DatabaseError`` here, with the URL's
+password removed. Every statement comes from ``sql/queries.sql`` by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from mailsync.errors import ConfigError, DatabaseError
+from sql import queries
+
+Row = dict[str, Any]
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and output."""
+    return re.sub(r"(://[^:/@?]+):[^@/?]*@", r"\1:***@", url)
+
+
+def _adapt(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
+
+
+def check_connectable(url: str, timeout_s: int = 10) -> None:
+    """Fail fast, and clearly, on a bad DSN or an unreachable server."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout_s) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
+        raise ConfigError(f"invalid database URL {redact_url(url)!r}: {exc}") from None
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(
+            f"cannot connect to the database at {redact_url(url)}: {reason}"
+        ) from None
+
+
+class Session:
+    """One connection inside one transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self.conn = conn
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        with self.conn.cursor() as cur:
+            cur.execute(queries[name], _adapt(params))
+            return cur.fetchone() if cur.description else None
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        with self.conn.cursor() as cur:
+            cur.execute(queries[name], _adapt(params))
+            return cur.fetchall() if cur.description else []
+
+    def execute(self, name: str, **params: Any) -> int:
+        with self.conn.cursor() as cur:
+            cur.execute(queries[name], _adapt(params))
+            return cur.rowcount
+
+    def execute_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(queries[name], [_adapt(r) for r in rows])
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
+        """COPY rows into a table (the bulk path, used for staging)."""
+        copy_sql = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+            pgsql.Identifier(table),
+            pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns),
+        )
+        with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+class Database:
+    def __init__(self, url: str, *, max_size: int = 4, connect_timeout_s: int = 10) -> None:
+        check_connectable(url, connect_timeout_s)
+        self.url = url
+        self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "connect_timeout": connect_timeout_s},
+            check=ConnectionPool.check_connection,
+            open=True,
+            name="mailsync",
+        )
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    @contextmanager
+    def transaction(self, business_id: UUID | str | None = None) -> Iterator[Session]:
+        """A transaction, committed on a normal exit, rolled back on an exception.
+
+        With a business, the tenant is set for this transaction only (``app.business_id``),
+        which the row-level security policies read.
+        """
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                if business_id is not None:
+                    conn.execute(
+                        "SELECT set_config('app.business_id', %s, true)", (str(business_id),)
+                    )
+                yield Session(conn)
+        except PoolTimeout as exc:
+            raise DatabaseError(f"no database connection available ({self.safe_url}): {exc}") from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"database error ({self.safe_url}): {exc}") from None
+
+    def one(self, name: str, business_id: UUID | str | None = None, **params: Any) -> Row | None:
+        with self.transaction(business_id) as session:
+            return session.one(name, **params)
+
+    def all(self, name: str, business_id: UUID | str | None = None, **params: Any) -> list[Row]:
+        with self.transaction(business_id) as session:
+            return session.all(name, **params)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,421 @@
+"""Microsoft Graph mail client: count, and pages of messages that continue from a cursor.
+
+Paging. Graph's ``@odata.nextLink`` for messages carries a ``$skip`` offset, which the
+server re-evaluates at every request: when mail before the offset is deleted mid-walk, a
+walker following nextLinks silently skips messages (the simulator reproduces this, and
+``tests/integration/test_simulator.py`` shows it). So every page here is a fresh keyset
+query, ``receivedDateTime ge <cursor>`` ordered ascending, and the messages already stored
+at exactly the cursor's timestamp are dropped by id. nextLink is followed, exactly as
+given, only inside a run of messages that share one timestamp and fill a whole page,
+where no cursor can advance. Deep ``$skip`` values also time out on Graph; keyset
+queries do not.
+
+Errors become the categories of ``mailsync.errors``; 429 and 5xx are retried here with
+Graph's ``Retry-After`` (else bounded exponential backoff with jitter) before giving up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from mailsync.errors import (
+    AuthError,
+    BadDataError,
+    BadRequestError,
+    GraphError,
+    GraphServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    ThrottledError,
+    TransientError,
+)
+
+SELECT_FIELDS = (
+    "id,internetMessageId,conversationId,subject,from,sender,toRecipients,ccRecipients,"
+    "receivedDateTime,sentDateTime,body,bodyPreview,hasAttachments,isRead,importance,"
+    "parentFolderId"
+)
+EXPAND_ATTACHMENTS = "attachments($select=id,name,contentType,size,isInline)"
+EPOCH = "1900-01-01T00:00:00Z"
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a sync continues: after ``received_after``, minus ids already stored there."""
+
+    received_after: str | None = None  # Graph's own timestamp string, e.g. 2024-01-01T00:00:07Z
+    seen_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"received_after": self.received_after, "seen_ids": list(self.seen_ids)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Cursor:
+        if not data:
+            return cls()
+        return cls(data.get("received_after"), tuple(data.get("seen_ids") or ()))
+
+
+@dataclass(frozen=True)
+class Attachment:
+    graph_attachment_id: str
+    name: str | None
+    content_type: str | None
+    size_bytes: int | None
+    is_inline: bool
+
+
+@dataclass(frozen=True)
+class EmailRecord:
+    """One message, as stored: the fields of the staging table, in its column order."""
+
+    graph_id: str
+    internet_message_id: str | None
+    conversation_id: str | None
+    subject: str | None
+    sender_name: str | None
+    sender_address: str | None
+    from_address: str | None
+    to_recipients: str  # JSON text
+    cc_recipients: str  # JSON text
+    received_at: datetime
+    sent_at: datetime | None
+    body_content_type: str | None
+    body: str | None
+    body_preview: str | None
+    has_attachments: bool
+    is_read: bool | None
+    importance: str | None
+    parent_folder_id: str | None
+    content_hash: str
+    received_raw: str = field(compare=False)
+    attachments: tuple[Attachment, ...] = field(default=(), compare=False)
+
+    COLUMNS = (
+        "graph_id", "internet_message_id", "conversation_id", "subject", "sender_name",
+        "sender_address", "from_address", "to_recipients", "cc_recipients", "received_at",
+        "sent_at", "body_content_type", "body", "body_preview", "has_attachments", "is_read",
+        "importance", "parent_folder_id", "content_hash",
+    )  # fmt: skip
+
+    def row(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, column) for column in self.COLUMNS)
+
+
+@dataclass
+class Page:
+    messages: list[EmailRecord]  # new to this sync, in receivedDateTime order
+    failed_ids: list[str]  # messages Graph sent that do not have the shape we store
+    cursor: Cursor  # the position after this page
+    exhausted: bool  # nothing more in the window
+
+
+def _parse_time(value: Any, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise BadDataError(f"{what} is missing or not a string")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadDataError(f"{what} {value[:40]!r} is not an ISO 8601 datetime") from None
+
+
+def _address(party: Any) -> tuple[str | None, str | None]:
+    if not isinstance(party, dict):
+        return None, None
+    email = party.get("emailAddress") or {}
+    return email.get("name"), email.get("address")
+
+
+def _recipients(value: Any, what: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadDataError(f"{what} is not a list")
+    return [{"name": n, "address": a} for n, a in map(_address, value)]
+
+
+def parse_message(raw: Any) -> EmailRecord:
+    """Graph JSON → EmailRecord, or BadDataError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise BadDataError("a message is not a JSON object")
+    graph_id = raw.get("id")
+    if not isinstance(graph_id, str) or not graph_id:
+        raise BadDataError("a message has no id")
+    received_raw = raw.get("receivedDateTime")
+    received_at = _parse_time(received_raw, f"message {graph_id[:20]}: receivedDateTime")
+    sent_raw = raw.get("sentDateTime")
+    sent_at = _parse_time(sent_raw, f"message {graph_id[:20]}: sentDateTime") if sent_raw else None
+    body = raw.get("body") or {}
+    if not isinstance(body, dict):
+        raise BadDataError(f"message {graph_id[:20]}: body is not an object")
+    sender_name, sender_address = _address(raw.get("sender"))
+    _, from_address = _address(raw.get("from"))
+    to_json = json.dumps(_recipients(raw.get("toRecipients"), "toRecipients"))
+    cc_json = json.dumps(_recipients(raw.get("ccRecipients"), "ccRecipients"))
+    attachments = tuple(
+        Attachment(
+            graph_attachment_id=str(a.get("id")),
+            name=a.get("name"),
+            content_type=a.get("contentType"),
+            size_bytes=a.get("size") if isinstance(a.get("size"), int) else None,
+            is_inline=bool(a.get("isInline")),
+        )
+        for a in (raw.get("attachments") or [])
+        if isinstance(a, dict) and a.get("id")
+    )
+    fields = (
+        graph_id, raw.get("internetMessageId"), raw.get("conversationId"), raw.get("subject"),
+        sender_name, sender_address, from_address, to_json, cc_json, received_raw, sent_raw,
+        body.get("contentType"), body.get("content"), raw.get("bodyPreview"),
+        bool(raw.get("hasAttachments")), raw.get("isRead"), raw.get("importance"),
+        raw.get("parentFolderId"),
+    )  # fmt: skip
+    # Hash of what we store, so an unchanged message costs no write on replay.
+    content_hash = hashlib.blake2b(
+        json.dumps(fields, default=str).encode(), digest_size=16
+    ).hexdigest()
+    return EmailRecord(
+        graph_id=graph_id,
+        internet_message_id=fields[1],
+        conversation_id=fields[2],
+        subject=fields[3],
+        sender_name=sender_name,
+        sender_address=sender_address,
+        from_address=from_address,
+        to_recipients=to_json,
+        cc_recipients=cc_json,
+        received_at=received_at,
+        sent_at=sent_at,
+        body_content_type=fields[11],
+        body=fields[12],
+        body_preview=fields[13],
+        has_attachments=fields[14],
+        is_read=fields[15] if isinstance(fields[15], bool) else None,
+        importance=fields[16],
+        parent_folder_id=fields[17],
+        content_hash=content_hash,
+        received_raw=received_raw,  # type: ignore[arg-type]  # checked by _parse_time
+        attachments=attachments,
+    )
+
+
+def _graph_error_detail(response: httpx.Response) -> tuple[str | None, str]:
+    try:
+        error = response.json().get("error", {})
+        if isinstance(error, dict):
+            return error.get("code"), str(error.get("message", ""))[:300]
+        return str(error), ""
+    except (ValueError, AttributeError):
+        return None, response.text[:200]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP-date: Graph does not send those; fall back to backoff
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, capped."""
+    cap = min(max_s, base_s * (2**attempt))
+    return cap / 2 + rng.uniform(0, cap / 2)
+
+
+class GraphClient:
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        base_url: str,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.api_calls = 0  # every request sent, throttled ones included
+        self.throttled = 0
+
+    # -- requests ---------------------------------------------------------------------
+    def get_json(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        headers = {"Prefer": 'IdType="ImmutableId"', "Accept": "application/json"}
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = self.http.get(url, params=params, headers=headers)
+            except httpx.TimeoutException as exc:
+                self.api_calls += 1
+                if last:
+                    raise TransientError(f"Graph request timed out: {type(exc).__name__}") from None
+                self.sleep(self._backoff(attempt))
+                continue
+            except httpx.TransportError as exc:
+                self.api_calls += 1
+                if last:
+                    raise TransientError(f"Graph unreachable: {type(exc).__name__}: {exc}") from None
+                self.sleep(self._backoff(attempt))
+                continue
+            self.api_calls += 1
+            if response.status_code == 200:
+                return self._decode(response)
+            if response.status_code in RETRY_STATUSES:
+                retry_after = _retry_after(response)
+                if response.status_code == 429:
+                    self.throttled += 1
+                if last:
+                    raise self._error(response, retry_after)
+                self.sleep(retry_after if retry_after is not None else self._backoff(attempt))
+                continue
+            raise self._error(response, None)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self.rng)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise BadDataError(
+                f"Graph sent a page that is not valid JSON ({len(response.content)} bytes): {exc}"
+            ) from None
+        if not isinstance(body, dict):
+            raise BadDataError("Graph sent JSON that is not an object")
+        return body
+
+    @staticmethod
+    def _error(response: httpx.Response, retry_after: float | None) -> GraphError:
+        code, message = _graph_error_detail(response)
+        status = response.status_code
+        text = f"Graph answered {status} {code or ''}: {message}".strip()
+        kinds: dict[int, type[GraphError]] = {
+            400: BadRequestError, 401: AuthError, 403: PermissionDeniedError, 404: NotFoundError,
+            429: ThrottledError,
+        }  # fmt: skip
+        kind = kinds.get(status) or (GraphServerError if status >= 500 else GraphError)
+        return kind(text, status=status, code=code, retry_after_s=retry_after)
+
+    # -- mail ---------------------------------------------------------------------------
+    def messages_url(self, mailbox: str, folder: str) -> str:
+        user = quote(mailbox, safe="@")
+        if folder == "all":
+            return f"{self.base_url}/v1.0/users/{user}/messages"
+        return f"{self.base_url}/v1.0/users/{user}/mailFolders/{quote(folder, safe='')}/messages"
+
+    @staticmethod
+    def window_filter(since: str | None, until: str | None) -> str:
+        # receivedDateTime must lead the filter because it leads $orderby (InefficientFilter).
+        clause = f"receivedDateTime ge {since or EPOCH}"
+        return f"{clause} and receivedDateTime lt {until}" if until else clause
+
+    def count_messages(self, mailbox: str, folder: str, since: str | None, until: str | None) -> int:
+        body = self.get_json(
+            self.messages_url(mailbox, folder),
+            {
+                "$count": "true",
+                "$top": "1",
+                "$select": "id",
+                "$filter": self.window_filter(since, until),
+            },
+        )
+        count = body.get("@odata.count")
+        if not isinstance(count, int) or count < 0:
+            raise BadDataError("Graph's count answer has no usable @odata.count")
+        return count
+
+    def iter_pages(
+        self,
+        mailbox: str,
+        folder: str,
+        *,
+        cursor: Cursor,
+        since: str | None,
+        until: str | None,
+        page_size: int,
+    ) -> Iterator[Page]:
+        """Pages from ``cursor`` (or ``since``) to the end of the window, in time order."""
+        url = self.messages_url(mailbox, folder)
+        next_link: str | None = None
+        while True:
+            if next_link:
+                body = self.get_json(next_link)  # inside a tie run: followed exactly as given
+            else:
+                start = cursor.received_after or since
+                body = self.get_json(
+                    url,
+                    {
+                        "$filter": self.window_filter(start, until),
+                        "$orderby": "receivedDateTime asc",
+                        "$top": str(page_size),
+                        "$select": SELECT_FIELDS,
+                        "$expand": EXPAND_ATTACHMENTS,
+                    },
+                )
+            page = self._page(body, cursor, page_size)
+            cursor = page.cursor
+            link = body.get("@odata.nextLink")
+            if link is not None and not isinstance(link, str):
+                raise BadDataError("Graph's @odata.nextLink is not a string")
+            next_link = link if link and self._only_ties(body, cursor, page_size) else None
+            yield page
+            if page.exhausted:
+                return
+
+    @staticmethod
+    def _only_ties(body: dict[str, Any], cursor: Cursor, page_size: int) -> bool:
+        """A full page whose messages all share the cursor's timestamp: no keyset progress."""
+        value = body.get("value") or []
+        return len(value) >= page_size and all(
+            isinstance(m, dict) and m.get("receivedDateTime") == cursor.received_after
+            for m in value
+        )
+
+    @staticmethod
+    def _page(body: dict[str, Any], cursor: Cursor, page_size: int) -> Page:
+        value = body.get("value")
+        if not isinstance(value, list):
+            raise BadDataError("Graph's page has no 'value' list")
+        seen = set(cursor.seen_ids)
+        messages: list[EmailRecord] = []
+        failed: list[str] = []
+        position = cursor
+        for raw in value:
+            try:
+                record = parse_message(raw)
+            except BadDataError:
+                failed.append(str(raw.get("id")) if isinstance(raw, dict) else "?")
+                continue
+            if record.received_raw == position.received_after:
+                if record.graph_id in seen:
+                    continue  # stored by the page before, at the cursor's own timestamp
+                seen.add(record.graph_id)
+                position = Cursor(position.received_after, (*position.seen_ids, record.graph_id))
+            else:
+                seen = {record.graph_id}
+                position = Cursor(record.received_raw, (record.graph_id,))
+            messages.append(record)
+        exhausted = "@odata.nextLink" not in body
+        return Page(messages, failed, position, exhausted)

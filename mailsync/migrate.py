@@ -1,0 +1,54 @@
+"""Apply the numbered migrations in sql/migrations, each once, each whole or not at all.
+
+Two processes may upgrade at once: an advisory lock makes the second wait, then find
+nothing left to do. Applied versions are recorded in schema_migrations.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from mailsync.db import check_connectable, redact_url
+from mailsync.errors import DatabaseError
+from sql import migrations
+
+_LOCK_KEY = 7_420_001  # an arbitrary constant shared by every mailsync process
+
+
+def upgrade(url: str) -> list[str]:
+    """Bring the schema up to date; returns the names of the migrations applied now."""
+    check_connectable(url)
+    applied_now: list[str] = []
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                for version, name, body in migrations():
+                    if version in done:
+                        continue
+                    with conn.transaction():
+                        conn.execute(body)  # type: ignore[arg-type]  # trusted file content
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            (version, name),
+                        )
+                    applied_now.append(f"{version:04d}_{name}")
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    except psycopg.Error as exc:
+        raise DatabaseError(f"migration failed on {redact_url(url)}: {exc}") from exc
+    return applied_now
+
+
+def current_version(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations"
+        ).fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,40 @@
+"""The project's SQL, kept as SQL: named queries from ``queries.sql`` and the migrations.
+
+``queries.sql`` is a series of blocks, each headed ``-- name: some_query`` followed by
+``-- a description`` line(s) and one statement with ``%(param)s`` placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import LiteralString, cast
+
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, LiteralString]:
+    """Split a queries file into {name: statement}; duplicate names are an error."""
+    parts = _HEADER.split(text)
+    queries: dict[str, LiteralString] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        statement = "\n".join(
+            line for line in body.strip().splitlines() if not line.startswith("--")
+        ).strip()
+        queries[name] = cast(LiteralString, statement)
+    return queries
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration, in version order."""
+    found = []
+    for entry in resources.files(__name__).joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+queries = parse_queries(resources.files(__name__).joinpath("queries.sql").read_text("utf-8"))
