@@ -53,25 +53,25 @@ class Session:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self.conn = conn
 
-    def one(self, name: str, **params: Any) -> Row | None:
+    def one(self, query: str, /, **params: Any) -> Row | None:
         with self.conn.cursor() as cur:
-            cur.execute(queries[name], _adapt(params))
+            cur.execute(queries[query], _adapt(params))
             return cur.fetchone() if cur.description else None
 
-    def all(self, name: str, **params: Any) -> list[Row]:
+    def all(self, query: str, /, **params: Any) -> list[Row]:
         with self.conn.cursor() as cur:
-            cur.execute(queries[name], _adapt(params))
+            cur.execute(queries[query], _adapt(params))
             return cur.fetchall() if cur.description else []
 
-    def execute(self, name: str, **params: Any) -> int:
+    def execute(self, query: str, /, **params: Any) -> int:
         with self.conn.cursor() as cur:
-            cur.execute(queries[name], _adapt(params))
+            cur.execute(queries[query], _adapt(params))
             return cur.rowcount
 
-    def execute_many(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+    def execute_many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany(queries[name], [_adapt(r) for r in rows])
+                cur.executemany(queries[query], [_adapt(r) for r in rows])
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
         """COPY rows into a table (the bulk path, used for staging)."""
@@ -117,17 +117,21 @@ class Database:
                     )
                 yield Session(conn)
         except PoolTimeout as exc:
-            raise DatabaseError(f"no database connection available ({self.safe_url}): {exc}") from None
+            raise DatabaseError(
+                f"no database connection available ({self.safe_url}): {exc}"
+            ) from None
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"database error ({self.safe_url}): {exc}") from None
 
-    def one(self, name: str, business_id: UUID | str | None = None, **params: Any) -> Row | None:
+    def one(
+        self, query: str, business_id: UUID | str | None = None, /, **params: Any
+    ) -> Row | None:
         with self.transaction(business_id) as session:
-            return session.one(name, **params)
+            return session.one(query, **params)
 
-    def all(self, name: str, business_id: UUID | str | None = None, **params: Any) -> list[Row]:
+    def all(self, query: str, business_id: UUID | str | None = None, /, **params: Any) -> list[Row]:
         with self.transaction(business_id) as session:
-            return session.all(name, **params)
+            return session.all(query, **params)
 
     def close(self) -> None:
         self.pool.close()

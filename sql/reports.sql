@@ -1,0 +1,108 @@
+-- Named queries of the chunk report (mailsync/report.py). Each selects the chunks of one
+-- window and filter, always the same way:
+--   created_at in [since, until): a job's chunks are created together when it is planned,
+--   so a job is wholly in a window or wholly out of it;
+--   store: a store id or a mailbox (any case); business: a business UUID; NULL = all.
+-- Aggregates that SQL does best stay here; percentiles, pivots and ratios are pandas' work.
+
+-- name: report_snapshot
+-- Every query of one report reads the same snapshot, so its tables add up to each other.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+
+-- name: report_status_counts
+-- Chunk outcomes: count and percent by status (the old system's "success rate by status").
+SELECT c.status,
+       count(*) AS count,
+       round(count(*) * 100.0 / sum(count(*)) OVER (), 2)::float8 AS percent
+  FROM chunked_sync_jobs AS c
+  JOIN stores AS s ON s.id = c.store_id
+ WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
+ GROUP BY c.status
+ ORDER BY array_position(ARRAY['completed', 'failed', 'retrying', 'processing', 'pending'],
+                         c.status);
+
+-- name: report_store_health
+-- Per store: chunks by outcome, messages synced, the last chunk that completed; the stores
+-- with a failed chunk first.
+SELECT s.id AS store_id,
+       s.business_id,
+       s.mailbox,
+       s.folder,
+       count(*) AS chunks,
+       count(*) FILTER (WHERE c.status = 'completed') AS completed_chunks,
+       count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
+       count(*) FILTER (WHERE c.status NOT IN ('completed', 'failed')) AS open_chunks,
+       coalesce(sum(c.emails_processed), 0) AS emails_synced,
+       max(c.completed_at) FILTER (WHERE c.status = 'completed') AS last_sync
+  FROM chunked_sync_jobs AS c
+  JOIN stores AS s ON s.id = c.store_id
+ WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
+ GROUP BY s.id
+ ORDER BY count(*) FILTER (WHERE c.status = 'failed') > 0 DESC,
+          count(*) FILTER (WHERE c.status = 'failed') DESC, s.mailbox, s.folder;
+
+-- name: report_error_categories
+-- Chunks that carry an error, by category: failed for good, or still open (retrying, or
+-- put back after a lost lease) with the error of their last attempt; the newest message as
+-- a sample. A chunk that completed after a failed attempt no longer carries its error
+-- (complete_chunk_job clears it), so it is counted among recovered chunks instead.
+SELECT c.error_category,
+       count(*) AS chunks,
+       count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
+       count(*) FILTER (WHERE c.status <> 'failed') AS open_chunks,
+       (array_agg(c.error_message ORDER BY c.updated_at DESC, c.id))[1] AS sample_message,
+       max(c.updated_at) AS last_seen
+  FROM chunked_sync_jobs AS c
+  JOIN stores AS s ON s.id = c.store_id
+ WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
+   AND c.error_category IS NOT NULL
+ GROUP BY c.error_category
+ ORDER BY count(*) FILTER (WHERE c.status = 'failed') DESC, count(*) DESC, c.error_category;
+
+-- name: report_job_totals
+-- Per job: the work of its chunks in the window (time is the chunks' own processing time,
+-- failed attempts included; waits between attempts are not work), newest job first.
+SELECT c.parent_sync_job_id AS job_id,
+       s.mailbox,
+       s.folder,
+       q.status AS job_status,
+       count(*) AS chunks,
+       count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
+       coalesce(sum(c.emails_processed), 0) AS emails,
+       coalesce(sum(c.api_calls_made), 0) AS api_calls,
+       coalesce(sum(c.processing_time_ms), 0) AS processing_time_ms,
+       min(c.started_at) AS started_at,
+       max(c.completed_at) AS completed_at
+  FROM chunked_sync_jobs AS c
+  JOIN stores AS s ON s.id = c.store_id
+  JOIN sync_queue AS q ON q.id = c.parent_sync_job_id
+ WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
+ GROUP BY c.parent_sync_job_id, s.mailbox, s.folder, q.status
+ ORDER BY min(c.created_at) DESC, c.parent_sync_job_id;
+
+-- name: report_chunk_rows
+-- One row per chunk, for what pandas computes: duration percentiles, attempts, the trend.
+SELECT c.status,
+       c.attempts,
+       c.processing_time_ms,
+       c.emails_processed,
+       c.api_calls_made,
+       c.created_at
+  FROM chunked_sync_jobs AS c
+  JOIN stores AS s ON s.id = c.store_id
+ WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid);

@@ -1,0 +1,246 @@
+"""The sync flow end to end: real Postgres, the simulator over real HTTP, real Prefect."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from flows.sync_mailbox import sync_mailbox
+from mailsync.errors import InvalidInputError, NotFoundError
+
+MAILBOX = "ada@contoso.example"
+
+
+def stored_ids(url: str, mailbox: str = MAILBOX) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT e.graph_id FROM emails e JOIN stores s ON s.id = e.store_id"
+            " WHERE s.mailbox = %s",
+            (mailbox,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def chunks(url: str, job_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM chunked_sync_jobs WHERE parent_sync_job_id = %s ORDER BY chunk_index",
+            (job_id,),
+        ).fetchall()
+
+
+def scalar(url: str, query: str, *params: Any) -> Any:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query, params).fetchone()
+        return row[0] if row else None
+
+
+def test_full_sync_stores_exactly_the_mailbox(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 3000, seed=7)
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=700, page_size=200, graph_url=simulator.url)
+
+    assert summary["status"] == "completed"
+    ids = stored_ids(database_url)
+    assert len(ids) == len(set(ids)) == 3000
+    assert set(ids) == box.ids()
+    assert summary["emails_stored"] == summary["emails_in_mailbox"] == 3000
+    rows = chunks(database_url, summary["job_id"])
+    assert [c["chunk_index"] for c in rows] == [1, 2, 3, 4, 5]
+    assert all(c["status"] == "completed" for c in rows)
+    assert [c["emails_processed"] for c in rows] == [700, 700, 700, 700, 200]
+    # in order: each chunk finished before the next one started
+    for before, after in itertools.pairwise(rows):
+        assert before["completed_at"] <= after["started_at"]
+    assert all(c["api_calls_made"] > 0 for c in rows)
+    assert summary["api_calls"] == sum(c["api_calls_made"] for c in rows) + 1  # + the count
+    attachments = scalar(database_url, "SELECT count(*) FROM email_attachments")
+    expected = sum(len(m.attachments) for m in box.messages())
+    assert attachments == expected > 0
+
+
+def test_replaying_a_sync_and_a_chunk_adds_no_row(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    simulator.add_mailbox(MAILBOX, 1200, seed=3)
+    first = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=100, graph_url=simulator.url)
+    synced_at = scalar(database_url, "SELECT max(last_synced_at) FROM emails")
+
+    # Replay chunk 2: back to pending, the job's position rewound to where chunk 1 ended.
+    with psycopg.connect(database_url) as conn:
+        chunk2 = conn.execute(
+            "SELECT id FROM chunked_sync_jobs WHERE parent_sync_job_id = %s AND chunk_index = 2",
+            (first["job_id"],),
+        ).fetchone()[0]
+        conn.execute("DELETE FROM sync_state_checkpoints WHERE chunk_index >= 2")
+        conn.execute(
+            "UPDATE chunked_sync_jobs SET status = 'pending', attempts = 0,"
+            " checkpoint_data = '{}' WHERE parent_sync_job_id = %s AND chunk_index >= 2",
+            (first["job_id"],),
+        )
+        conn.execute("UPDATE sync_queue SET status = 'running' WHERE id = %s", (first["job_id"],))
+    replay = sync_mailbox(job_id=first["job_id"], graph_url=simulator.url)
+    assert replay["status"] == "completed"
+    assert (
+        scalar(database_url, "SELECT status FROM chunked_sync_jobs WHERE id = %s", chunk2)
+        == "completed"
+    )
+
+    second = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=100, graph_url=simulator.url)
+    assert second["job_id"] != first["job_id"] and second["status"] == "completed"
+    assert len(stored_ids(database_url)) == 1200
+    # identical messages are not even rewritten
+    assert scalar(database_url, "SELECT max(last_synced_at) FROM emails") == synced_at
+
+
+def test_a_changed_message_is_updated_not_duplicated(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 300, seed=5)
+    sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
+    target = box.messages()[10]
+    with psycopg.connect(database_url) as conn:  # our copy goes stale: Graph's differs now
+        conn.execute("UPDATE emails SET subject = 'stale', content_hash = 'old' WHERE graph_id = %s",
+                     (target.id,))  # fmt: skip
+    sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
+    assert len(stored_ids(database_url)) == 300
+    subject = scalar(database_url, "SELECT subject FROM emails WHERE graph_id = %s", target.id)
+    assert subject == target.subject != "stale"
+    assert (
+        scalar(database_url, "SELECT count(*) FROM emails WHERE last_synced_at > first_synced_at")
+        == 1
+    )
+
+
+def when_pages_served(simulator: Any, pages: int, action: Any) -> threading.Thread:
+    """Run ``action`` once the simulator has served ``pages`` message pages (polled)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if simulator.stats.message_pages >= pages:
+                action()
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_429_storm_still_completes(runtime: Any, simulator: Any, database_url: str) -> None:
+    box = simulator.add_mailbox(MAILBOX, 2000, seed=11)
+    simulator.faults.retry_after_s = 0.02
+
+    def storm() -> None:  # more than one request's 7 tries: one chunk attempt fails
+        simulator.faults.throttle_next = 10
+
+    watcher = when_pages_served(simulator, 2, storm)
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=250, graph_url=simulator.url)
+    watcher.join()
+    assert summary["status"] == "completed"
+    assert set(stored_ids(database_url)) == box.ids()
+    assert simulator.stats.by_status.get(429, 0) == 10
+    rows = chunks(database_url, summary["job_id"])
+    assert max(c["attempts"] for c in rows) == 2  # the storm outlasted one attempt
+    assert sum(c["api_calls_made"] for c in rows) >= 10  # throttled requests are counted
+
+
+def test_token_expiry_mid_sync_refreshes_and_completes(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 2000, seed=13)
+    simulator.faults.latency_ms = 5
+    expired = threading.Event()
+
+    def expire() -> None:
+        simulator.expire_all_tokens()
+        expired.set()
+
+    watcher = when_pages_served(simulator, 3, expire)
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=100, graph_url=simulator.url)
+    watcher.join()
+    assert expired.is_set()
+    assert summary["status"] == "completed"
+    assert set(stored_ids(database_url)) == box.ids()
+    assert simulator.stats.by_status.get(401, 0) >= 1
+    assert simulator.stats.token_requests >= 2
+
+
+def test_mail_added_and_deleted_during_the_sync(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 2500, seed=17)
+    initial = set(box.ids())
+    simulator.faults.mutate_every_pages = 2
+    simulator.faults.add_per_mutation = 7
+    simulator.faults.delete_per_mutation = 9
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=600, page_size=100, graph_url=simulator.url)
+    assert summary["status"] == "completed"
+    assert box.deleted_ids and box.added_ids  # the mailbox really changed under us
+    ids = stored_ids(database_url)
+    assert len(ids) == len(set(ids))  # nothing twice
+    present_throughout = initial - box.deleted_ids
+    assert present_throughout <= set(ids)  # nothing present throughout is lost
+    assert set(ids) <= initial | box.added_ids
+
+
+def test_a_date_range_sync_stores_only_its_window(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 2000, seed=19)
+    times = sorted(m.receivedDateTime for m in box.messages())
+    start, end = times[500], times[1500]
+    summary = sync_mailbox(mailbox=MAILBOX, sync_from=start, sync_to=end, chunk_size=300,
+                           page_size=100, graph_url=simulator.url)  # fmt: skip
+    expected = {m.id for m in box.messages() if start <= m.receivedDateTime < end}
+    assert summary["status"] == "completed" and summary["sync_type"] == "date_range"
+    assert set(stored_ids(database_url)) == expected
+    assert summary["emails_in_mailbox"] == len(expected)
+
+
+def test_an_unknown_mailbox_fails_the_job_clearly(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    with pytest.raises(NotFoundError, match="ErrorInvalidUser"):
+        sync_mailbox(mailbox="nobody@contoso.example", graph_url=simulator.url)
+    assert (
+        scalar(database_url, "SELECT status || '/' || error_category FROM sync_queue")
+        == "failed/not_found"
+    )
+    assert scalar(database_url, "SELECT count(*) FROM chunked_sync_jobs") == 0
+    assert scalar(database_url, "SELECT count(*) FROM emails") == 0
+
+
+def test_an_invalid_date_range_writes_nothing(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    simulator.add_mailbox(MAILBOX, 10)
+    with pytest.raises(InvalidInputError, match="not before"):
+        sync_mailbox(mailbox=MAILBOX, sync_from="2024-05-01", sync_to="2024-04-01",
+                     graph_url=simulator.url)  # fmt: skip
+    assert scalar(database_url, "SELECT count(*) FROM sync_queue") == 0
+    assert scalar(database_url, "SELECT count(*) FROM stores") == 0
+
+
+def test_a_malformed_page_fails_its_chunk_as_bad_data(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    simulator.add_mailbox(MAILBOX, 1000, seed=23)
+    simulator.faults.malformed_page_at = 4  # chunk 2's second page (3 pages a chunk, +count)
+    simulator.faults.malformed_persistent = False
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
+    rows = chunks(database_url, summary["job_id"])
+    failed = [c for c in rows if c["status"] == "failed"]
+    assert [c["error_category"] for c in failed] == ["bad_data"]
+    assert failed[0]["attempts"] == 1  # bad data is not retried
+    assert "not valid JSON" in failed[0]["error_message"]
+    assert summary["status"] == "partial_failure"
+    ids = stored_ids(database_url)
+    assert len(ids) == len(set(ids))
