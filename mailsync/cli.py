@@ -11,6 +11,9 @@ import os
 # Before Prefect is imported: no telemetry, and its log lines would fight the progress bar.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Without PREFECT_API_URL, Prefect starts a temporary server; its first start here (with
+# its database migrations) can take longer than Prefect's default 20 s wait.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import json
 import sys
@@ -258,6 +261,24 @@ def db_upgrade() -> None:
     out.print(f"{redact_url(url)}: " + (", ".join(applied) if applied else "up to date"))
 
 
+@db_app.command("url")
+def db_url() -> None:
+    """Print the database URL (password removed); starts the embedded server if needed."""
+    from mailsync.db import redact_url
+    from mailsync.runtime import resolve_database_url
+
+    out.print(redact_url(resolve_database_url(_runtime().settings)), soft_wrap=True)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL (it keeps running between commands)."""
+    from mailsync.pgembed import stop_embedded
+
+    home = _runtime().settings.home
+    out.print("stopped" if stop_embedded(home) else f"no embedded database under {home}")
+
+
 @app.command()
 def simulator(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -273,6 +294,9 @@ def simulator(
 
 
 __import__("mailsync.cli_report", fromlist=["register"]).register(app)  # `mailsync report`
+
+
+# -- commands defined in their own modules, registered here (one line each) --------------
 
 
 def main() -> None:

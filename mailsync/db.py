@@ -26,7 +26,8 @@ Row = dict[str, Any]
 
 def redact_url(url: str) -> str:
     """The URL without its password, for messages and output."""
-    return re.sub(r"(://[^:/@?]+):[^@/?]*@", r"\1:***@", url)
+    url = re.sub(r"(://[^:/@?]+):[^@/?]+@", r"\1:***@", url)  # URL form
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)  # key=value form
 
 
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:

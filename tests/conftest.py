@@ -91,7 +91,7 @@ def pg_admin_url() -> Iterator[str]:
         return
     from mailsync.pgembed import embedded_database_url
 
-    yield embedded_database_url(_SESSION_DIR / "pg")
+    yield embedded_database_url(_SESSION_DIR / "pg", keep_running=False)
 
 
 def _with_dbname(url: str, dbname: str) -> str:
