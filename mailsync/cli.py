@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 
-# Before Prefect is imported: no telemetry, and its log lines would fight the progress bar.
+# Before Prefect is imported: no telemetry, and its console log lines would fight the
+# progress bar (they still reach the Prefect API and its UI).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
 # Without PREFECT_API_URL, Prefect starts a temporary server; its first start here (with
 # its database migrations) can take longer than Prefect's default 20 s wait.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -297,6 +299,7 @@ __import__("mailsync.cli_report", fromlist=["register"]).register(app)  # `mails
 
 
 # -- commands defined in their own modules, registered here (one line each) --------------
+__import__("mailsync.cli_cleanup", fromlist=["register"]).register(app)  # `mailsync cleanup`
 
 
 def main() -> None:

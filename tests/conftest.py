@@ -75,6 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _prefect_server is not None:
+        if "prefect" in sys.modules:  # ship the last log lines before the server goes away
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()
         _prefect_server.terminate()
         try:
             _prefect_server.wait(10)
