@@ -86,20 +86,37 @@ class ChunkContext:
     store: Row
     worker_id: str
     heartbeat_s: float
+    stuck_after_s: float
     retry_base_s: float
     retry_max_s: float
 
 
 def claim(ctx: ChunkContext, chunk_index: int) -> Row | None:
-    """Claim this chunk of the job; None when it is already finished."""
+    """Claim this chunk of the job; None when it is already finished.
+
+    A chunk still held by a worker that died (a resumed job after a crash) is taken back
+    once its lease has expired; one held by a live worker is waited for, up to twice the
+    stuck threshold, then reported busy.
+    """
     job = ctx.job
-    current = ctx.db.one(
-        "get_chunk_by_index", job["business_id"], job_id=job["id"], chunk_index=chunk_index
-    )
-    if current is None:
-        raise MailsyncError(f"job {job['id']} has no chunk {chunk_index}")
-    if current["status"] in ("completed", "failed"):
-        return None
+    deadline = time.monotonic() + 2 * ctx.stuck_after_s + ctx.heartbeat_s
+    while True:
+        current = ctx.db.one(
+            "get_chunk_by_index", job["business_id"], job_id=job["id"], chunk_index=chunk_index
+        )
+        if current is None:
+            raise MailsyncError(f"job {job['id']} has no chunk {chunk_index}")
+        if current["status"] in ("completed", "failed"):
+            return None
+        if current["status"] != "processing":
+            break
+        ctx.db.all(
+            "recover_stuck_chunks_of_job", job["business_id"],
+            stuck_after_s=ctx.stuck_after_s, job_id=job["id"],
+        )  # fmt: skip
+        if time.monotonic() > deadline:
+            break
+        time.sleep(min(1.0, ctx.heartbeat_s / 2))
     if current["status"] == "retrying" and current["next_attempt_at"] is not None:
         _wait_until_due(ctx, current)
     chunk = ctx.db.one(

@@ -114,9 +114,9 @@ SELECT fail_chunk_job(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(error_message)
                       %(error_category)s, %(retryable)s, %(retry_delay_s)s, %(api_calls)s,
                       %(processing_time_ms)s) AS status;
 
--- name: cleanup_stuck_chunks
--- Put back (or fail) the chunks whose lease expired.
-SELECT * FROM cleanup_stuck_chunks(make_interval(secs => %(stuck_after_s)s));
+-- name: recover_stuck_chunks_of_job
+-- Put back (or fail) this job's chunks whose lease expired (a resumed sync does this).
+SELECT * FROM cleanup_stuck_chunks(make_interval(secs => %(stuck_after_s)s), %(job_id)s);
 
 -- name: get_sync_job_progress
 -- Live progress of one job as JSON.

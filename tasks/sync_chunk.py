@@ -30,6 +30,7 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         store=load_store(runtime.db, job),
         worker_id=WORKER_ID,
         heartbeat_s=settings.heartbeat_s,
+        stuck_after_s=settings.stuck_after_s,
         retry_base_s=settings.retry_base_s,
         retry_max_s=settings.retry_max_s,
     )

@@ -121,13 +121,15 @@ LANGUAGE sql AS $$
 $$;
 
 -- Put back the chunks whose worker stopped renewing its lease; fail those out of attempts.
-CREATE FUNCTION cleanup_stuck_chunks(p_stuck_after interval)
+-- The cleanup flow runs it for every job; a resumed sync runs it for its own job only.
+CREATE FUNCTION cleanup_stuck_chunks(p_stuck_after interval, p_job_id uuid DEFAULT NULL)
 RETURNS TABLE (chunk_id uuid, parent_sync_job_id uuid, new_status text)
 LANGUAGE sql AS $$
     WITH stuck AS (
         SELECT id
           FROM chunked_sync_jobs
          WHERE status = 'processing' AND heartbeat_at < now() - p_stuck_after
+           AND (p_job_id IS NULL OR parent_sync_job_id = p_job_id)
            FOR UPDATE SKIP LOCKED)
     UPDATE chunked_sync_jobs AS c
        SET status = CASE WHEN c.attempts >= c.max_attempts THEN 'failed' ELSE 'pending' END,

@@ -244,3 +244,32 @@ def test_a_malformed_page_fails_its_chunk_as_bad_data(
     assert summary["status"] == "partial_failure"
     ids = stored_ids(database_url)
     assert len(ids) == len(set(ids))
+
+
+def test_resuming_takes_back_a_dead_workers_chunk(
+    runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailsync.runtime import reset_runtime
+
+    box = simulator.add_mailbox(MAILBOX, 900, seed=29)
+    first = sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
+    # Rewind: chunk 2 held by a worker that died 10 minutes ago, mid-chunk.
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DELETE FROM sync_state_checkpoints WHERE chunk_index >= 2")
+        conn.execute(
+            "UPDATE chunked_sync_jobs SET status = CASE chunk_index WHEN 2 THEN 'processing'"
+            " ELSE 'pending' END, worker_id = CASE chunk_index WHEN 2 THEN 'dead:1' END,"
+            " heartbeat_at = CASE chunk_index WHEN 2 THEN now() - interval '10 minutes' END,"
+            " attempts = CASE chunk_index WHEN 2 THEN 1 ELSE 0 END, checkpoint_data = '{}'"
+            " WHERE parent_sync_job_id = %s AND chunk_index >= 2",
+            (first["job_id"],),
+        )
+        conn.execute("UPDATE sync_queue SET status = 'running' WHERE id = %s", (first["job_id"],))
+    monkeypatch.setenv("MAILSYNC_STUCK_AFTER_S", "5")
+    reset_runtime()
+    resumed = sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
+    assert resumed["job_id"] == first["job_id"]  # the store's unfinished job, not a new one
+    assert resumed["status"] == "completed"
+    rows = chunks(database_url, first["job_id"])
+    assert rows[1]["attempts"] == 2 and rows[1]["worker_id"] != "dead:1"
+    assert set(stored_ids(database_url)) == box.ids()
