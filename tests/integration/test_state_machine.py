@@ -1,0 +1,151 @@
+"""The chunk state machine in SQL: order, fencing, retries, one holder, one active job."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+BUSINESS = uuid.uuid4()
+
+
+def setup_job(conn: psycopg.Connection[Any], chunks: int = 3, max_attempts: int = 2) -> uuid.UUID:
+    store = conn.execute(
+        "INSERT INTO stores (business_id, name, mailbox) VALUES (%s, 's', %s) RETURNING id",
+        (BUSINESS, f"{uuid.uuid4().hex[:8]}@contoso.example"),
+    ).fetchone()["id"]
+    job = conn.execute(
+        "INSERT INTO sync_queue (business_id, store_id, sync_type, chunk_size, page_size)"
+        " VALUES (%s, %s, 'full', 10, 10) RETURNING id",
+        (BUSINESS, store),
+    ).fetchone()["id"]
+    conn.execute(
+        "INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id, chunk_index,"
+        " total_chunks, chunk_size, estimated_emails, max_attempts)"
+        " SELECT %s, %s, %s, i, %s, 10, 10, %s FROM generate_series(1, %s) i",
+        (job, BUSINESS, store, chunks, max_attempts, chunks),
+    )
+    return job
+
+
+@pytest.fixture()
+def conn(database_url: str) -> Any:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
+
+
+def claim(conn: Any, job: uuid.UUID, worker: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM claim_next_chunk_job(%s, %s)", (job, worker)).fetchone()
+
+
+def complete(conn: Any, chunk: dict[str, Any], worker: str, attempt: int | None = None) -> bool:
+    row = conn.execute(
+        "SELECT complete_chunk_job(%s, %s, %s, 10, 0, 1, 5, false) AS ok",
+        (chunk["id"], worker, attempt if attempt is not None else chunk["attempts"]),
+    ).fetchone()
+    return bool(row["ok"])
+
+
+def test_chunks_are_claimed_strictly_in_order(conn: Any) -> None:
+    job = setup_job(conn)
+    first = claim(conn, job, "w1")
+    assert first["chunk_index"] == 1 and first["attempts"] == 1 and first["status"] == "processing"
+    assert claim(conn, job, "w2") is None  # chunk 2 waits for chunk 1
+    assert complete(conn, first, "w1")
+    assert claim(conn, job, "w2")["chunk_index"] == 2
+
+
+def test_completion_is_fenced_on_worker_and_attempt(conn: Any) -> None:
+    job = setup_job(conn)
+    chunk = claim(conn, job, "w1")
+    assert not complete(conn, chunk, "intruder")
+    assert not complete(conn, chunk, "w1", attempt=chunk["attempts"] + 1)
+    alive = conn.execute(
+        "SELECT heartbeat_chunk(%s, 'intruder', %s) AS alive", (chunk["id"], chunk["attempts"])
+    ).fetchone()
+    assert alive["alive"] is False
+    assert complete(conn, chunk, "w1")
+    assert not complete(conn, chunk, "w1")  # once
+
+
+def test_a_retryable_failure_waits_then_fails_after_max_attempts(conn: Any) -> None:
+    job = setup_job(conn, max_attempts=2)
+    chunk = claim(conn, job, "w1")
+    status = conn.execute(
+        "SELECT fail_chunk_job(%s, 'w1', 1, 'boom', 'throttled', true, 3600, 2, 10) AS s",
+        (chunk["id"],),
+    ).fetchone()["s"]
+    assert status == "retrying"
+    assert claim(conn, job, "w1") is None  # not before next_attempt_at
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET next_attempt_at = now() WHERE id = %s", (chunk["id"],)
+    )
+    again = claim(conn, job, "w2")
+    assert again["id"] == chunk["id"] and again["attempts"] == 2
+    status = conn.execute(
+        "SELECT fail_chunk_job(%s, 'w2', 2, 'boom', 'throttled', true, 0, 1, 10) AS s",
+        (chunk["id"],),
+    ).fetchone()["s"]
+    assert status == "failed"  # attempts spent
+    row = conn.execute("SELECT * FROM chunked_sync_jobs WHERE id = %s", (chunk["id"],)).fetchone()
+    assert row["api_calls_made"] == 3 and row["error_category"] == "throttled"
+    assert claim(conn, job, "w3")["chunk_index"] == 2  # a failed chunk does not block the rest
+
+
+def test_a_chunk_has_one_holder_even_under_concurrent_claims(database_url: str, conn: Any) -> None:
+    job = setup_job(conn)
+    with (
+        psycopg.connect(database_url, row_factory=dict_row) as a,
+        psycopg.connect(database_url, row_factory=dict_row) as b,
+    ):
+        got_a = claim(a, job, "a")  # a's transaction is still open: the row stays locked
+        got_b = claim(b, job, "b")
+        a.commit()
+        b.commit()
+    assert got_a["chunk_index"] == 1 and got_b is None
+
+
+def test_stuck_chunks_are_put_back_or_failed(conn: Any) -> None:
+    job = setup_job(conn, max_attempts=1)
+    chunk = claim(conn, job, "dead")
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s",
+        (chunk["id"],),
+    )
+    rows = conn.execute("SELECT * FROM cleanup_stuck_chunks(interval '30 seconds')").fetchall()
+    assert [(r["chunk_id"], r["new_status"]) for r in rows] == [(chunk["id"], "failed")]
+    row = conn.execute("SELECT * FROM chunked_sync_jobs WHERE id = %s", (chunk["id"],)).fetchone()
+    assert row["error_category"] == "stuck" and row["worker_id"] is None
+
+
+def test_finish_closes_a_job_only_when_all_chunks_finished(conn: Any) -> None:
+    job = setup_job(conn, chunks=2, max_attempts=1)
+    first = claim(conn, job, "w")
+    assert complete(conn, first, "w")
+    assert conn.execute("SELECT finish_sync_job(%s) AS s", (job,)).fetchone()["s"] == "pending"
+    second = claim(conn, job, "w")
+    conn.execute(
+        "SELECT fail_chunk_job(%s, 'w', 1, 'x', 'bad_data', false, 0, 0, 0)", (second["id"],)
+    )
+    assert (
+        conn.execute("SELECT finish_sync_job(%s) AS s", (job,)).fetchone()["s"] == "partial_failure"
+    )
+    progress = conn.execute("SELECT get_sync_job_progress(%s) AS p", (job,)).fetchone()["p"]
+    assert progress["completed_chunks"] == 1 and progress["failed_chunks"] == 1
+    assert progress["overall_status"] == "partial_failure" and progress["emails_processed"] == 10
+
+
+def test_one_active_job_per_store(conn: Any) -> None:
+    job = setup_job(conn)
+    store = conn.execute("SELECT store_id FROM sync_queue WHERE id = %s", (job,)).fetchone()[
+        "store_id"
+    ]
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "INSERT INTO sync_queue (business_id, store_id, sync_type, chunk_size, page_size)"
+            " VALUES (%s, %s, 'full', 10, 10)",
+            (BUSINESS, store),
+        )
