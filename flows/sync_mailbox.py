@@ -58,6 +58,7 @@ def sync_mailbox(
     runtime = get_runtime()
     settings = runtime.settings
     logger = get_run_logger()
+    runtime.graph_url(graph_url)  # another Graph host is refused before anything is written
     if job_id is None:
         if not mailbox:
             raise MailsyncError("sync-mailbox needs a mailbox or the job_id of a job to resume")

@@ -35,7 +35,7 @@ import httpx
 import msal
 from msal.exceptions import MsalServiceError
 
-from mailsync.errors import AuthError, ConfigError, TransientError
+from mailsync.errors import AuthError, BadDataError, ConfigError, TransientError
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
@@ -251,8 +251,11 @@ class GraphAuth(httpx.Auth):
     takes locks); the body is read only for a 401, so streamed pages stay streamed.
     """
 
-    def __init__(self, provider: TokenProvider) -> None:
+    def __init__(self, provider: TokenProvider, origin: str | None = None) -> None:
         self.provider = provider
+        # With an origin, the token is sent there only: a link in a Graph answer (nextLink)
+        # naming another host must not carry it away.
+        self._origin = _origin(origin) if origin else None
         self._lock = threading.Lock()
         self.token_fetches = 0  # tokens this auth got from the identity provider, not the cache
         self.refreshes = 0  # forced refreshes after Graph refused a token
@@ -260,6 +263,11 @@ class GraphAuth(httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
+        if self._origin is not None and _origin(str(request.url)) != self._origin:
+            raise BadDataError(
+                f"refusing to send the Graph token to {request.url.scheme}://{request.url.host}"
+                f" (not {self._origin[0]}://{self._origin[1]}): a link from Graph points elsewhere"
+            )
         token = self._token(force_refresh=False, rejected=None)
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
@@ -286,6 +294,13 @@ class GraphAuth(httpx.Auth):
             with self._lock:
                 self.token_fetches += 1
         return acquired.token
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of a URL, the default port made explicit."""
+    parsed = httpx.URL(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)
+    return parsed.scheme, f"{parsed.host}:{port}"
 
 
 def _graph_error_code(response: httpx.Response) -> str | None:

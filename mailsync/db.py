@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from mailsync import roles
 from mailsync.errors import ConfigError, DatabaseError
 from sql import queries
 
@@ -26,8 +27,10 @@ Row = dict[str, Any]
 
 def redact_url(url: str) -> str:
     """The URL without its password, for messages and output."""
-    url = re.sub(r"(://[^:/@?]+):[^@/?]+@", r"\1:***@", url)  # URL form
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)  # key=value form
+    # URL form: the password runs to the authority's last '@' (a literal '@' in it is a
+    # mistake, but one that must not leak the rest), and the user may be empty.
+    url = re.sub(r"(://[^:/@?#]*):[^/?#]+@", r"\1:***@", url)
+    return re.sub(r"(password\s*=\s*)('[^']*'|[^\s&]+)", r"\1***", url)  # key=value, query
 
 
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:
@@ -85,19 +88,42 @@ class Session:
                 copy.write_row(row)
 
 
+def _acting_role(url: str, wanted: str | None, timeout_s: int) -> str | None:
+    try:
+        with psycopg.connect(url, connect_timeout=timeout_s, autocommit=True) as conn:
+            return roles.acting_role(conn, wanted)
+    except psycopg.Error as exc:
+        reason = f"cannot check the database roles at {redact_url(url)}: {exc}"
+        raise DatabaseError(reason) from None
+
+
 class Database:
-    def __init__(self, url: str, *, max_size: int = 4, connect_timeout_s: int = 10) -> None:
+    """A pool whose connections act as ``role`` (``mailsync_worker`` by default), never as a
+    login that bypasses row-level security (mailsync.roles, docs/security.md)."""
+
+    def __init__(
+        self, url: str, *, max_size: int = 4, connect_timeout_s: int = 10,
+        role: str | None = roles.WORKER,
+    ) -> None:  # fmt: skip
         check_connectable(url, connect_timeout_s)
         self.url = url
+        self.role = _acting_role(url, role, connect_timeout_s)  # None: the login itself
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "connect_timeout": connect_timeout_s},
+            configure=self._configure,
             check=ConnectionPool.check_connection,
             open=True,
             name="mailsync",
         )
+
+    def _configure(self, conn: psycopg.Connection[Row]) -> None:
+        """Each new connection of the pool acts as the pool's role for its whole life."""
+        if self.role is not None:
+            roles.set_role(conn, self.role)
+            conn.commit()
 
     @property
     def safe_url(self) -> str:
@@ -108,14 +134,35 @@ class Database:
         """A transaction, committed on a normal exit, rolled back on an exception.
 
         With a business, the tenant is set for this transaction only (``app.business_id``),
-        which the row-level security policies read.
+        which the row-level security policies read; without one, tenant tables show no rows.
         """
+        with self._transaction(business_id, None) as session:
+            yield session
+
+    @contextmanager
+    def reporting_transaction(self, business_id: UUID | str) -> Iterator[Session]:
+        """A transaction that reads one tenant's rows as ``mailsync_reporting`` (no writes)."""
+        with self._transaction(business_id, roles.REPORTING) as session:
+            yield session
+
+    @contextmanager
+    def maintenance_transaction(self) -> Iterator[Session]:
+        """A transaction over every tenant's rows, as ``mailsync_maintenance`` (BYPASSRLS).
+
+        Cross-tenant on purpose: cleanup (recovery, retention) and all-tenant reports only.
+        The login must be allowed to take the role (ConfigError otherwise).
+        """
+        with self._transaction(None, roles.MAINTENANCE) as session:
+            yield session
+
+    @contextmanager
+    def _transaction(self, business_id: UUID | str | None, role: str | None) -> Iterator[Session]:
         try:
             with self.pool.connection() as conn, conn.transaction():
+                if role is not None:
+                    roles.set_local_role(conn, role)
                 if business_id is not None:
-                    conn.execute(
-                        "SELECT set_config('app.business_id', %s, true)", (str(business_id),)
-                    )
+                    roles.set_tenant(conn, business_id)
                 yield Session(conn)
         except PoolTimeout as exc:
             raise DatabaseError(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 
 from mailsync.auth import GraphAuth, RoutedHttpClient, TokenProvider
 from mailsync.config import GRAPH_URL, Settings, load_settings
 from mailsync.db import Database
-from mailsync.errors import ConfigError
+from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.graph import GraphClient
 from mailsync.pgembed import embedded_database_url
 
@@ -71,9 +72,26 @@ class Runtime:
                 self._db = Database(resolve_database_url(self.settings))
             return self._db
 
+    def graph_url(self, requested: str | None = None) -> str:
+        """The Graph host to use: the configured one, or Microsoft's when ``requested``.
+
+        A flow parameter never chooses another host: msal's token requests go to the Graph
+        host too, with the client secret in them. Another host (a simulator, a proxy) is the
+        operator's choice: MAILSYNC_GRAPH_URL, or the CLI's --graph-url.
+        """
+        configured = self.settings.graph_url.rstrip("/")
+        url = (requested or configured).rstrip("/")
+        if url not in (configured, GRAPH_URL):
+            parts = urlsplit(url)  # scheme and host only: a URL may carry user:password@
+            raise InvalidInputError(
+                f"graph_url {parts.scheme}://{parts.hostname} is not the configured Graph "
+                f"host ({configured}); set MAILSYNC_GRAPH_URL to use another one"
+            )
+        return url
+
     def graph(self, graph_url: str | None = None) -> GraphClient:
         """A Graph client (its own request counter) over the shared HTTP client for the URL."""
-        url = (graph_url or self.settings.graph_url).rstrip("/")
+        url = self.graph_url(graph_url)
         with self._lock:
             if url not in self._http:
                 self._http[url] = self._http_client(url)
@@ -100,7 +118,7 @@ class Runtime:
             http_client=RoutedHttpClient(token_http, self.settings.authority_host, target),
         )
         return httpx.Client(
-            auth=GraphAuth(provider),
+            auth=GraphAuth(provider, origin=graph_url),  # the token goes to this host only
             timeout=timeout,
             limits=httpx.Limits(max_connections=4),  # Outlook allows 4 concurrent per mailbox
         )

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 
 from mailsync.errors import InvalidInputError
 
-# A user principal name (local@domain) or an Entra object id (a GUID).
-_UPN = re.compile(r"[A-Za-z0-9!#$&*+=?^_`{|}~.'-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+# A user principal name (local@domain) or an Entra object id (a GUID). Entra ID allows
+# A-Z a-z 0-9 ' . - _ ! # ^ ~ before the '@' (its username policy); '#' is in guest UPNs
+# (x_contoso.com#EXT#@...) and is percent-encoded in the Graph URL like the rest.
+_UPN = re.compile(r"[A-Za-z0-9'._!#^~-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # Well-known folder names and Graph folder ids (base64url-like, may end in '=').
 _FOLDER = re.compile(r"[A-Za-z0-9_-]{1,200}={0,2}")
@@ -43,10 +45,18 @@ def folder(value: str) -> str:
 
 
 def business_id(value: str | uuid.UUID) -> uuid.UUID:
+    return _uuid(value, "business id")
+
+
+def job_id(value: str | uuid.UUID) -> uuid.UUID:
+    return _uuid(value, "job id")
+
+
+def _uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
     try:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except ValueError:
-        raise InvalidInputError(f"invalid business id {value!r}: expected a UUID") from None
+        raise InvalidInputError(f"invalid {what} {value!r}: expected a UUID") from None
 
 
 def timestamp(value: str | datetime | None, name: str) -> datetime | None:

@@ -75,10 +75,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _prefect_server is not None:
-        if "prefect" in sys.modules:  # ship the last log lines before the server goes away
-            from prefect.logging.handlers import APILogHandler
+        if "prefect" in sys.modules:
+            # Ship queued logs and events before the server goes away, or the process
+            # hangs at exit retrying them.
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
         _prefect_server.terminate()
         try:
             _prefect_server.wait(10)

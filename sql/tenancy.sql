@@ -1,0 +1,14 @@
+-- Named queries of tenant isolation (mailsync/roles.py, mailsync/jobs.py); the roles and
+-- policies themselves are in migrations/0004_tenant_isolation.sql.
+
+-- name: acting_role
+-- Who this connection acts as now, its login, and whether that role ignores row-level
+-- security (a superuser or a BYPASSRLS role).
+SELECT current_user AS role, session_user AS login, r.rolsuper OR r.rolbypassrls AS bypasses_rls
+  FROM pg_roles AS r
+ WHERE r.rolname = current_user;
+
+-- name: job_business
+-- Whose job is this? The one cross-tenant lookup, made before the tenant is known (resume
+-- or status by job id); NULL for an unknown job.
+SELECT job_business_id(%(job_id)s) AS business_id;
