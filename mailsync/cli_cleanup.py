@@ -1,0 +1,59 @@
+"""`mailsync cleanup`: run the cleanup flow once, in this process.
+
+``register(app)`` adds the command to the CLI; the command imports the CLI's helpers when it
+runs, so that ``mailsync.cli`` can register it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mailsync cleanup` to the CLI."""
+    app.command("cleanup")(cleanup)
+
+
+def cleanup(
+    stuck_after: Annotated[
+        float | None,
+        typer.Option(
+            "--stuck-after",
+            metavar="SECONDS",
+            help="A processing chunk without a heartbeat for this long is stuck "
+            "(default: MAILSYNC_STUCK_AFTER_S, 30).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line.")
+    ] = False,
+) -> None:
+    """Recover stuck chunks (and resume or close their jobs here), then apply retention.
+
+    Exits 0 without doing anything when another cleanup is running.
+    """
+    from flows.cleanup import cleanup as cleanup_flow
+    from mailsync.cli import _runtime, _upgrade, console, fail, out
+
+    if stuck_after is not None and stuck_after <= 0:
+        fail(f"--stuck-after must be positive, got {stuck_after:g}")
+    runtime = _runtime(stuck_after_s=stuck_after)
+    _upgrade(runtime)
+    result = cleanup_flow(stuck_after_s=runtime.settings.stuck_after_s)
+    if "skipped" in result:
+        console.print(f"cleanup skipped: {result['skipped']}")
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+    else:
+        out.print(_table(result))
+
+
+def _table(result: dict[str, Any]) -> Table:
+    table = Table(title="cleanup", show_header=False)
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    return table

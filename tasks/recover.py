@@ -1,0 +1,76 @@
+"""Tasks: put stuck chunks back, close jobs whose chunks all finished, pick jobs to resume.
+
+A chunk is stuck when its worker stopped renewing the heartbeat for ``stuck_after_s``
+(default 30 s: three missed 10 s heartbeats). Recovery only changes rows; resuming the jobs
+is the flow's business (flows/cleanup.py), because how depends on where the flow runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from mailsync.runtime import get_runtime
+from tasks.retry import only_retryable
+
+# A resumed run that has not started after this long (no worker free, worker down) is
+# requested again; before that, a second request would only queue a duplicate run.
+RESUME_GRACE_S = 600.0
+
+
+@task(name="reset-stuck-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=only_retryable)  # fmt: skip
+def reset_stuck_chunks(stuck_after_s: float) -> dict[str, Any]:
+    """Stuck chunks back to pending, or failed ('stuck') when out of attempts.
+
+    Returns the counts and the ids of the jobs whose chunks were touched.
+    """
+    with get_runtime().db.maintenance_transaction() as session:
+        rows = session.all("cleanup_stuck_chunks", stuck_after_s=stuck_after_s)
+    reset = [r for r in rows if r["new_status"] == "pending"]
+    failed = [r for r in rows if r["new_status"] == "failed"]
+    if rows:
+        get_run_logger().warning(
+            "stuck chunks (no heartbeat for %ss): %s put back, %s failed for good",
+            stuck_after_s, len(reset), len(failed),
+        )  # fmt: skip
+    return {
+        "stuck_reset": len(reset),
+        "stuck_failed": len(failed),
+        "job_ids": sorted({str(r["parent_sync_job_id"]) for r in rows}),
+    }
+
+
+@task(name="close-finished-jobs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=only_retryable)  # fmt: skip
+def close_finished_jobs() -> list[dict[str, str]]:
+    """Close the open jobs whose chunks have all finished; their ids and new statuses."""
+    with get_runtime().db.maintenance_transaction() as session:
+        rows = session.all("close_finished_jobs")
+    closed = [{"job_id": str(r["job_id"]), "status": str(r["status"])} for r in rows]
+    for job in closed:
+        get_run_logger().info("closed job %s: %s", job["job_id"], job["status"])
+    return closed
+
+
+@task(name="claim-jobs-to-resume", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=only_retryable)  # fmt: skip
+def claim_jobs_to_resume(
+    recovered_job_ids: list[str], idle_after_s: float, requested_by: str
+) -> list[dict[str, Any]]:
+    """The open jobs nobody works on, each marked as 'resume requested' by this cleanup.
+
+    Found and marked in one transaction, under the cleanup lock: a concurrent cleanup that
+    runs after ours sees the mark and leaves these jobs alone.
+    """
+    with get_runtime().db.maintenance_transaction() as session:
+        rows = session.all(
+            "jobs_to_resume", recovered_job_ids=recovered_job_ids, idle_after_s=idle_after_s,
+            resume_grace_s=max(RESUME_GRACE_S, idle_after_s),
+        )  # fmt: skip
+        for row in rows:
+            session.execute("mark_resume_requested", job_id=row["job_id"],
+                            requested_by=requested_by)  # fmt: skip
+    return [{"job_id": str(r["job_id"]), "open_chunks": int(r["open_chunks"])} for r in rows]

@@ -1,0 +1,87 @@
+"""Helpers of the end-to-end tests: real processes (mailsync, prefect workers), polled
+with deadlines, and stopped by their own process group only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(sys.executable).parent
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, every_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s:g} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+class Processes:
+    """Subprocesses started by one test, each in its own session (process group), output
+    in files under the test's tmp_path; all of them stopped when the test ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.started.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+        """SIGTERM to the process's own group (a worker and its flow runs), then SIGKILL."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout_s)
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            self.stop(proc)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment (database URL, Graph credentials and URL, Prefect API
+    set by the fixtures) for a subprocess, plus ``extra``."""
+    return {**os.environ, **extra}
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 120) -> str:
+    """Run a command to completion; its output, or a failure that shows it."""
+    done = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return done.stdout
