@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,31 @@ class Heartbeat:
             if row is None or not row["alive"]:
                 self.lost.set()
                 return
+
+
+@dataclass
+class AttemptTiming:
+    """Where an attempt's time goes, kept in checkpoint_data["timing"] for `mailsync bench`.
+    Pages are prefetched, so fetching overlaps writing: waiting is the part not hidden."""
+
+    started: float
+    fetch_ms: float = 0.0  # fetching and parsing pages (the prefetch thread)
+    fetch_wait_ms: float = 0.0  # the attempt blocked, waiting for a page
+    write_ms: float = 0.0  # page transactions, committed
+
+    def fetch(self, pages: Iterator[Page]) -> Page | None:
+        begun = time.perf_counter()
+        try:
+            return next(pages, None)
+        finally:
+            self.fetch_ms += (time.perf_counter() - begun) * 1000
+
+    def as_json(self) -> dict[str, float]:
+        # elapsed_ms: as the page's transaction begins; the last one ends with the attempt.
+        elapsed_ms = (time.perf_counter() - self.started) * 1000
+        times = (self.fetch_ms, self.fetch_wait_ms, self.write_ms, elapsed_ms)
+        names = ("fetch_ms", "fetch_wait_ms", "write_ms", "elapsed_ms")
+        return {name: round(ms, 1) for name, ms in zip(names, times, strict=True)}
 
 
 @dataclass
@@ -197,20 +223,23 @@ def _fetch_and_write(
         since=graph_time(ctx.job["sync_from"]), until=graph_time(ctx.job["sync_to"]),
         page_size=ctx.job["page_size"], limit=remaining,
     )  # fmt: skip
+    timing = AttemptTiming(started)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
-        upcoming: Future[Page | None] = prefetch.submit(next, pages, None)
+        upcoming: Future[Page | None] = prefetch.submit(timing.fetch, pages)
         while True:
+            waited = time.perf_counter()
             page = upcoming.result()
+            timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
             if page is None:
                 raise AssertionError("the page iterator ended without a last page")
             if not page.last:  # fetch the next page while this one is written
-                upcoming = prefetch.submit(next, pages, None)
+                upcoming = prefetch.submit(timing.fetch, pages)
             if heartbeat.lost.is_set():
                 raise LeaseLostError(f"chunk {chunk['chunk_index']}: lease lost to recovery")
             job_processed += len(page.messages)
             _write_page(
                 ctx, chunk, progress, page, page.cursor, page.exhausted, job_processed,
-                started, calls_before, done=page.last,
+                started, calls_before, done=page.last, timing=timing,
             )  # fmt: skip
             if page.last:
                 return
@@ -219,7 +248,7 @@ def _fetch_and_write(
 def _write_page(
     ctx: ChunkContext, chunk: Row, progress: dict[str, Any], page: Page | None,
     cursor: Cursor, exhausted: bool, job_processed: int, started: float, calls_before: int,
-    *, done: bool = True,
+    *, done: bool = True, timing: AttemptTiming | None = None,
 ) -> None:  # fmt: skip
     job = ctx.job
     new_progress = {
@@ -229,6 +258,9 @@ def _write_page(
         "pages": progress.get("pages", 0) + (1 if page else 0),
         "cursor": cursor.to_json(),
     }
+    if timing is not None:
+        new_progress["timing"] = timing.as_json()
+    write_started = time.perf_counter()
     fence = {"chunk_id": chunk["id"], "worker_id": ctx.worker_id, "attempt": chunk["attempts"]}
     with ctx.db.transaction(job["business_id"]) as session:
         # The fence first: it takes the chunk's row lock and refuses a worker that lost it.
@@ -259,6 +291,8 @@ def _write_page(
             )  # fmt: skip
             if not completed or not completed["completed"]:
                 raise LeaseLostError(f"chunk {chunk['chunk_index']}: claim lost at completion")
+    if timing is not None:
+        timing.write_ms += (time.perf_counter() - write_started) * 1000
     progress.update(new_progress)  # only once committed
 
 

@@ -1,4 +1,4 @@
-"""Writing a page of messages: COPY into a staging table, then one upsert into emails.
+"""Writing a page of messages: binary COPY into a staging table, then one upsert into emails.
 
 Replays store nothing twice (unique (store_id, graph_id)); a message whose stored fields
 changed is updated; an identical one costs no write (content_hash).
@@ -7,10 +7,28 @@ changed is updated; an identical one costs no write (content_hash).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
+
+from psycopg import sql as pgsql
 
 from mailsync.db import Session
 from mailsync.graph import EmailRecord
+
+# The staging table's column types (sql/queries.sql, create_email_staging), in COPY order.
+# Binary COPY sends text as its UTF-8 bytes: nothing to escape here, nothing to unescape
+# in the server, about half the CPU of text COPY on both sides for 5 KB html bodies.
+STAGING_TYPES = {
+    "graph_id": "text", "internet_message_id": "text", "conversation_id": "text",
+    "subject": "text", "sender_name": "text", "sender_address": "text", "from_address": "text",
+    "to_recipients": "text", "cc_recipients": "text", "received_at": "timestamptz",
+    "sent_at": "timestamptz", "body_content_type": "text", "body": "text",
+    "body_preview": "text", "has_attachments": "bool", "is_read": "bool", "importance": "text",
+    "parent_folder_id": "text", "content_hash": "text",
+}  # fmt: skip
+_COPY_STAGING = pgsql.SQL("COPY email_staging ({}) FROM STDIN (FORMAT BINARY)").format(
+    pgsql.SQL(", ").join(pgsql.Identifier(c) for c in EmailRecord.COLUMNS)
+)
 
 
 @dataclass(frozen=True)
@@ -27,27 +45,42 @@ def write_messages(
     if not messages:
         return WriteResult(0, 0, 0)
     session.execute("create_email_staging")
-    session.copy_rows("email_staging", EmailRecord.COLUMNS, (m.row() for m in messages))
-    writes = session.all(
+    _copy_to_staging(session, messages)
+    counts = session.one(
         "upsert_staged_emails", business_id=business_id, store_id=store_id, job_id=job_id
     )
-    inserted = sum(1 for w in writes if w["inserted"])
-    session.execute_many(
-        "upsert_attachment",
-        [
-            {
-                "business_id": business_id,
-                "store_id": store_id,
-                "email_graph_id": m.graph_id,
-                "graph_attachment_id": a.graph_attachment_id,
-                "name": a.name,
-                "content_type": a.content_type,
-                "size_bytes": a.size_bytes,
-                "is_inline": a.is_inline,
-            }
-            for m in messages
-            for a in m.attachments
-        ],
-    )
+    assert counts is not None  # an aggregate always returns its row
+    written, inserted = counts["written"], counts["inserted"]
+    attachments = _attachment_rows(messages)
+    if attachments:
+        session.execute(
+            "upsert_attachments", business_id=business_id, store_id=store_id,
+            attachments=attachments,
+        )  # fmt: skip
     distinct = len({m.graph_id for m in messages})
-    return WriteResult(inserted, len(writes) - inserted, distinct - len(writes))
+    return WriteResult(inserted, written - inserted, distinct - written)
+
+
+def _copy_to_staging(session: Session, messages: list[EmailRecord]) -> None:
+    # Session.copy_rows speaks text COPY, which knows no column types; binary needs them.
+    types = [STAGING_TYPES[c] for c in EmailRecord.COLUMNS]
+    with session.conn.cursor() as cur, cur.copy(_COPY_STAGING) as copy:
+        copy.set_types(types)
+        for message in messages:
+            copy.write_row(message.row())
+
+
+def _attachment_rows(messages: list[EmailRecord]) -> list[dict[str, Any]]:
+    """The page's attachments as JSON objects, the shape upsert_attachments unpacks."""
+    return [
+        {
+            "email_graph_id": m.graph_id,
+            "graph_attachment_id": a.graph_attachment_id,
+            "name": a.name,
+            "content_type": a.content_type,
+            "size_bytes": a.size_bytes,
+            "is_inline": a.is_inline,
+        }
+        for m in messages
+        for a in m.attachments
+    ]

@@ -127,51 +127,61 @@ SELECT get_sync_job_progress(%(job_id)s) AS progress;
 SELECT count(*) AS n FROM emails WHERE store_id = %(store_id)s;
 
 -- name: create_email_staging
--- Per-connection staging table for COPY; emptied at every commit.
+-- Per-connection staging table for a binary COPY; emptied at every commit. Recipients are
+-- JSON text here (cast once, in the upsert); toast_tuple_target keeps a typical message
+-- inline and uncompressed, so its body is compressed once, in emails, not twice.
 CREATE TEMP TABLE IF NOT EXISTS email_staging (
     graph_id text, internet_message_id text, conversation_id text, subject text,
-    sender_name text, sender_address text, from_address text, to_recipients jsonb,
-    cc_recipients jsonb, received_at timestamptz, sent_at timestamptz, body_content_type text,
+    sender_name text, sender_address text, from_address text, to_recipients text,
+    cc_recipients text, received_at timestamptz, sent_at timestamptz, body_content_type text,
     body text, body_preview text, has_attachments boolean, is_read boolean, importance text,
     parent_folder_id text, content_hash text
-) ON COMMIT DELETE ROWS;
+) WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS;
 
 -- name: upsert_staged_emails
 -- Move the staged page into emails: new rows inserted, changed rows updated, identical rows
--- left alone. Returns one row per write, inserted = true for new messages.
-INSERT INTO emails (business_id, store_id, graph_id, internet_message_id, conversation_id,
-                    subject, sender_name, sender_address, from_address, to_recipients,
-                    cc_recipients, received_at, sent_at, body_content_type, body, body_preview,
-                    has_attachments, is_read, importance, parent_folder_id, content_hash,
-                    sync_job_id)
-SELECT DISTINCT ON (graph_id)
-       %(business_id)s, %(store_id)s, graph_id, internet_message_id, conversation_id,
-       subject, sender_name, sender_address, from_address, to_recipients, cc_recipients,
-       received_at, sent_at, body_content_type, body, body_preview, has_attachments, is_read,
-       importance, parent_folder_id, content_hash, %(job_id)s
-  FROM email_staging
- ORDER BY graph_id
-ON CONFLICT (store_id, graph_id) DO UPDATE
-   SET internet_message_id = excluded.internet_message_id,
-       conversation_id = excluded.conversation_id, subject = excluded.subject,
-       sender_name = excluded.sender_name, sender_address = excluded.sender_address,
-       from_address = excluded.from_address, to_recipients = excluded.to_recipients,
-       cc_recipients = excluded.cc_recipients, received_at = excluded.received_at,
-       sent_at = excluded.sent_at, body_content_type = excluded.body_content_type,
-       body = excluded.body, body_preview = excluded.body_preview,
-       has_attachments = excluded.has_attachments, is_read = excluded.is_read,
-       importance = excluded.importance, parent_folder_id = excluded.parent_folder_id,
-       content_hash = excluded.content_hash, sync_job_id = excluded.sync_job_id,
-       last_synced_at = now()
- WHERE emails.content_hash IS DISTINCT FROM excluded.content_hash
-RETURNING (xmax = 0) AS inserted;
+-- left alone. Returns one row: how many rows were written, and how many of them inserted.
+WITH written AS (
+    INSERT INTO emails (business_id, store_id, graph_id, internet_message_id, conversation_id,
+                        subject, sender_name, sender_address, from_address, to_recipients,
+                        cc_recipients, received_at, sent_at, body_content_type, body, body_preview,
+                        has_attachments, is_read, importance, parent_folder_id, content_hash,
+                        sync_job_id)
+    SELECT DISTINCT ON (graph_id)
+           %(business_id)s, %(store_id)s, graph_id, internet_message_id, conversation_id,
+           subject, sender_name, sender_address, from_address, to_recipients::jsonb,
+           cc_recipients::jsonb, received_at, sent_at, body_content_type, body, body_preview,
+           has_attachments, is_read, importance, parent_folder_id, content_hash, %(job_id)s
+      FROM email_staging
+     ORDER BY graph_id
+    ON CONFLICT (store_id, graph_id) DO UPDATE
+       SET internet_message_id = excluded.internet_message_id,
+           conversation_id = excluded.conversation_id, subject = excluded.subject,
+           sender_name = excluded.sender_name, sender_address = excluded.sender_address,
+           from_address = excluded.from_address, to_recipients = excluded.to_recipients,
+           cc_recipients = excluded.cc_recipients, received_at = excluded.received_at,
+           sent_at = excluded.sent_at, body_content_type = excluded.body_content_type,
+           body = excluded.body, body_preview = excluded.body_preview,
+           has_attachments = excluded.has_attachments, is_read = excluded.is_read,
+           importance = excluded.importance, parent_folder_id = excluded.parent_folder_id,
+           content_hash = excluded.content_hash, sync_job_id = excluded.sync_job_id,
+           last_synced_at = now()
+     WHERE emails.content_hash IS DISTINCT FROM excluded.content_hash
+    RETURNING (xmax = 0) AS inserted)
+SELECT count(*) AS written, count(*) FILTER (WHERE inserted) AS inserted FROM written;
 
--- name: upsert_attachment
--- Attachment metadata of a stored message; replays change nothing.
+-- name: upsert_attachments
+-- A page's attachment metadata in one statement (a JSON array of objects, one per
+-- attachment); replays change nothing. DISTINCT ON: a message sent twice in one page must
+-- not update a row twice.
 INSERT INTO email_attachments (business_id, store_id, email_graph_id, graph_attachment_id,
                                name, content_type, size_bytes, is_inline)
-VALUES (%(business_id)s, %(store_id)s, %(email_graph_id)s, %(graph_attachment_id)s,
-        %(name)s, %(content_type)s, %(size_bytes)s, %(is_inline)s)
+SELECT DISTINCT ON (a.email_graph_id, a.graph_attachment_id)
+       %(business_id)s, %(store_id)s, a.email_graph_id, a.graph_attachment_id, a.name,
+       a.content_type, a.size_bytes, a.is_inline
+  FROM jsonb_to_recordset(%(attachments)s)
+       AS a (email_graph_id text, graph_attachment_id text, name text, content_type text,
+             size_bytes bigint, is_inline boolean)
 ON CONFLICT (store_id, email_graph_id, graph_attachment_id) DO UPDATE
    SET name = excluded.name, content_type = excluded.content_type,
        size_bytes = excluded.size_bytes, is_inline = excluded.is_inline

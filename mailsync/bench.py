@@ -1,0 +1,411 @@
+"""`mailsync bench`: how close the sync comes to Graph itself, in one run.
+
+The floor is the time a plain httpx loop takes to page through the simulated mailbox (same
+page size, latency, $select and $expand; JSON parsed, nothing stored). The sync is the real
+``sync_mailbox`` flow into a fresh Postgres database, run in a fresh child process so that
+its start-up is reported apart (``startup_s``) and its peak RSS is its own: the simulator
+runs in another process (Graph is not in the syncing process either), and so does the
+Prefect server, started here unless PREFECT_API_URL names one.
+
+The sync's time is split three ways. Waiting for Graph (the part of fetching that the
+prefetch of the next page did not hide) and writing pages (their transactions) are recorded
+by each chunk in ``checkpoint_data["timing"]`` (mailsync.chunks); the rest is overhead:
+``per_chunk_overhead_ms`` is all of it per chunk, of which ``chunk_orchestration_ms`` falls
+between the first claim and the last commit (Prefect's task runs, claims, heartbeats) and
+``flow_fixed_s`` is paid once (the flow run, the job, the count and plan, the job's close).
+CPU per message is measured for the sync process, the local Postgres server (all of it,
+autovacuum included) and the simulator, while the sync runs: their sum against the two
+cores of the machine says what bounds the throughput.
+
+``python -m mailsync.bench sync SPEC`` is the child's entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from mailsync.errors import MailsyncError
+
+TENANT = "contoso-bench"
+SCOPE = "https://graph.microsoft.com/.default"
+PREFECT_START_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    messages: int = 10_000
+    latency_ms: float = 0.0
+    chunk_size: int = 5_000
+    page_size: int = 500
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class Floor:
+    seconds: float
+    messages: int
+    requests: int
+
+
+# -- the floor --------------------------------------------------------------------------------
+
+
+def fetch_token(http: httpx.Client, sim_url: str, client_id: str, secret: str) -> str:
+    form = {"client_id": client_id, "client_secret": secret, "scope": SCOPE,
+            "grant_type": "client_credentials"}  # fmt: skip
+    response = http.post(f"{sim_url}/{TENANT}/oauth2/v2.0/token", data=form)
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Floor:
+    """Page through the whole mailbox as Graph serves it: nextLinks, parse, store nothing."""
+    from mailsync.graph import EPOCH, EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
+
+    headers = {"Authorization": f"Bearer {token}", "Prefer": 'IdType="ImmutableId"',
+               "Accept": "application/json"}  # fmt: skip
+    params: dict[str, str] | None = {
+        "$filter": f"receivedDateTime ge {EPOCH}", "$orderby": "receivedDateTime asc",
+        "$top": str(page_size), "$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS,
+    }  # fmt: skip
+    messages = requests = 0
+    with httpx.Client(headers=headers, timeout=120.0) as http:
+        url: str | None = GraphClient(http, base_url=sim_url).messages_url(mailbox, "inbox")
+        started = time.perf_counter()
+        while url:
+            response = http.get(url, params=params)
+            response.raise_for_status()
+            body = orjson.loads(response.content)  # the parser the sync uses
+            messages += len(body["value"])
+            requests += 1
+            url, params = body.get("@odata.nextLink"), None
+        return Floor(time.perf_counter() - started, messages, requests)
+
+
+# -- the processes around the sync: Prefect server, simulator ----------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def prefect_api() -> Iterator[tuple[str, float, bool]]:
+    """(API URL, seconds its server took to start, started here?): PREFECT_API_URL if set,
+    else our own `prefect server start` (an ephemeral server costs seconds per process)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"], 0.0, False
+        return
+    with tempfile.TemporaryDirectory(prefix="mailsync-bench-prefect-") as home:
+        port = _free_port()
+        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_SERVER_API_HOST": "127.0.0.1"}  # fmt: skip
+        log = open(Path(home) / "server.log", "wb")  # lives as long as the server
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port), "--no-ui"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            api = f"http://127.0.0.1:{port}/api"
+            _wait_healthy(f"{api}/health", proc)
+            yield api, time.perf_counter() - started, True
+        finally:
+            _stop(proc)
+            log.close()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[Any]) -> None:
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MailsyncError(f"prefect server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise MailsyncError(f"prefect server not healthy at {url} after {PREFECT_START_TIMEOUT_S} s")
+
+
+@contextmanager
+def simulator_process(mailbox: str, messages: int, seed: int) -> Iterator[tuple[str, int]]:
+    """A Graph simulator in its own process (its CPU and GIL are not the sync's): its URL
+    and its pid."""
+    code = (
+        "import sys; from mailsync.simulator import serve_forever; "
+        "serve_forever('127.0.0.1', 0, {sys.argv[1]: int(sys.argv[2])}, int(sys.argv[3]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, mailbox, str(messages), str(seed)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()  # the first line, once the mailbox is built
+        if not url.startswith("http"):
+            raise MailsyncError(f"the simulator did not start (exit {proc.poll()})")
+        yield url, proc.pid
+    finally:
+        _stop(proc)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and of its children, the exited ones included (Postgres'
+    backends are the postmaster's children; it collects each one's CPU when it exits)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
+    for child in proc.children(recursive=True):
+        with suppress(psutil.Error):  # gone meanwhile: collected by its parent
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def postmaster_pid(database_url: str) -> int | None:
+    """The local Postgres server's pid, or None when it is not a process of this host."""
+    import psutil
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:  # the backend lives as long as this
+        try:
+            parent = psutil.Process(conn.info.backend_pid).parent()
+        except psutil.Error:
+            return None
+    return parent.pid if parent and "postgres" in parent.name() else None
+
+
+def set_latency(sim_url: str, latency_ms: float) -> None:
+    httpx.post(f"{sim_url}/_sim/faults", json={"latency_ms": latency_ms}).raise_for_status()
+
+
+# -- a fresh database ----------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new database with the schema on the configured server (the embedded one unless
+    MAILSYNC_DATABASE_URL is set), dropped afterwards: the sync really inserts."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from mailsync.config import load_settings
+    from mailsync.migrate import upgrade
+    from mailsync.runtime import resolve_database_url
+
+    admin_url = resolve_database_url(load_settings())
+    name = f"mailsync_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # a generated name, not input
+    url = make_conninfo(admin_url, dbname=name)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the sync, in a child process -----------------------------------------------------------
+
+
+def run_sync_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``python -m mailsync.bench sync SPEC``; its result plus when it was spawned."""
+    spawned = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailsync.bench", "sync", json.dumps(spec)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise MailsyncError(f"the sync process failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["process_start_s"] = result["called_at"] - spawned
+    return result
+
+
+def _child_sync(spec: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: start up, run the flow, report times, chunk timings, peak RSS."""
+    import psutil
+
+    from flows.sync_mailbox import default_business_id, sync_mailbox
+    from mailsync.jobs import load_job
+    from mailsync.runtime import get_runtime
+
+    runtime = get_runtime()
+    business_id = default_business_id(TENANT)
+    runtime.db.all("list_chunks", business_id, job_id=uuid.uuid4())  # connecting: start-up
+    _warm_up_prefect()
+    baseline_rss = psutil.Process().memory_info().rss
+    cpu_before, called_at = _own_cpu_s(), time.time()
+    summary = sync_mailbox(
+        mailbox=spec["mailbox"], folder="inbox", business_id=business_id,
+        chunk_size=spec["chunk_size"], page_size=spec["page_size"], graph_url=spec["graph_url"],
+    )  # fmt: skip
+    returned_at, cpu_s = time.time(), _own_cpu_s() - cpu_before
+    job = load_job(runtime.db, summary["job_id"])
+    chunks = runtime.db.all("list_chunks", business_id, job_id=summary["job_id"])
+    return {
+        "called_at": called_at,
+        # The job's clock is the database's: the same host's clock for the embedded server.
+        "job_completed_at": job["completed_at"].timestamp(),
+        "returned_at": returned_at,
+        "cpu_s": cpu_s,
+        "summary": summary,
+        "chunks": [_chunk_timing(c) for c in chunks],
+        "baseline_rss_mb": baseline_rss / 2**20,
+        # ru_maxrss is in KiB on Linux: the process's peak, import and all.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _warm_up_prefect() -> None:
+    """A process's first flow run pays Prefect's one-off costs (its API client, imports it
+    defers, schemas it builds): start-up, not sync. An empty flow run pays them here."""
+    from prefect import flow
+
+    flow(name="mailsync-bench-warm-up", log_prints=False)(_nothing)()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _chunk_timing(chunk: dict[str, Any]) -> dict[str, float]:
+    timing = (chunk["checkpoint_data"] or {}).get("timing") or {}
+    processing_ms = float(chunk["processing_time_ms"] or 0)
+    # The last page's transaction ends after the checkpoint is written: its share is what
+    # the attempt's clock shows beyond the moment that transaction began.
+    last_write_ms = max(0.0, processing_ms - timing.get("elapsed_ms", processing_ms))
+    return {
+        "claimed_at": chunk["started_at"].timestamp(),
+        # completed_at is the last transaction's start (now()); the chunk ends with it.
+        "done_at": chunk["completed_at"].timestamp() + last_write_ms / 1000,
+        "processing_ms": processing_ms,
+        "fetch_ms": timing.get("fetch_ms", 0.0),
+        "fetch_wait_ms": timing.get("fetch_wait_ms", 0.0),
+        "write_ms": timing.get("write_ms", 0.0) + last_write_ms,
+    }
+
+
+# -- the whole run --------------------------------------------------------------------------
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    from mailsync.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+
+    mailbox = f"bench-{uuid.uuid4().hex[:8]}@contoso.example"
+    with (
+        prefect_api() as (api_url, prefect_start_s, own_server),
+        simulator_process(mailbox, config.messages, config.seed) as (sim_url, sim_pid),
+        httpx.Client(timeout=60.0) as http,
+    ):
+        token = fetch_token(http, sim_url, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+        # Unmeasured pass: the simulator renders each message once, on first request.
+        measure_floor(sim_url, mailbox, config.page_size, token)
+        set_latency(sim_url, config.latency_ms)
+        floor = measure_floor(sim_url, mailbox, config.page_size, token)
+        with fresh_database() as database_url:
+            env = {
+                **os.environ, "PREFECT_API_URL": api_url, "MAILSYNC_DATABASE_URL": database_url,
+                "MAILSYNC_TENANT_ID": TENANT, "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
+                "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET, "MAILSYNC_GRAPH_URL": sim_url,
+            }  # fmt: skip
+            spec = {"mailbox": mailbox, "chunk_size": config.chunk_size,
+                    "page_size": config.page_size, "graph_url": sim_url}  # fmt: skip
+            watched = {"simulator": sim_pid}
+            if (postmaster := postmaster_pid(database_url)) is not None:
+                watched["postgres"] = postmaster
+            before = {name: process_cpu_s(pid) for name, pid in watched.items()}
+            child = run_sync_child(spec, env)
+            cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
+    cpu["sync_process"] = child["cpu_s"]
+    return summarize(config, floor, child, cpu, prefect_start_s, own_server)
+
+
+def summarize(
+    config: BenchConfig, floor: Floor, child: dict[str, Any], cpu_s: dict[str, float],
+    prefect_start_s: float, own_server: bool,
+) -> dict[str, Any]:  # fmt: skip
+    summary, chunks = child["summary"], child["chunks"]
+    if summary["status"] != "completed" or summary["emails_stored"] != config.messages:
+        raise MailsyncError(
+            f"the sync did not store the mailbox: {summary['status']}, "
+            f"{summary['emails_stored']} of {config.messages} messages"
+        )
+    sync_s = child["job_completed_at"] - child["called_at"]
+    work_s = sum(c["fetch_wait_ms"] + c["write_ms"] for c in chunks) / 1000
+    # From the first claim to the last chunk's commit: chunks and what runs between them.
+    span_s = max(c["done_at"] for c in chunks) - min(c["claimed_at"] for c in chunks)
+    return {
+        **asdict(config),
+        "floor_s": round(floor.seconds, 3),
+        "sync_s": round(sync_s, 3),
+        "ratio": round(sync_s / floor.seconds, 3),
+        "msgs_per_s": round(config.messages / sync_s, 1),
+        "floor_msgs_per_s": round(floor.messages / floor.seconds, 1),
+        "peak_rss_mb": round(child["peak_rss_mb"], 1),
+        "baseline_rss_mb": round(child["baseline_rss_mb"], 1),
+        "per_chunk_overhead_ms": round(1000 * (sync_s - work_s) / len(chunks), 1),
+        "chunk_orchestration_ms": round(1000 * (span_s - work_s) / len(chunks), 1),
+        "flow_fixed_s": round(sync_s - span_s, 3),
+        "chunks": len(chunks),
+        "fetch_s": round(sum(c["fetch_ms"] for c in chunks) / 1000, 3),
+        "fetch_wait_s": round(sum(c["fetch_wait_ms"] for c in chunks) / 1000, 3),
+        "write_s": round(sum(c["write_ms"] for c in chunks) / 1000, 3),
+        "flow_return_s": round(child["returned_at"] - child["called_at"], 3),
+        "startup_s": round(prefect_start_s + child["process_start_s"], 3),
+        "prefect_server_start_s": round(prefect_start_s, 3),
+        "process_start_s": round(child["process_start_s"], 3),
+        "prefect_server": "started by bench" if own_server else "PREFECT_API_URL",
+        "floor_requests": floor.requests,
+        "api_calls": summary["api_calls"],
+        # CPU per message while the sync ran (Postgres: the whole local server).
+        "cpu_us_per_msg": {k: round(1e6 * v / config.messages, 1) for k, v in cpu_s.items()},
+    }
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 2 and argv[0] == "sync":
+        print(json.dumps(_child_sync(json.loads(argv[1])), default=str), flush=True)
+        return
+    raise SystemExit("usage: python -m mailsync.bench sync SPEC  (run by `mailsync bench`)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,88 @@
+"""`mailsync bench`: sync throughput against the raw-fetch floor (the logic is mailsync.bench).
+
+``register(app)`` adds the command; the CLI's helpers are imported when it runs, so that
+``mailsync.cli`` can register it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mailsync.bench import BenchConfig, run_bench
+from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+# (key, label, unit): the rows of the table, in the order a reader asks the questions.
+_ROWS = (
+    ("floor_s", "floor: page through Graph, store nothing", "s"),
+    ("sync_s", "sync: flow called to job completed", "s"),
+    ("ratio", "sync / floor", "x"),
+    ("msgs_per_s", "sync throughput", "msg/s"),
+    ("floor_msgs_per_s", "floor throughput", "msg/s"),
+    ("fetch_wait_s", "sync waiting for Graph (not hidden by prefetch)", "s"),
+    ("write_s", "sync writing pages (Postgres transactions)", "s"),
+    ("per_chunk_overhead_ms", "overhead per chunk: the rest of sync_s / chunks", "ms"),
+    ("chunk_orchestration_ms", "  of which between and around chunks", "ms"),
+    ("flow_fixed_s", "  of which once per flow (start, plan, close)", "s"),
+    ("chunks", "chunks", ""),
+    ("api_calls", "Graph requests: sync (incl. count)", ""),
+    ("floor_requests", "Graph requests: floor", ""),
+    ("peak_rss_mb", "peak RSS of the syncing process", "MB"),
+    ("baseline_rss_mb", "its RSS when the flow was called", "MB"),
+    ("flow_return_s", "flow called to flow returned", "s"),
+    ("startup_s", "start-up (not in sync_s)", "s"),
+    ("prefect_server_start_s", "  of which Prefect server", "s"),
+    ("process_start_s", "  of which sync process", "s"),
+)
+
+
+Messages = Annotated[int, typer.Option(min=1, help="Messages in the simulated mailbox.")]
+Latency = Annotated[float, typer.Option(min=0, help="Simulated Graph latency per page (ms).")]
+ChunkSize = Annotated[int, typer.Option(min=1, help="Messages per chunk.")]
+PageSize = Annotated[int, typer.Option(min=1, max=MAX_PAGE_SIZE, help="Messages per page.")]
+Seed = Annotated[int, typer.Option(help="Seed of the generated mailbox.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mailsync bench` to the CLI."""
+    app.command("bench")(bench)
+
+
+def bench(
+    messages: Messages = 10_000,
+    latency_ms: Latency = 0.0,
+    chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE,
+    page_size: PageSize = DEFAULT_PAGE_SIZE,
+    seed: Seed = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    from mailsync.cli import console, out
+
+    config = BenchConfig(messages, latency_ms, chunk_size, page_size, seed)
+    if not as_json:
+        console.print(f"bench: {messages} messages, {latency_ms:g} ms per page, pages of "
+                      f"{page_size}, chunks of {chunk_size} (this takes a while)")  # fmt: skip
+    result = run_bench(config)
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+    else:
+        out.print(result_table(result))
+
+
+def result_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"mailsync bench: {result['messages']} messages, "
+                  f"{result['latency_ms']:g} ms latency")  # fmt: skip
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("")
+    for key, label, unit in _ROWS:
+        table.add_row(label, f"{result[key]:,}", unit)
+    for process, micros in result["cpu_us_per_msg"].items():
+        table.add_row(f"CPU per message while syncing: {process}", f"{micros:,}", "µs")
+    table.caption = f"Prefect server: {result['prefect_server']}"
+    return table

@@ -1,0 +1,39 @@
+"""`mailsync bench` runs end to end and reports its figures; the figures themselves are not
+asserted (timing on a shared machine is no test), only that they are there and sane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+MAILSYNC = Path(sys.executable).parent / "mailsync"
+
+
+def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
+    # The session's Prefect server (PREFECT_API_URL, set by conftest) and Postgres: the
+    # bench makes a fresh database there and drops it again.
+    env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
+    done = subprocess.run(
+        [str(MAILSYNC), "bench", "--messages", "2000", "--chunk-size", "1000", "--json"],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["messages"] == 2000 and result["chunks"] == 2
+    for key in ("floor_s", "sync_s", "ratio", "msgs_per_s", "floor_msgs_per_s", "peak_rss_mb",
+                "per_chunk_overhead_ms", "startup_s", "fetch_wait_s", "write_s"):  # fmt: skip
+        assert isinstance(result[key], int | float), key
+    assert result["floor_s"] > 0 and result["sync_s"] > 0
+    assert result["ratio"] == pytest.approx(result["sync_s"] / result["floor_s"], rel=0.01)
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0
+    assert result["startup_s"] >= result["process_start_s"] > 0
+    assert result["floor_requests"] == 4  # 2000 messages in pages of 500
+    assert result["api_calls"] == 5  # the same pages, plus the count
