@@ -71,13 +71,32 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
-    since: Annotated[str, typer.Option(help="Window start: 90m, 24h, 7d, 2w ago, or an ISO date/datetime (UTC).")] = "24h",  # noqa: E501
-    until: Annotated[str | None, typer.Option(help="Window end, in the same forms (default: now).")] = None,  # noqa: E501
-    store: Annotated[str | None, typer.Option(help="Only this store: its id or its mailbox.")] = None,  # noqa: E501
+    since: Annotated[
+        str, typer.Option(help="Window start: 90m, 24h, 7d, 2w ago, or an ISO date/datetime (UTC).")
+    ] = "24h",
+    until: Annotated[
+        str | None, typer.Option(help="Window end, in the same forms (default: now).")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Only this store: its id or its mailbox.")
+    ] = None,
     business: Annotated[str | None, typer.Option(help="Only this business (tenant) UUID.")] = None,
-    output_format: Annotated[ReportFormat, typer.Option("--format", help="table: the terminal; csv, markdown: one file per table in --out; json: one object on stdout.")] = ReportFormat.table,  # noqa: E501
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the csv/markdown files.")] = Path("."),  # noqa: E501
-    png: Annotated[Path | None, typer.Option("--png", help="Also draw a chart into this PNG file.")] = None,  # noqa: E501
+    output_format: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            help=(
+                "table: the terminal; csv, markdown: one file per table in --out; "
+                "json: one object on stdout."
+            ),
+        ),
+    ] = ReportFormat.table,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for the csv/markdown files.")
+    ] = Path("."),
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also draw a chart into this PNG file.")
+    ] = None,
 ) -> None:
     """How healthy are the syncs: chunk outcomes, problem stores, errors, speed, trend."""
     from mailsync.cli import _runtime, _upgrade, console, fail, out

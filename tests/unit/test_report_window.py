@@ -110,7 +110,9 @@ def test_pandas_tables_skip_chunks_that_never_ran_and_keep_quiet_hours() -> None
     ]
     trend = records(success_trend(chunks, "hour"))
     assert [(t["bucket"][11:16], t["chunks"], t["success_rate"]) for t in trend] == [
-        ("08:00", 2, 100.0), ("09:00", 0, None), ("10:00", 3, 50.0),
+        ("08:00", 2, 100.0),
+        ("09:00", 0, None),
+        ("10:00", 3, 50.0),
     ]  # the quiet hour has no rate, not 0 and not NaN
 
 
