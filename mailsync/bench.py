@@ -25,26 +25,23 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
 from mailsync.errors import MailsyncError
+from mailsync.prefect_server import prefect_api, stop_process
 
 TENANT = "contoso-bench"
 SCOPE = "https://graph.microsoft.com/.default"
-PREFECT_START_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -101,62 +98,6 @@ def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Flo
 # -- the processes around the sync: Prefect server, simulator ----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@contextmanager
-def prefect_api() -> Iterator[tuple[str, float, bool]]:
-    """(API URL, seconds its server took to start, started here?): PREFECT_API_URL if set,
-    else our own `prefect server start` (an ephemeral server costs seconds per process)."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"], 0.0, False
-        return
-    with tempfile.TemporaryDirectory(prefix="mailsync-bench-prefect-") as home:
-        port = _free_port()
-        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_SERVER_API_HOST": "127.0.0.1"}  # fmt: skip
-        log = open(Path(home) / "server.log", "wb")  # lives as long as the server
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--no-ui"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            api = f"http://127.0.0.1:{port}/api"
-            _wait_healthy(f"{api}/health", proc)
-            yield api, time.perf_counter() - started, True
-        finally:
-            _stop(proc)
-            log.close()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[Any]) -> None:
-    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise MailsyncError(f"prefect server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise MailsyncError(f"prefect server not healthy at {url} after {PREFECT_START_TIMEOUT_S} s")
-
-
 @contextmanager
 def simulator_process(mailbox: str, messages: int, seed: int) -> Iterator[tuple[str, int]]:
     """A Graph simulator in its own process (its CPU and GIL are not the sync's): its URL
@@ -176,7 +117,7 @@ def simulator_process(mailbox: str, messages: int, seed: int) -> Iterator[tuple[
             raise MailsyncError(f"the simulator did not start (exit {proc.poll()})")
         yield url, proc.pid
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def process_cpu_s(pid: int) -> float:

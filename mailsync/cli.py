@@ -328,7 +328,7 @@ def main() -> None:
     # rescanned them all through a sync (~13% of its CPU). Freeze what exists by now.
     import gc
 
-    import prefect  # imported here so that freezing covers it
+    import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
 
     gc.freeze()
     try:

@@ -11,44 +11,20 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="mailsync-tests-"))
-_prefect_server: subprocess.Popen[bytes] | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(url: str, deadline_s: float, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"prefect server not healthy at {url} after {deadline_s} s")
+_session_services = ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _prefect_server
     os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -58,36 +34,22 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MAILSYNC_RETRY_MAX_S", "0.5")
     os.environ.setdefault("MAILSYNC_HTTP_BACKOFF_BASE_S", "0.01")
     os.environ.setdefault("MAILSYNC_HTTP_BACKOFF_MAX_S", "0.2")
-    if os.environ.get("PREFECT_API_URL"):
-        return  # a server the caller runs
-    port = _free_port()
-    env = {**os.environ, "PREFECT_SERVER_API_HOST": "127.0.0.1"}
-    log = open(_SESSION_DIR / "prefect-server.log", "wb")  # lives with the server
-    _prefect_server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--no-ui"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{port}/api"
-    _wait_for(f"{api}/health", 90, _prefect_server)
+    from mailsync.prefect_server import prefect_api  # no Prefect import: settings stay unread
+
+    api, _, _ = _session_services.enter_context(prefect_api())  # PREFECT_API_URL, or our own
     os.environ["PREFECT_API_URL"] = api
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _prefect_server is not None:
-        if "prefect" in sys.modules:
-            # Ship queued logs and events before the server goes away, or the process
-            # hangs at exit retrying them.
-            from prefect.events.worker import EventsWorker
-            from prefect.logging.handlers import APILogWorker
+    if "prefect" in sys.modules:
+        # Ship queued logs and events before the server goes away, or the process hangs
+        # at exit retrying them.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
-        _prefect_server.terminate()
-        try:
-            _prefect_server.wait(10)
-        except subprocess.TimeoutExpired:
-            _prefect_server.kill()
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    _session_services.close()
 
 
 @pytest.fixture(scope="session")

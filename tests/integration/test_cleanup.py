@@ -188,7 +188,7 @@ def test_jobs_to_resume_are_the_idle_ones_and_are_not_requested_twice(
 ) -> None:
     store = seed_store(conn, MAILBOX)
     idle = seed_job(conn, store, "running", ["completed", "pending"], idle=ago(minutes=5))
-    busy = seed_job(conn, seed_store(conn, "b@contoso.example"), "running",
+    _busy = seed_job(conn, seed_store(conn, "b@contoso.example"), "running",
                     ["completed", "pending"], idle=ago(seconds=5))  # fmt: skip
     waiting = seed_job(conn, seed_store(conn, "w@contoso.example"), "running",
                        ["completed", "retrying"], idle=ago(minutes=5))  # fmt: skip
