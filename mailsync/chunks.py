@@ -8,6 +8,7 @@ from the newest checkpoint. The next page is fetched while the current one is wr
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -298,8 +299,6 @@ def _write_page(
 
 def retry_delay_s(ctx: ChunkContext, attempt: int, exc: BaseException) -> float:
     """Our jittered exponential backoff, unless Graph asked for longer (Retry-After wins)."""
-    import random
-
     delay = backoff_delay(attempt - 1, ctx.retry_base_s, ctx.retry_max_s, random.Random())
     retry_after = getattr(exc, "retry_after_s", None)
     return max(delay, retry_after) if retry_after is not None else delay

@@ -7,7 +7,7 @@ password removed. Every statement comes from ``sql/queries.sql`` by name.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -37,11 +37,12 @@ def _adapt(params: dict[str, Any]) -> dict[str, Any]:
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
 
-def check_connectable(url: str, timeout_s: int = 10) -> None:
-    """Fail fast, and clearly, on a bad DSN or an unreachable server."""
+@contextmanager
+def connect(url: str, timeout_s: int = 10, **kwargs: Any) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own, outside the pool (migrations, role checks, locks), failing
+    fast and clearly on a bad DSN or an unreachable server, with the password removed."""
     try:
-        with psycopg.connect(url, connect_timeout=timeout_s) as conn:
-            conn.execute("SELECT 1")
+        conn = psycopg.connect(url, connect_timeout=timeout_s, **kwargs)
     except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
         raise ConfigError(f"invalid database URL {redact_url(url)!r}: {exc}") from None
     except psycopg.Error as exc:
@@ -49,6 +50,14 @@ def check_connectable(url: str, timeout_s: int = 10) -> None:
         raise DatabaseError(
             f"cannot connect to the database at {redact_url(url)}: {reason}"
         ) from None
+    with conn:
+        yield conn
+
+
+def check_connectable(url: str, timeout_s: int = 10) -> None:
+    """Fail fast, and clearly, on a bad DSN or an unreachable server."""
+    with connect(url, timeout_s):
+        pass
 
 
 class Session:
@@ -72,29 +81,26 @@ class Session:
             cur.execute(queries[query], _adapt(params))
             return cur.rowcount
 
-    def execute_many(self, query: str, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany(queries[query], [_adapt(r) for r in rows])
-
-    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
-        """COPY rows into a table (the bulk path, used for staging)."""
-        copy_sql = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        types: Sequence[str] | None = None,
+    ) -> None:
+        """COPY rows into a table (the bulk path, used for staging). With the columns'
+        ``types``, a binary COPY: text goes as its UTF-8 bytes, nothing escaped on either
+        side (about half the CPU of text COPY for kilobytes of html per row)."""
+        copy_sql = pgsql.SQL("COPY {} ({}) FROM STDIN{}").format(
             pgsql.Identifier(table),
             pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns),
+            pgsql.SQL(" (FORMAT BINARY)" if types is not None else ""),
         )
         with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            if types is not None:
+                copy.set_types(list(types))
             for row in rows:
                 copy.write_row(row)
-
-
-def _acting_role(url: str, wanted: str | None, timeout_s: int) -> str | None:
-    try:
-        with psycopg.connect(url, connect_timeout=timeout_s, autocommit=True) as conn:
-            return roles.acting_role(conn, wanted)
-    except psycopg.Error as exc:
-        reason = f"cannot check the database roles at {redact_url(url)}: {exc}"
-        raise DatabaseError(reason) from None
 
 
 class Database:
@@ -105,9 +111,13 @@ class Database:
         self, url: str, *, max_size: int = 4, connect_timeout_s: int = 10,
         role: str | None = roles.WORKER,
     ) -> None:  # fmt: skip
-        check_connectable(url, connect_timeout_s)
         self.url = url
-        self.role = _acting_role(url, role, connect_timeout_s)  # None: the login itself
+        with connect(url, connect_timeout_s, autocommit=True) as conn:
+            try:
+                self.role = roles.acting_role(conn, role)  # None: the login itself
+            except psycopg.Error as exc:
+                reason = f"cannot check the database roles at {redact_url(url)}: {exc}"
+                raise DatabaseError(reason) from None
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,

@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psycopg
 from psycopg.rows import dict_row
 
-from mailsync.db import Database, redact_url
-from mailsync.errors import DatabaseError
+from mailsync.db import Database, connect
 from sql import queries
 
 # One cleanup at a time across every process on the database (CLI, deployments, tests).
@@ -31,11 +29,7 @@ def cleanup_lock(db: Database) -> Iterator[bool]:
     minutes would hold back vacuum. A process that dies loses its connection, and the lock
     with it, so a crashed cleanup never blocks the next one.
     """
-    try:
-        conn = psycopg.connect(db.url, autocommit=True, row_factory=dict_row)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"cannot connect to {redact_url(db.url)}: {exc}") from None
-    with conn:
+    with connect(db.url, autocommit=True, row_factory=dict_row) as conn:
         row = conn.execute(queries["try_cleanup_lock"], {"lock_key": CLEANUP_LOCK_KEY}).fetchone()
         acquired = bool(row and row["acquired"])
         try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from mailsync.db import check_connectable, redact_url
+from mailsync.db import connect, redact_url
 from mailsync.errors import DatabaseError
 from sql import migrations
 
@@ -23,10 +23,9 @@ def upgrade(url: str) -> list[str]:
     An up-to-date schema is recognised without the lock and without any right to change
     the schema, so that a least-privilege login (docs/security.md) runs every command.
     """
-    check_connectable(url)
     applied_now: list[str] = []
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with connect(url, autocommit=True) as conn:
             if not _pending(conn):
                 return []
             conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -66,9 +65,3 @@ def _pending(conn: psycopg.Connection[Any]) -> bool:
         return True
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     return any(version not in done for version, _, _ in migrations())
-
-
-def current_version(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-        return int(row[0]) if row else 0
