@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
+from mailsync.tasks.retention import RetentionPolicy, apply_retention
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
@@ -28,8 +30,6 @@ from prefect.runtime import deployment, flow_run
 
 from mailsync.maintenance import cleanup_lock
 from mailsync.runtime import get_runtime
-from tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
-from tasks.retention import RetentionPolicy, apply_retention
 
 SYNC_DEPLOYMENT = "sync-mailbox/hourly"  # prefect.yaml's sync deployment
 SKIPPED = "another cleanup is running"
@@ -129,7 +129,7 @@ def _resume_through_deployment(
 
 def _resume_in_process(job_ids: list[str]) -> tuple[list[str], list[str]]:
     """Run the sync of each job here, one after the other, as subflows."""
-    from flows.sync_mailbox import sync_mailbox  # the sync's imports only when needed
+    from mailsync.flows.sync_mailbox import sync_mailbox  # the sync's imports only when needed
 
     logger = get_run_logger()
     started, failed = [], []

@@ -7,9 +7,11 @@ retrying sync-chunk task → close the job (completed / partial_failure) → rep
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
+from mailsync.tasks.plan import plan_chunks
+from mailsync.tasks.retry import retry_delays
+from mailsync.tasks.sync_chunk import sync_chunk
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_progress_artifact,
@@ -20,6 +22,7 @@ from prefect.artifacts import (
 from mailsync.errors import MailsyncError
 from mailsync.jobs import (
     SyncRequest,
+    default_business_id,
     fail_job,
     finish_job,
     job_summary,
@@ -28,21 +31,8 @@ from mailsync.jobs import (
     start_job,
 )
 from mailsync.runtime import get_runtime
-from tasks.plan import plan_chunks
-from tasks.retry import retry_delays
-from tasks.sync_chunk import sync_chunk
 
 PROGRESS_EVERY_S = 1.0
-
-
-def default_business_id(tenant_id: str | None) -> str:
-    """The business defaults to the Microsoft 365 tenant: its GUID, or a UUID derived from it."""
-    if tenant_id:
-        try:
-            return str(uuid.UUID(tenant_id))
-        except ValueError:
-            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mailsync:tenant:{tenant_id}"))
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailsync:default-business"))
 
 
 @flow(name="sync-mailbox", log_prints=False)

@@ -199,8 +199,8 @@ def _child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     """The child's work: start up, run the flow, report times, chunk timings, peak RSS."""
     import psutil
 
-    from flows.sync_mailbox import default_business_id, sync_mailbox
-    from mailsync.jobs import load_job
+    from mailsync.flows.sync_mailbox import sync_mailbox
+    from mailsync.jobs import default_business_id, load_job
     from mailsync.runtime import get_runtime
 
     runtime = get_runtime()

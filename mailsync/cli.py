@@ -128,8 +128,8 @@ def _sync_and_report(
     extra: dict[str, Any],
     with_report: bool = False,
 ) -> dict[str, Any]:
-    from flows.sync_mailbox import sync_mailbox
     from mailsync.db import redact_url
+    from mailsync.flows.sync_mailbox import sync_mailbox
     from mailsync.jobs import job_summary, open_job
 
     started = time.perf_counter()
@@ -162,8 +162,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Sync a simulated mailbox into the embedded Postgres through the real flow."""
-    from flows.sync_mailbox import default_business_id
-    from mailsync.jobs import SyncRequest
+    from mailsync.jobs import SyncRequest, default_business_id
     from mailsync.simulator import GraphSimulator
 
     with GraphSimulator() as simulator:
@@ -211,8 +210,7 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Sync a real mailbox (credentials from MAILSYNC_TENANT_ID/CLIENT_ID/CLIENT_SECRET)."""
-    from flows.sync_mailbox import default_business_id
-    from mailsync.jobs import SyncRequest
+    from mailsync.jobs import SyncRequest, default_business_id
     from mailsync.runtime import graph_credentials
 
     runtime = _runtime(graph_url=graph_url, page_size=page_size, chunk_size=chunk_size)
@@ -234,8 +232,8 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Continue an unfinished job from its last checkpoint."""
-    from flows.sync_mailbox import sync_mailbox
     from mailsync.db import redact_url
+    from mailsync.flows.sync_mailbox import sync_mailbox
     from mailsync.jobs import job_summary, load_job, start_job
 
     runtime = _runtime(graph_url=graph_url)

@@ -36,8 +36,8 @@ def cleanup(
 
     Exits 0 without doing anything when another cleanup is running.
     """
-    from flows.cleanup import cleanup as cleanup_flow
     from mailsync.cli import _runtime, _upgrade, console, fail, out
+    from mailsync.flows.cleanup import cleanup as cleanup_flow
 
     if stuck_after is not None and stuck_after <= 0:
         fail(f"--stuck-after must be positive, got {stuck_after:g}")

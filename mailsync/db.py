@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailsync import roles
 from mailsync.errors import ConfigError, DatabaseError
-from sql import queries
+from mailsync.sql import queries
 
 Row = dict[str, Any]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,16 @@ class SyncRequest:
     @property
     def sync_type(self) -> str:
         return "date_range" if self.sync_from or self.sync_to else "full"
+
+
+def default_business_id(tenant_id: str | None) -> str:
+    """The business defaults to the Microsoft 365 tenant: its GUID, or a UUID derived from it."""
+    if tenant_id:
+        try:
+            return str(uuid.UUID(tenant_id))
+        except ValueError:
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mailsync:tenant:{tenant_id}"))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "mailsync:default-business"))
 
 
 def graph_time(value: datetime | None) -> str | None:

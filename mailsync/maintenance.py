@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from psycopg.rows import dict_row
 
 from mailsync.db import Database, connect
-from sql import queries
+from mailsync.sql import queries
 
 # One cleanup at a time across every process on the database (CLI, deployments, tests).
 # An arbitrary constant, next to mailsync.migrate's 7_420_001.

@@ -12,7 +12,7 @@ import psycopg
 
 from mailsync.db import connect, redact_url
 from mailsync.errors import DatabaseError
-from sql import migrations
+from mailsync.sql import migrations
 
 _LOCK_KEY = 7_420_001  # an arbitrary constant shared by every mailsync process
 

@@ -26,7 +26,7 @@ from psycopg import sql as pgsql
 
 from mailsync import validate
 from mailsync.errors import ConfigError
-from sql import queries
+from mailsync.sql import queries
 
 WORKER = "mailsync_worker"  # syncs: its tenant's rows, no DDL
 REPORTING = "mailsync_reporting"  # reads its tenant's rows

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.jobs import load_job, load_store, plan_job
 from mailsync.runtime import get_runtime
-from tasks.retry import only_retryable
 
 
 @task(name="plan-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.runtime import get_runtime
-from tasks.retry import only_retryable
 
 # A resumed run that has not started after this long (no worker free, worker down) is
 # requested again; before that, a second request would only queue a duplicate run.

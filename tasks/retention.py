@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.config import _env_float, _env_int
 from mailsync.db import Database
 from mailsync.runtime import get_runtime
-from tasks.retry import only_retryable
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0

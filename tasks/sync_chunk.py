@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -12,7 +13,6 @@ from mailsync.chunks import ChunkContext, chunk_row, claim, outcome_of, run_chun
 from mailsync.config import default_worker_id
 from mailsync.jobs import load_job, load_store
 from mailsync.runtime import get_runtime
-from tasks.retry import only_retryable
 
 WORKER_ID = default_worker_id()  # one per process: host:pid:random
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from mailsync.flows.cleanup import cleanup
 
-from flows.cleanup import cleanup
 from mailsync.maintenance import CLEANUP_LOCK_KEY
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 

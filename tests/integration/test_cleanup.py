@@ -13,10 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from mailsync.flows.cleanup import cleanup
+from mailsync.flows.sync_mailbox import sync_mailbox
 from psycopg.rows import dict_row
 
-from flows.cleanup import cleanup
-from flows.sync_mailbox import sync_mailbox
 from mailsync.maintenance import CLEANUP_LOCK_KEY
 from mailsync.runtime import get_runtime, reset_runtime
 

@@ -449,10 +449,9 @@ def test_bad_input_is_a_clear_error(run_report: Callable[..., Result]) -> None:
 
 
 def test_the_report_flow_publishes_its_tables_as_artifacts(seeded: str, runtime: Any) -> None:
+    from mailsync.flows.report import artifact_key_prefix, report
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    from flows.report import artifact_key_prefix, report
 
     state = report(since="7d", return_state=True)
     result = state.result()
@@ -492,7 +491,7 @@ def throttle_once_paging_starts(simulator: Any, requests: int) -> threading.Thre
 def test_report_on_real_syncs_with_injected_failures(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
-    from flows.sync_mailbox import sync_mailbox
+    from mailsync.flows.sync_mailbox import sync_mailbox
 
     simulator.add_mailbox(ADA, 300, seed=29)
     simulator.faults.retry_after_s = 0.01

@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+import mailsync.flows as flows
 import psycopg
 import pytest
+from mailsync.flows.sync_mailbox import sync_mailbox
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
-import flows
-from flows.sync_mailbox import sync_mailbox
 from mailsync.errors import AuthError, DatabaseError, InvalidInputError
 from mailsync.runtime import SECRET_BLOCK, reset_runtime
 from mailsync.simulator import GraphSimulator
@@ -194,7 +194,7 @@ def test_no_flow_takes_a_secret_as_a_parameter() -> None:
     suspicious = ("secret", "token", "password", "credential", "key")
     found = []
     for module_info in pkgutil.iter_modules(flows.__path__):
-        module = importlib.import_module(f"flows.{module_info.name}")
+        module = importlib.import_module(f"mailsync.flows.{module_info.name}")
         for value in vars(module).values():
             parameters = getattr(getattr(value, "parameters", None), "properties", None)
             if isinstance(parameters, dict):

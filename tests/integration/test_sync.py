@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from mailsync.flows.sync_mailbox import sync_mailbox
 
-from flows.sync_mailbox import sync_mailbox
 from mailsync.errors import InvalidInputError, NotFoundError
 
 MAILBOX = "ada@contoso.example"

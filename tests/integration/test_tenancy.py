@@ -17,12 +17,12 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from mailsync.flows.sync_mailbox import sync_mailbox
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from flows.sync_mailbox import sync_mailbox
 from mailsync.db import Database
 from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.roles import MAINTENANCE, REPORTING, WORKER

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
+import mailsync.sql as sql
 import pytest
-
-import sql
 
 
 def test_parse_queries_splits_named_blocks() -> None:
