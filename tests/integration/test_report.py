@@ -5,8 +5,6 @@ by plain SQL written for the test, never by the report's own queries."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -473,21 +471,6 @@ def test_the_report_flow_publishes_its_tables_as_artifacts(seeded: str, runtime:
 # -- real syncs with injected failures ------------------------------------------------------
 
 
-def throttle_once_paging_starts(simulator: Any, requests: int) -> threading.Thread:
-    """Throttle the next ``requests`` Graph requests once the first message page is served:
-    after the plan (its count request has its own retries), so that a chunk attempt fails."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and simulator.stats.message_pages < 1:
-            time.sleep(0.002)
-        simulator.faults.throttle_next = requests
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    return watcher
-
-
 def test_report_on_real_syncs_with_injected_failures(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
@@ -495,10 +478,11 @@ def test_report_on_real_syncs_with_injected_failures(
 
     simulator.add_mailbox(ADA, 300, seed=29)
     simulator.faults.retry_after_s = 0.01
-    # more 429s than one request's retries (6): the chunk attempt fails and is retried
-    watcher = throttle_once_paging_starts(simulator, requests=runtime.settings.http_max_retries + 2)
+    # Once the first message page (the plan's count request, which has its own retries) is
+    # out, more 429s than one request's retries (6): the chunk attempt fails and is retried.
+    simulator.faults.throttle_burst = runtime.settings.http_max_retries + 2
+    simulator.faults.throttle_after_pages = 1
     throttled = sync_mailbox(mailbox=ADA, chunk_size=300, page_size=100, graph_url=simulator.url)
-    watcher.join()
     simulator.add_mailbox(BOB, 600, seed=23)
     simulator.faults.malformed_page_at = 2  # a page that is not JSON: bad data, not retried
     simulator.faults.malformed_persistent = False

@@ -12,8 +12,6 @@ import json
 import logging
 import pkgutil
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -119,20 +117,6 @@ def leaks(texts: list[str], needles: list[str]) -> list[str]:
     return [text[:200] for text in texts for needle in needles if needle in text]
 
 
-def expire_tokens_after(simulator: GraphSimulator, pages: int) -> threading.Thread:
-    """Expire every token once ``pages`` pages were served: the run needs a second token."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and simulator.stats.message_pages < pages:
-            time.sleep(0.002)
-        simulator.expire_all_tokens()
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 # -- the tests ------------------------------------------------------------------------------
 
 
@@ -142,11 +126,9 @@ def test_a_sync_leaks_neither_the_secret_nor_a_token(
 ) -> None:  # fmt: skip
     capture_everything(caplog)
     sim.add_mailbox(MAILBOX, 900, seed=43)
-    sim.faults.latency_ms = 2
-    watcher = expire_tokens_after(sim, 4)
+    sim.faults.expire_tokens_after_pages = 4  # the run needs a second token
     state = sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=sim.url,
                          return_state=True)  # fmt: skip
-    watcher.join()
     summary = state.result()
     assert summary["status"] == "completed" and summary["emails_stored"] == 900
     assert len(sim.issued) >= 2 and sim.stats.by_status.get(401, 0) >= 1  # a refresh happened

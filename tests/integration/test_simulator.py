@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mailsync import simulator as simulator_module
-from mailsync.mailbox import Message, iso
-from mailsync.simulator import Faults, GraphSimulator
+from mailsync.simulator import Faults, GraphSimulator, render
+from mailsync.simulator.generator import Message, iso
 
 USER = "adele@contoso.example"
 COUNT = 250
@@ -382,6 +381,47 @@ def test_persistent_malformed_page_keeps_failing_on_that_page(
     assert len(other_page.json()["value"]) == 10
 
 
+def test_throttle_after_pages_fires_on_the_next_request(
+    sim: GraphSimulator, client: httpx.Client
+) -> None:
+    sim.faults.update({"throttle_after_pages": 2, "throttle_burst": 2, "retry_after_s": 0})
+    statuses = [client.get(FOLDER_MESSAGES).status_code for _ in range(5)]
+    assert statuses == [200, 200, 429, 429, 200]
+    assert sim.faults.throttle_after_pages is None  # fired once, disarmed
+    assert sim.faults.throttle_next == 0
+
+
+def test_only_message_pages_count_towards_a_trigger(
+    sim: GraphSimulator, client: httpx.Client
+) -> None:
+    sim.faults.server_error_after_pages = 1
+    assert client.get(f"/v1.0/users/{USER}/mailFolders/inbox").status_code == 200  # not a page
+    assert client.get(f"/v1.0/users/{USER}").status_code == 200
+    assert client.get(FOLDER_MESSAGES).status_code == 200  # the first page: fires after it
+    assert [client.get(FOLDER_MESSAGES).status_code for _ in range(2)] == [503, 200]
+
+
+def test_reassigning_a_trigger_restarts_its_count(
+    sim: GraphSimulator, client: httpx.Client
+) -> None:
+    sim.faults.throttle_after_pages = 2
+    client.get(FOLDER_MESSAGES)
+    sim.faults.throttle_after_pages = 2  # counts from zero again
+    assert [client.get(FOLDER_MESSAGES).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_expire_tokens_after_pages(sim: GraphSimulator, client: httpx.Client) -> None:
+    sim.faults.expire_tokens_after_pages = 3
+    assert [client.get(FOLDER_MESSAGES).status_code for _ in range(4)] == [200, 200, 200, 401]
+    assert sim.stats.message_pages == 3
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "2"])
+def test_page_triggers_take_counts_from_one(value: Any) -> None:
+    with pytest.raises(ValueError):
+        Faults().update({"throttle_after_pages": value})
+
+
 def test_latency_is_added_to_message_pages(sim: GraphSimulator, client: httpx.Client) -> None:
     sim.faults.latency_ms = 150
     started = time.perf_counter()
@@ -462,6 +502,12 @@ def test_admin_api_steers_faults_and_mailboxes(
     response = http.post(f"{sim.url}/_sim/faults", json={"throttle_next": 1, "retry_after_s": 0})
     assert response.json()["throttle_next"] == 1
     assert client.get(FOLDER_MESSAGES).status_code == 429
+    armed = http.post(f"{sim.url}/_sim/faults", json={"expire_tokens_after_pages": 1})
+    assert armed.json()["expire_tokens_after_pages"] == 1
+    assert client.get(FOLDER_MESSAGES).status_code == 200
+    assert http.get(f"{sim.url}/_sim/faults").json()["expire_tokens_after_pages"] is None
+    assert client.get(FOLDER_MESSAGES).status_code == 401
+    client.headers["Authorization"] = f"Bearer {fetch_token(http, sim.url).json()['access_token']}"
     bad = http.post(f"{sim.url}/_sim/faults", json={"no_such_fault": 1})
     assert bad.status_code == 400
     created = http.post(
@@ -474,7 +520,7 @@ def test_admin_api_steers_faults_and_mailboxes(
     assert len(detail["ids"]) == 30
     stats = http.get(f"{sim.url}/_sim/stats").json()
     assert stats["by_status"]["429"] == 1
-    assert stats["token_requests"] == 1
+    assert stats["token_requests"] == 2
     assert http.post(f"{sim.url}/_sim/tokens/expire").status_code == 200
     assert client.get(FOLDER_MESSAGES).status_code == 401
 
@@ -528,13 +574,13 @@ def test_each_message_is_rendered_once_per_shape(
     client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[str] = []
-    original = simulator_module._render
+    original = render.render_message
 
     def counting_render(message: Message, shape: Any) -> Any:
         rendered.append(message.id)
         return original(message, shape)
 
-    monkeypatch.setattr(simulator_module, "_render", counting_render)
+    monkeypatch.setattr(render, "render_message", counting_render)
     walk(client, FOLDER_MESSAGES, {"$top": "100"})
     assert len(rendered) == len(set(rendered)) == COUNT
     walk(client, FOLDER_MESSAGES, {"$top": "60"})  # same shape, other pages: all cached

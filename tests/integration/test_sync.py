@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from typing import Any
 
 import psycopg
@@ -118,32 +116,13 @@ def test_a_changed_message_is_updated_not_duplicated(
     )
 
 
-def when_pages_served(simulator: Any, pages: int, action: Any) -> threading.Thread:
-    """Run ``action`` once the simulator has served ``pages`` message pages (polled)."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if simulator.stats.message_pages >= pages:
-                action()
-                return
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_429_storm_still_completes(runtime: Any, simulator: Any, database_url: str) -> None:
     box = simulator.add_mailbox(MAILBOX, 2000, seed=11)
     simulator.faults.retry_after_s = 0.02
-
-    def storm() -> None:  # more than one request's 7 tries: one chunk attempt fails
-        simulator.faults.throttle_next = 10
-
-    watcher = when_pages_served(simulator, 2, storm)
+    # After two pages, more 429s than one request's 7 tries: one chunk attempt fails.
+    simulator.faults.throttle_burst = 10
+    simulator.faults.throttle_after_pages = 2
     summary = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=250, graph_url=simulator.url)
-    watcher.join()
     assert summary["status"] == "completed"
     assert set(stored_ids(database_url)) == box.ids()
     assert simulator.stats.by_status.get(429, 0) == 10
@@ -156,17 +135,9 @@ def test_token_expiry_mid_sync_refreshes_and_completes(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
     box = simulator.add_mailbox(MAILBOX, 2000, seed=13)
-    simulator.faults.latency_ms = 5
-    expired = threading.Event()
-
-    def expire() -> None:
-        simulator.expire_all_tokens()
-        expired.set()
-
-    watcher = when_pages_served(simulator, 3, expire)
+    simulator.faults.expire_tokens_after_pages = 3
     summary = sync_mailbox(mailbox=MAILBOX, chunk_size=500, page_size=100, graph_url=simulator.url)
-    watcher.join()
-    assert expired.is_set()
+    assert simulator.faults.expire_tokens_after_pages is None  # it fired
     assert summary["status"] == "completed"
     assert set(stored_ids(database_url)) == box.ids()
     assert simulator.stats.by_status.get(401, 0) >= 1

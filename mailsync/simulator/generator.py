@@ -1,26 +1,25 @@
-"""A deterministic, generated mailbox: the data the Graph simulator serves.
+"""Generated messages: the data the Graph simulator serves.
 
 Pure functions, no I/O. Everything derives from ``(mailbox, seed, index)`` so two runs (or two
 processes) generate byte-identical messages, and two mailboxes never share an id.
 
-Bodies are 1-6 KB of html each; holding 100,000 of them as strings would cost ~350 MB, so a
-``Message`` keeps only the indices of the paragraphs its body is made of (into a fixed pool)
-and rebuilds the html on demand. The simulator renders bodies straight from the pool's
-pre-escaped JSON fragments (``body_json_fragment``) and never builds the string at all.
+A ``Message`` keeps only a span into ``corpus``'s paragraph pool for its body and rebuilds
+the html on demand; the server renders bodies straight from the pool's pre-escaped JSON
+fragments (``body_json_fragment``) and never builds the string at all.
 """
 
 from __future__ import annotations
 
 import binascii
-import bisect
 import gc
 import hashlib
-import json
 import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from mailsync.simulator import corpus
 
 DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
 DEFAULT_MAILBOX = "user@contoso.example"
@@ -29,6 +28,9 @@ DOMAIN = "contoso.example"
 TIE_PROBABILITY = 0.05  # share the previous message's receivedDateTime: ties are deliberate
 MAX_STEP_S = 600
 ATTACHMENT_PROBABILITY = 0.15
+IMPORTANCE_HIGH = 0.10
+IMPORTANCE_LOW = 0.05
+RECENT_CONVERSATIONS = 20
 
 WELL_KNOWN_FOLDERS = {
     "inbox": "Inbox",
@@ -62,125 +64,6 @@ GRAPH_FIELDS = (
     "ccRecipients",
 )
 ATTACHMENT_FIELDS = ("id", "name", "contentType", "size", "isInline")
-
-
-# --- the paragraph pool ---------------------------------------------------------------------
-
-_WORDS = (
-    "the quarterly budget review meeting project timeline deliverables customer feedback "
-    "please find attached report draft proposal schedule update team notes action items "
-    "follow up regarding contract renewal invoice payment shipment delivery warehouse "
-    "inventory forecast revenue margin pipeline sprint release deployment incident review "
-    "postmortem architecture migration database latency throughput capacity planning "
-    "onboarding training policy compliance audit security patch vulnerability access "
-    "request approval manager director offsite agenda minutes summary thanks regards "
-    "Zürich Malmö São Paulo café naïve façade résumé R&amp;D Q3 Q4 KPI OKR roadmap"
-).split()
-_POOL_SIZE = 256
-_HTML_HEAD = (
-    '<html><head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8">'
-    "\r\n</head>\r\n<body>\r\n"
-)
-_HTML_TAIL = "</body>\r\n</html>\r\n"
-
-
-def _json_fragment(text: str) -> bytes:
-    """``text`` as it appears inside a JSON string literal (UTF-8, quotes stripped)."""
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
-
-
-def _build_pool() -> tuple[tuple[str, ...], tuple[str, ...], tuple[bytes, ...]]:
-    # A fixed seed: the pool is part of the data format, identical for every mailbox.
-    rng = random.Random(20240101)
-    texts: list[str] = []
-    for _ in range(_POOL_SIZE):
-        target = rng.randint(120, 480)
-        words: list[str] = []
-        length = 0
-        while length < target:
-            word = rng.choice(_WORDS)
-            words.append(word)
-            length += len(word) + 1
-        sentence = " ".join(words)
-        texts.append(sentence[0].upper() + sentence[1:] + ".")
-    html = tuple(f"<p>{t}</p>\r\n" for t in texts)
-    return tuple(texts), html, tuple(_json_fragment(h) for h in html)
-
-
-_PARA_TEXT, _PARA_HTML, _PARA_JSON = _build_pool()
-_HEAD_JSON = _json_fragment(_HTML_HEAD)
-_TAIL_JSON = _json_fragment(_HTML_TAIL)
-_WRAPPER_LEN = len(_HTML_HEAD) + len(_HTML_TAIL)
-
-
-def _offsets(parts: tuple[str, ...] | tuple[bytes, ...]) -> list[int]:
-    out = [0]
-    for part in parts:
-        out.append(out[-1] + len(part))
-    return out
-
-
-# A body is a run of consecutive pool paragraphs (wrapping around), so the pool is laid out
-# twice in one blob and any body is a single slice of it: no per-message join, no storage.
-_HTML_BLOB = "".join(_PARA_HTML * 2)
-_HTML_OFF = _offsets(_PARA_HTML * 2)
-_JSON_BLOB = b"".join(_PARA_JSON * 2)
-_JSON_OFF = _offsets(_PARA_JSON * 2)
-
-# --- people and subjects --------------------------------------------------------------------
-
-_PEOPLE = (
-    ("Adele Vance", "adele.vance@contoso.example"),
-    ("Alex Wilber", "alex.wilber@contoso.example"),
-    ("Diego Siciliani", "diego.siciliani@contoso.example"),
-    ("Grady Archie", "grady.archie@contoso.example"),
-    ("Henrietta Mueller", "henrietta.mueller@contoso.example"),
-    ("Isaiah Langer", "isaiah.langer@contoso.example"),
-    ("Johanna Lorenz", "johanna.lorenz@contoso.example"),
-    ("Joni Sherman", "joni.sherman@contoso.example"),
-    ("Lee Gu", "lee.gu@contoso.example"),
-    ("Lidia Holloway", "lidia.holloway@contoso.example"),
-    ("Lynne Robbins", "lynne.robbins@contoso.example"),
-    ("Megan Bowen", "megan.bowen@contoso.example"),
-    ("Miriam Graham", "miriam.graham@contoso.example"),
-    ("Nestor Wilke", "nestor.wilke@contoso.example"),
-    ("Patti Fernandez", "patti.fernandez@contoso.example"),
-    ("Pradeep Gupta", "pradeep.gupta@contoso.example"),
-    ("Zoë Ångström", "zoe.angstrom@fabrikam.example"),
-    ("José Muñoz", "jose.munoz@fabrikam.example"),
-    ("Søren Kierkegaard", "soren.k@fabrikam.example"),
-    ("田中 太郎", "tanaka.taro@fabrikam.example"),
-    ("Billing", "billing@fabrikam.example"),
-    ("No Reply", "noreply@notifications.fabrikam.example"),
-)
-_TOPICS = (
-    "Q3 budget review",
-    "Project Falcon timeline",
-    "Contract renewal",
-    "Invoice 4711",
-    "Sprint 42 retrospective",
-    "Incident postmortem: checkout latency",
-    "Offsite agenda",
-    "Café meeting — Thursday",
-    "Übersicht Projekt Nord",
-    "日本出張の件",
-    "Security patch rollout",
-    "Onboarding checklist",
-    "Quarterly KPI dashboard",
-    "Warehouse inventory forecast",
-    "Access request approval",
-)
-_ATTACHMENT_KINDS = (
-    ("report-{n}.pdf", "application/pdf"),
-    ("invoice-{n}.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-    ("minutes-{n}.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
-    ("image{n}.png", "image/png"),
-    ("photo-{n}.jpg", "image/jpeg"),
-    ("notes-{n}.txt", "text/plain"),
-)
-_IMPORTANCE_HIGH = 0.10
-_IMPORTANCE_LOW = 0.05
-_RECENT_CONVERSATIONS = 20
 
 
 @dataclass(slots=True)
@@ -220,12 +103,11 @@ class Message:
     @property
     def body_paragraphs(self) -> list[int]:
         first, count = self.body_span
-        return [(first + k) % _POOL_SIZE for k in range(count)]
+        return [(first + k) % corpus.POOL_SIZE for k in range(count)]
 
     @property
     def body_content(self) -> str:
-        first, count = self.body_span
-        return _HTML_HEAD + _HTML_BLOB[_HTML_OFF[first] : _HTML_OFF[first + count]] + _HTML_TAIL
+        return corpus.body_html(*self.body_span)
 
     @property
     def body(self) -> dict[str, str]:
@@ -234,13 +116,11 @@ class Message:
     @property
     def body_size(self) -> int:
         """Characters in ``body.content`` without building it."""
-        first, count = self.body_span
-        return _WRAPPER_LEN + _HTML_OFF[first + count] - _HTML_OFF[first]
+        return corpus.body_length(*self.body_span)
 
     def body_json_fragment(self) -> bytes:
         """``body.content`` JSON-escaped, UTF-8, without the surrounding quotes."""
-        first, count = self.body_span
-        return _HEAD_JSON + _JSON_BLOB[_JSON_OFF[first] : _JSON_OFF[first + count]] + _TAIL_JSON
+        return corpus.body_json(*self.body_span)
 
     def to_graph(
         self,
@@ -357,31 +237,24 @@ class _Context:
         h = self.conv_hash.copy()
         h.update(index.to_bytes(8, "big"))
         conv_id = "AAQkA" + _b64(h.digest())
-        topic = _TOPICS[int(rng.random() * len(_TOPICS))]
+        topic = corpus.TOPICS[int(rng.random() * len(corpus.TOPICS))]
         self.recent.append((conv_id, topic))
-        if len(self.recent) > _RECENT_CONVERSATIONS:
+        if len(self.recent) > RECENT_CONVERSATIONS:
             self.recent.pop(0)
         return conv_id, topic, False
 
 
 # Shared between messages (never mutated): building fresh dicts per message costs 10% of the
 # generation time.
-_ADDRESSES = tuple({"emailAddress": {"name": n, "address": a}} for n, a in _PEOPLE)
+_ADDRESSES = tuple({"emailAddress": {"name": n, "address": a}} for n, a in corpus.PEOPLE)
 _N_ADDRESSES = len(_ADDRESSES)
-
-
-def _body_span(rng: random.Random) -> tuple[int, int]:
-    # Paragraphs are <=490 chars and the wrapper ~110, so stopping at <5500 keeps it < 6 KB.
-    target = 1100 + int(rng.random() * 4400) - _WRAPPER_LEN
-    first = int(rng.random() * _POOL_SIZE)
-    end = bisect.bisect_left(_HTML_OFF, _HTML_OFF[first] + target)
-    return first, end - first
 
 
 def _attachments(message_id: str, rng: random.Random) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for n in range(1 + int(rng.random() * 3)):
-        template, content_type = _ATTACHMENT_KINDS[int(rng.random() * len(_ATTACHMENT_KINDS))]
+        kinds = corpus.ATTACHMENT_KINDS
+        template, content_type = kinds[int(rng.random() * len(kinds))]
         digest = hashlib.blake2b(f"{message_id}\x00{n}".encode(), digest_size=48).digest()
         out.append(
             {
@@ -408,12 +281,12 @@ def _build(ctx: _Context, index: int, received_ts: int, rng: random.Random) -> M
     to.extend(_ADDRESSES[int(rng.random() * _N_ADDRESSES)] for _ in range(int(rng.random() * 3)))
     # range(-1..1): two thirds of messages have no cc
     cc = [_ADDRESSES[int(rng.random() * _N_ADDRESSES)] for _ in range(int(rng.random() * 3) - 1)]
-    span = _body_span(rng)
+    span = corpus.body_span(rng)
     roll = rng.random()
     importance = "normal"
-    if roll < _IMPORTANCE_HIGH:
+    if roll < IMPORTANCE_HIGH:
         importance = "high"
-    elif roll > 1 - _IMPORTANCE_LOW:
+    elif roll > 1 - IMPORTANCE_LOW:
         importance = "low"
     has_attachments = rng.random() < ATTACHMENT_PROBABILITY
     return Message(
@@ -426,7 +299,7 @@ def _build(ctx: _Context, index: int, received_ts: int, rng: random.Random) -> M
         internetMessageId=f"<{digest[33:45].hex()}.{index}@{DOMAIN}>",
         conversationId=conv_id,
         subject=f"RE: {topic}" if is_reply else topic,
-        bodyPreview=_PARA_TEXT[span[0]][:100],
+        bodyPreview=corpus.PARA_TEXT[span[0]][:100],
         from_=sender,
         sender=sender,
         toRecipients=to,

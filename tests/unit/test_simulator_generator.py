@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailsync.mailbox import (
+from mailsync.simulator.generator import (
     DEFAULT_START,
     Message,
     folder_id_for,

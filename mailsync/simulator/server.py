@@ -1,0 +1,387 @@
+"""The HTTP server on loopback and ``GraphSimulator``, which owns everything it serves.
+
+A request is routed to the identity platform, the Graph mail API (after the bearer token,
+the user, injected failures and the per-mailbox concurrency limit) or the admin API. A bug
+in a handler becomes a logged 500, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from mailsync.simulator.admin import AdminApi
+from mailsync.simulator.faults import Faults, Stats
+from mailsync.simulator.generator import DEFAULT_START
+from mailsync.simulator.identity import (
+    DEFAULT_AUTHORITY_HOST,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    IdentityPlatform,
+    TokenStore,
+)
+from mailsync.simulator.mail import MailApi
+from mailsync.simulator.store import Mailbox
+from mailsync.simulator.wire import (
+    JSON_TYPE,
+    GraphFailure,
+    Request,
+    Response,
+    format_seconds,
+    graph_error_response,
+    segment_not_found,
+)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections would make server_close() hang
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], simulator: GraphSimulator) -> None:
+        super().__init__(address, _Handler)
+        self.simulator = simulator
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    timeout = 120  # an idle keep-alive connection frees its thread eventually
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the client went away first
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would drown test output
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        address = self.server.server_address
+        host = self.headers.get("Host") or f"{address[0]!s}:{address[1]}"
+        request = Request(
+            method=self.command,
+            path=parts.path,
+            query=parts.query,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            base_url=f"http://{host}",
+        )
+        response = self.server.simulator.handle(request)
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", JSON_TYPE)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class InFlight:
+    """Requests in progress per mailbox, for Graph's MailboxConcurrency limit."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def slot(self, mailbox_id: str, faults: Faults) -> Iterator[None]:
+        """Hold one of the mailbox's concurrent-request slots; over the limit is a 429."""
+        limit = faults.max_concurrent_per_mailbox
+        with self._lock:
+            running = self._counts[mailbox_id] = self._counts.get(mailbox_id, 0) + 1
+        try:
+            if limit > 0 and running > limit:
+                raise GraphFailure(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": format_seconds(faults.retry_after_s)},
+                )
+            yield
+        finally:
+            with self._lock:
+                self._counts[mailbox_id] -= 1
+
+
+class GraphSimulator:
+    """The simulator; ``with GraphSimulator() as sim:`` starts it on a free loopback port."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        faults: Faults | None = None,
+        authority_host: str = DEFAULT_AUTHORITY_HOST,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.faults = faults or Faults()
+        self.stats = Stats()
+        self.tokens = TokenStore()
+        self.identity = IdentityPlatform(
+            client_id=client_id,
+            client_secret=client_secret,
+            authority_host=authority_host,
+            faults=self.faults,
+            issue_token=self.issue_token,
+        )
+        self._mail = MailApi(self.faults, self.stats, self.tokens)
+        self._admin = AdminApi(self)
+        self._in_flight = InFlight()
+        self._mailboxes: dict[str, Mailbox] = {}  # by lower-cased UPN and by user id
+        self._mailboxes_lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self.identity.client_id
+
+    @property
+    def client_secret(self) -> str:
+        return self.identity.client_secret
+
+    # -- lifecycle
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self._server.server_address[1]}"
+
+    def bind(self) -> _Server:
+        """Open the listening socket (so ``url`` is known) without serving yet."""
+        if self._server is None:
+            self._server = _Server((self.host, self.port), self)
+        return self._server
+
+    def start(self) -> GraphSimulator:
+        if self._thread is not None:
+            return self
+        server = self.bind()
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="graph-simulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._thread is not None:
+            server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        # Handler threads block reading idle keep-alive connections: hang those up.
+        with server.connections_lock:
+            for conn in list(server.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        server.server_close()
+
+    def __enter__(self) -> GraphSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- mailboxes and tokens
+
+    def add_mailbox(
+        self,
+        user: str,
+        count: int,
+        seed: int = 0,
+        folder: str = "inbox",
+        *,
+        start: datetime = DEFAULT_START,
+    ) -> Mailbox:
+        mailbox = Mailbox(user, count, seed=seed, folder=folder, start=start)
+        with self._mailboxes_lock:
+            if user.lower() in self._mailboxes:
+                raise ValueError(f"mailbox {user!r} already exists")
+            self._mailboxes[user.lower()] = mailbox
+            self._mailboxes[mailbox.user_id] = mailbox
+        return mailbox
+
+    def mailbox(self, user: str) -> Mailbox:
+        """By UPN (any case) or user id; KeyError when unknown."""
+        return self._mailboxes[user.lower()]
+
+    def mailboxes(self) -> list[Mailbox]:
+        with self._mailboxes_lock:
+            return list({id(m): m for m in self._mailboxes.values()}.values())
+
+    def issue_token(self) -> str:
+        """A valid access token, as the token endpoint would issue it (a test shortcut)."""
+        return self.tokens.issue(self.faults.token_lifetime_s)
+
+    def expire_all_tokens(self) -> None:
+        self.tokens.expire_all()
+
+    # -- dispatch
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request; never raises (a bug becomes a logged 500)."""
+        request_id = str(uuid.uuid4())
+        segments = [unquote(s) for s in request.path.split("/") if s]
+        admin = bool(segments) and segments[0] == "_sim"
+        token = len(segments) >= 2 and segments[-1].lower() == "token"
+        data = bool(segments) and segments[0].lower() == "v1.0"
+        try:
+            response = self._route(request, segments)
+        except GraphFailure as failure:
+            response = graph_error_response(failure, request_id)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            bug = GraphFailure(500, "InternalServerError", "Simulator bug, see its stderr.")
+            response = graph_error_response(bug, request_id)
+        response.headers.setdefault("request-id", request_id)
+        response.headers.setdefault(
+            "client-request-id", request.headers.get("client-request-id", request_id)
+        )
+        if not admin:
+            self.stats.record(response.status, token=token, data=data)
+        return response
+
+    def _route(self, request: Request, segments: list[str]) -> Response:
+        first = segments[0].lower() if segments else ""
+        if first == "_sim":
+            return self._admin.route(request, segments[1:])
+        if first == "v1.0":
+            if request.method != "GET":
+                raise GraphFailure(405, "Request_BadRequest", "Only GET is simulated.")
+            return self._graph(request, segments[1:])
+        response = self.identity.route(request, segments)
+        if response is None:
+            raise segment_not_found(segments)
+        return response
+
+    def _graph(self, request: Request, segments: list[str]) -> Response:
+        self._authenticate(request)
+        if len(segments) < 2 or segments[0].lower() != "users":
+            raise segment_not_found(segments)
+        mailbox = self._mailboxes.get(segments[1].lower())
+        if mailbox is None:
+            raise GraphFailure(
+                404, "ErrorInvalidUser", f"The requested user '{segments[1]}' is invalid."
+            )
+        self._inject_failures()
+        with self._in_flight.slot(mailbox.user_id, self.faults):
+            response = self._mail.route(request, mailbox, segments[2:])
+        prefer = request.headers.get("prefer", "")
+        if 'idtype="immutableid"' in prefer.lower().replace(" ", ""):
+            response.headers["Preference-Applied"] = 'IdType="ImmutableId"'
+        return response
+
+    def _authenticate(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.tokens.valid(token.strip()):
+            return
+        message = (
+            "Access token is empty."
+            if not token.strip()
+            else "Access token has expired or is not yet valid."
+        )
+        raise GraphFailure(
+            401,
+            "InvalidAuthenticationToken",
+            message,
+            {
+                "WWW-Authenticate": 'Bearer realm="", authorization_uri='
+                '"https://login.microsoftonline.com/common/oauth2/authorize", '
+                'client_id="00000003-0000-0000-c000-000000000000"'
+            },
+        )
+
+    def _inject_failures(self) -> None:
+        status = self.faults.take_server_error()
+        if status is not None:
+            code = {503: "ServiceUnavailable", 504: "GatewayTimeout"}.get(status, "UnknownError")
+            raise GraphFailure(status, code, "The service is temporarily unavailable.")
+        if self.faults.take_throttle():
+            raise GraphFailure(
+                429,
+                "TooManyRequests",
+                "Application is over its MailboxConcurrency limit.",
+                {"Retry-After": format_seconds(self.faults.retry_after_s)},
+            )
+
+
+def serve_forever(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    mailboxes: dict[str, int] | None = None,
+    seed: int = 0,
+    *,
+    client_id: str = DEFAULT_CLIENT_ID,
+    client_secret: str = DEFAULT_CLIENT_SECRET,
+) -> None:
+    """Run a simulator in the foreground (``mailsync simulator``) until interrupted.
+
+    Prints the base URL alone on the first stdout line, so a parent process can read it.
+    """
+    simulator = GraphSimulator(host, port, client_id=client_id, client_secret=client_secret)
+    for user, count in (mailboxes or {}).items():
+        simulator.add_mailbox(user, count, seed)
+    server = simulator.bind()
+    print(simulator.url, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
