@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailsync import roles
-from mailsync.errors import ConfigError, DatabaseError
+from mailsync.errors import ConfigError, ConflictError, DatabaseError, StatementError
 from mailsync.sql import queries
 
 Row = dict[str, Any]
@@ -35,6 +35,21 @@ def redact_url(url: str) -> str:
 
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
+
+
+def translate_error(exc: psycopg.Error, where: str) -> DatabaseError:
+    """psycopg's error as ours: decided here, once, so no caller imports psycopg.
+
+    A lost connection, a restart, a deadlock or a serialization failure is worth another
+    try (``DatabaseError``); a unique key that refuses a row is a ``ConflictError``; any
+    other refusal (a constraint, a value, a privilege, the SQL) is a ``StatementError``.
+    """
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ConflictError(f"conflict in the database ({where}): {first_line}")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseError(f"database error ({where}): {exc}")
+    return StatementError(f"the database refused a statement ({where}): {first_line}")
 
 
 @contextmanager
@@ -178,8 +193,8 @@ class Database:
             raise DatabaseError(
                 f"no database connection available ({self.safe_url}): {exc}"
             ) from None
-        except psycopg.OperationalError as exc:
-            raise DatabaseError(f"database error ({self.safe_url}): {exc}") from None
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.safe_url) from exc
 
     def one(
         self, query: str, business_id: UUID | str | None = None, /, **params: Any

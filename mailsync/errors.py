@@ -3,8 +3,12 @@
     MailsyncError
     ├── ConfigError            config         a missing secret, a bad DSN, a bad setting
     ├── InvalidInputError      invalid_input  a bad mailbox id, date range, chunk size
-    ├── DatabaseError          db             Postgres unreachable or a statement failed
+    ├── DatabaseError          db             Postgres unreachable, a connection lost
+    │   ├── ConflictError      conflict       a unique key refused the row (not retried)
+    │   └── StatementError     db             a statement refused: constraint, value, SQL
     ├── LeaseLostError         stuck          our claim on a chunk was taken back
+    ├── ChunkBusyError         busy           a chunk held by another live worker
+    ├── ChunkAttemptError      (the cause's)  a chunk attempt failed and was recorded
     └── GraphError             graph          anything Microsoft Graph answered badly
         ├── AuthError          auth           token refused even after one refresh
         │   └── PermissionDeniedError           403: Mail.Read not granted
@@ -13,10 +17,14 @@
         ├── BadDataError       bad_data       a page that is not the JSON Graph promises
         ├── ThrottledError     throttled      429 / MailboxConcurrency, Retry-After spent
         ├── GraphServerError   graph_server   5xx that outlived its retries
-        └── TransientError     transient      timeouts, resets: the network, not Graph
+        ├── TransientError     transient      timeouts, resets: the network, not Graph
+        ├── SyncStateExpiredError  delta_expired  a delta/skip token no longer honoured
+        └── DeltaQuotaExceededError delta_quota  403 ErrorQuotaExceeded on a delta request
 
-``retryable`` says whether a whole chunk attempt is worth repeating: the Prefect task
-retries only those (``retry_condition_fn``), everything else fails the chunk at once.
+``retryable`` says whether a failure is worth another try at all. For a chunk attempt it
+is only the input: the chunk row decides (``fail_chunk_job``: retrying while attempts are
+left, else failed), and the attempt then raises ``ChunkAttemptError`` carrying that
+decision, which is all the Prefect task's ``retry_condition_fn`` reads.
 """
 
 from __future__ import annotations
@@ -46,8 +54,40 @@ class DatabaseError(MailsyncError):
     retryable = True
 
 
+class ConflictError(DatabaseError):
+    """A unique key refused the row: another process wrote it first. Retrying the same
+    statement fails the same way; the caller decides (e.g. resume the other's job)."""
+
+    category = "conflict"
+    retryable = False
+
+
+class StatementError(DatabaseError):
+    """The database refused a statement (a check or foreign key, a value, a privilege, the
+    SQL itself): a bug or bad data, not a blip, so not retried."""
+
+    retryable = False
+
+
 class LeaseLostError(MailsyncError):
     category = "stuck"
+
+
+class ChunkBusyError(MailsyncError):
+    """The chunk is held by another live worker (or waits for an earlier chunk)."""
+
+    category = "busy"
+    retryable = True
+
+
+class ChunkAttemptError(MailsyncError):
+    """A chunk attempt failed and the chunk row recorded it. ``retryable`` is the row's
+    decision (status ``retrying``), ``category`` the cause's; the cause is ``__cause__``."""
+
+    def __init__(self, message: str, *, category: str, will_retry: bool) -> None:
+        super().__init__(message)
+        self.category = category
+        self.retryable = will_retry
 
 
 class GraphError(MailsyncError):
@@ -113,3 +153,17 @@ def category_of(exc: BaseException) -> str:
 
 def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, MailsyncError) and exc.retryable
+
+
+class SyncStateExpiredError(GraphError):
+    """410 Gone / SyncStateNotFound / resyncRequired: the folder's delta state is gone. Not a
+    failure of the sync: its round restarts from scratch and reconciles (mailsync.rounds)."""
+
+    category = "delta_expired"
+
+
+class DeltaQuotaExceededError(GraphError):
+    """403 ErrorQuotaExceeded on a delta request: the mailbox cannot keep more sync state.
+    The folder falls back to a full listing and reconciles (mailsync.rounds)."""
+
+    category = "delta_quota"

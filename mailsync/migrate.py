@@ -12,9 +12,7 @@ import psycopg
 
 from mailsync.db import connect, redact_url
 from mailsync.errors import DatabaseError
-from mailsync.sql import migrations
-
-_LOCK_KEY = 7_420_001  # an arbitrary constant shared by every mailsync process
+from mailsync.sql import migrations, queries
 
 
 def upgrade(url: str) -> list[str]:
@@ -28,26 +26,20 @@ def upgrade(url: str) -> list[str]:
         with connect(url, autocommit=True) as conn:
             if not _pending(conn):
                 return []
-            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+            conn.execute(queries["lock_migrations"])
             try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                conn.execute(queries["create_migrations_table"])
+                done = _applied(conn)
                 for version, name, body in migrations():
                     if version in done:
                         continue
                     with conn.transaction():
                         conn.execute(body)  # type: ignore[arg-type]  # trusted file content
-                        conn.execute(
-                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                            (version, name),
-                        )
+                        record = {"version": version, "name": name}
+                        conn.execute(queries["record_migration"], record)
                     applied_now.append(f"{version:04d}_{name}")
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+                conn.execute(queries["unlock_migrations"])
     except psycopg.errors.InsufficientPrivilege as exc:
         raise DatabaseError(
             f"migration failed on {redact_url(url)}: {exc}; run `mailsync db upgrade` with a "
@@ -58,10 +50,14 @@ def upgrade(url: str) -> list[str]:
     return applied_now
 
 
+def _applied(conn: psycopg.Connection[Any]) -> set[int]:
+    return {row[0] for row in conn.execute(queries["applied_migrations"])}
+
+
 def _pending(conn: psycopg.Connection[Any]) -> bool:
     """Whether a migration has not been applied yet (read-only)."""
-    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    row = conn.execute(queries["migrations_table_exists"]).fetchone()
     if not row or not row[0]:
         return True
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    done = _applied(conn)
     return any(version not in done for version, _, _ in migrations())

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.runtime import get_runtime
+from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 # A resumed run that has not started after this long (no worker free, worker down) is
 # requested again; before that, a second request would only queue a duplicate run.
 RESUME_GRACE_S = 600.0
 
 
-@task(name="reset-stuck-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=only_retryable)  # fmt: skip
+@task(name="reset-stuck-chunks", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
 def reset_stuck_chunks(stuck_after_s: float) -> dict[str, Any]:
     """Stuck chunks back to pending, or failed ('stuck') when out of attempts.
 
@@ -43,8 +42,7 @@ def reset_stuck_chunks(stuck_after_s: float) -> dict[str, Any]:
     }
 
 
-@task(name="close-finished-jobs", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=only_retryable)  # fmt: skip
+@task(name="close-finished-jobs", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
 def close_finished_jobs() -> list[dict[str, str]]:
     """Close the open jobs whose chunks have all finished; their ids and new statuses."""
     with get_runtime().db.maintenance_transaction() as session:
@@ -55,8 +53,7 @@ def close_finished_jobs() -> list[dict[str, str]]:
     return closed
 
 
-@task(name="claim-jobs-to-resume", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=only_retryable)  # fmt: skip
+@task(name="claim-jobs-to-resume", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
 def claim_jobs_to_resume(
     recovered_job_ids: list[str], idle_after_s: float, requested_by: str
 ) -> list[dict[str, Any]]:

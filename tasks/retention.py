@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.config import _env_float, _env_int
 from mailsync.db import Database
 from mailsync.runtime import get_runtime
+from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
@@ -113,8 +113,7 @@ def delete_expired(db: Database, policy: RetentionPolicy) -> dict[str, int]:
     }
 
 
-@task(name="apply-retention", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=only_retryable)  # fmt: skip
+@task(name="apply-retention", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
 def apply_retention(policy: RetentionPolicy) -> dict[str, int]:
     """Delete the rows past their age (see the module docstring); the counts deleted."""
     deleted = delete_expired(get_runtime().db, policy)

@@ -1,27 +1,23 @@
-"""Retry policy shared by the tasks: retry only what is retryable, with jittered delays.
+"""Prefect's part in retries: re-enter, nothing more (README, "Retries").
 
-Prefect 3.8 ignores ``retry_jitter_factor`` for task retries, so the jitter is ours.
+A chunk attempt's retry is decided by its chunk row (``fail_chunk_job``: retrying while
+attempts are left, with ``next_attempt_at`` from Graph's Retry-After or our backoff) and
+the claim waits for that time; so the sync-chunk task retries at once, and only when the
+raised error says the row chose to retry. The maintenance tasks (plan, recovery,
+retention) are single statements or short batches: a database blink is worth two more
+tries, a second and five seconds later.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from mailsync.config import Settings
 from mailsync.errors import is_retryable
-from mailsync.graph import backoff_delay
-
-
-def retry_delays(settings: Settings, retries: int) -> list[float]:
-    rng = random.Random()
-    return [
-        backoff_delay(i, settings.retry_base_s, settings.retry_max_s, rng) for i in range(retries)
-    ]
 
 
 def only_retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """retry_condition_fn: retry a failed attempt only when its error category is retryable."""
+    """retry_condition_fn: retry a failed run only when its error is retryable (for a chunk
+    attempt: when its chunk row is ``retrying``)."""
     exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
     if exc is None:
         try:
@@ -29,3 +25,11 @@ def only_retryable(task: Any, task_run: Any, state: Any) -> bool:
         except Exception as unreadable:  # the result itself could not be read
             exc = unreadable
     return isinstance(exc, BaseException) and is_retryable(exc)
+
+
+# Keyword arguments for @task on the maintenance tasks.
+MAINTENANCE_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": only_retryable,
+}

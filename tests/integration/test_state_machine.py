@@ -149,3 +149,74 @@ def test_one_active_job_per_store(conn: Any) -> None:
             " VALUES (%s, %s, 'full', 10, 10)",
             (BUSINESS, store),
         )
+
+
+def claim_at(conn: Any, job: uuid.UUID, index: int, worker: str, stuck_after_s: float = 30) -> Any:
+    """claim_chunk by index, as the sync task calls it: (outcome, wait_s, chunk row)."""
+    row = conn.execute(
+        "SELECT r.outcome, r.wait_s, (r.chunk).* FROM claim_chunk(%s, %s, %s,"
+        " make_interval(secs => %s)) AS r",
+        (job, index, worker, stuck_after_s),
+    ).fetchone()
+    return (row["outcome"], row["wait_s"], row) if row else None
+
+
+def test_claim_chunk_takes_that_chunk_only_after_the_ones_before_it(conn: Any) -> None:
+    job = setup_job(conn)
+    assert claim_at(conn, job, 2, "w1")[0] == "blocked"
+    outcome, _, first = claim_at(conn, job, 1, "w1")
+    assert outcome == "claimed" and first["attempts"] == 1 and first["worker_id"] == "w1"
+    assert claim_at(conn, job, 99, "w1") is None  # no such chunk
+    assert complete(conn, first, "w1")
+    assert claim_at(conn, job, 1, "w2")[0] == "finished"
+    assert claim_at(conn, job, 2, "w2")[0] == "claimed"
+
+
+def test_claim_chunk_waits_for_next_attempt_at_and_says_how_long(conn: Any) -> None:
+    job = setup_job(conn, max_attempts=3)
+    _, _, chunk = claim_at(conn, job, 1, "w1")
+    conn.execute(
+        "SELECT fail_chunk_job(%s, 'w1', 1, 'slow down', 'throttled', true, 120, 1, 5)",
+        (chunk["id"],),
+    )
+    outcome, wait_s, row = claim_at(conn, job, 1, "w1")
+    assert outcome == "not_due" and 100 < wait_s <= 120 and row["status"] == "retrying"
+    conn.execute("UPDATE chunked_sync_jobs SET next_attempt_at = now() WHERE id = %s", (chunk["id"],))
+    outcome, _, row = claim_at(conn, job, 1, "w1")
+    assert outcome == "claimed" and row["attempts"] == 2
+
+
+def test_claim_chunk_leaves_a_live_holder_alone_and_takes_back_an_expired_lease(conn: Any) -> None:
+    job = setup_job(conn, max_attempts=3)
+    _, _, chunk = claim_at(conn, job, 1, "w1")
+    outcome, wait_s, row = claim_at(conn, job, 1, "w2", stuck_after_s=30)
+    assert outcome == "busy" and 25 < wait_s <= 30 and row["worker_id"] == "w1"
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET heartbeat_at = now() - interval '1 minute' WHERE id = %s",
+        (chunk["id"],),
+    )
+    outcome, _, row = claim_at(conn, job, 1, "w2", stuck_after_s=30)
+    assert outcome == "claimed" and row["worker_id"] == "w2" and row["attempts"] == 2
+    assert row["error_category"] == "stuck"  # why the first attempt ended
+    assert not complete(conn, chunk, "w1")  # the old holder is fenced out
+
+
+def test_claim_chunk_takes_back_its_own_workers_stale_claim_at_once(conn: Any) -> None:
+    """A worker claiming a chunk it still holds lost that attempt (its process is the one
+    asking): no waiting for the lease to expire."""
+    job = setup_job(conn, max_attempts=3)
+    claim_at(conn, job, 1, "w1")
+    outcome, _, row = claim_at(conn, job, 1, "w1", stuck_after_s=3600)
+    assert outcome == "claimed" and row["attempts"] == 2
+
+
+def test_claim_chunk_fails_an_expired_chunk_whose_attempts_are_spent(conn: Any) -> None:
+    job = setup_job(conn, max_attempts=1)
+    _, _, chunk = claim_at(conn, job, 1, "w1")
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET heartbeat_at = now() - interval '1 minute' WHERE id = %s",
+        (chunk["id"],),
+    )
+    outcome, _, row = claim_at(conn, job, 1, "w2", stuck_after_s=30)
+    assert outcome == "finished" and row["status"] == "failed" and row["error_category"] == "stuck"
+    assert claim_at(conn, job, 2, "w2")[0] == "claimed"  # the job goes on past a failed chunk

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-import mailsync.sql as sql
 import pytest
+
+import mailsync.sql as sql
 
 
 def test_parse_queries_splits_named_blocks() -> None:
@@ -15,7 +16,7 @@ def test_duplicate_query_names_are_an_error() -> None:
 
 
 def test_the_state_machine_queries_exist() -> None:
-    for name in ("claim_next_chunk_job", "complete_chunk_job", "fail_chunk_job",
+    for name in ("claim_chunk", "complete_chunk_job", "fail_chunk_job",
                  "heartbeat_chunk", "cleanup_stuck_chunks", "get_sync_job_progress",
                  "upsert_staged_emails", "plan_sync_job"):  # fmt: skip
         assert name in sql.queries, name
