@@ -17,7 +17,8 @@ CPU per message is measured for the sync process, the local Postgres server (all
 autovacuum included) and the simulator, while the sync runs: their sum against the two
 cores of the machine says what bounds the throughput.
 
-``python -m mailsync.bench sync SPEC`` is the child's entry point.
+The child is ``mailsync bench-child SPEC`` (hidden): the CLI owns the entry points that run
+a flow, and hands the flow to ``measure_sync`` here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +43,9 @@ from mailsync.prefect_server import prefect_api, stop_process
 
 TENANT = "contoso-bench"
 SCOPE = "https://graph.microsoft.com/.default"
+
+# The sync flow, as the measured child calls it (keyword arguments, the job's summary back).
+SyncFlow = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,12 @@ class Floor:
 
 
 def fetch_token(http: httpx.Client, sim_url: str, client_id: str, secret: str) -> str:
-    form = {"client_id": client_id, "client_secret": secret, "scope": SCOPE,
-            "grant_type": "client_credentials"}  # fmt: skip
+    form = {
+        "client_id": client_id,
+        "client_secret": secret,
+        "scope": SCOPE,
+        "grant_type": "client_credentials",
+    }
     response = http.post(f"{sim_url}/{TENANT}/oauth2/v2.0/token", data=form)
     response.raise_for_status()
     return str(response.json()["access_token"])
@@ -75,12 +83,18 @@ def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Flo
     """Page through the whole mailbox as Graph serves it: nextLinks, parse, store nothing."""
     from mailsync.graph import EPOCH, EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
 
-    headers = {"Authorization": f"Bearer {token}", "Prefer": 'IdType="ImmutableId"',
-               "Accept": "application/json"}  # fmt: skip
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Prefer": 'IdType="ImmutableId"',
+        "Accept": "application/json",
+    }
     params: dict[str, str] | None = {
-        "$filter": f"receivedDateTime ge {EPOCH}", "$orderby": "receivedDateTime asc",
-        "$top": str(page_size), "$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS,
-    }  # fmt: skip
+        "$filter": f"receivedDateTime ge {EPOCH}",
+        "$orderby": "receivedDateTime asc",
+        "$top": str(page_size),
+        "$select": SELECT_FIELDS,
+        "$expand": EXPAND_ATTACHMENTS,
+    }
     messages = requests = 0
     with httpx.Client(headers=headers, timeout=120.0) as http:
         url: str | None = GraphClient(http, base_url=sim_url).messages_url(mailbox, "inbox")
@@ -108,8 +122,9 @@ def simulator_process(mailbox: str, messages: int, seed: int) -> Iterator[tuple[
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, mailbox, str(messages), str(seed)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()  # the first line, once the mailbox is built
@@ -130,7 +145,7 @@ def process_cpu_s(pid: int) -> float:
     for child in proc.children(recursive=True):
         with suppress(psutil.Error):  # gone meanwhile: collected by its parent
             total += sum(child.cpu_times()[:2])
-    return total
+    return float(total)
 
 
 def postmaster_pid(database_url: str) -> int | None:
@@ -180,13 +195,15 @@ def fresh_database() -> Iterator[str]:
 # -- the sync, in a child process -----------------------------------------------------------
 
 
-def run_sync_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``python -m mailsync.bench sync SPEC``; its result plus when it was spawned."""
+def run_sync_child(
+    child: Sequence[str], spec: dict[str, Any], env: dict[str, str]
+) -> dict[str, Any]:
+    """Run the ``child`` command with SPEC as its last argument; its result (the JSON of its
+    last line of output) plus when it was spawned."""
     spawned = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "mailsync.bench", "sync", json.dumps(spec)],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [*child, json.dumps(spec)], env=env, capture_output=True, text=True, check=False
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise MailsyncError(f"the sync process failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -195,11 +212,10 @@ def run_sync_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def _child_sync(spec: dict[str, Any]) -> dict[str, Any]:
+def measure_sync(spec: dict[str, Any], sync_mailbox: SyncFlow) -> dict[str, Any]:
     """The child's work: start up, run the flow, report times, chunk timings, peak RSS."""
     import psutil
 
-    from mailsync.flows.sync_mailbox import sync_mailbox
     from mailsync.jobs import default_business_id, load_job
     from mailsync.runtime import get_runtime
 
@@ -210,9 +226,13 @@ def _child_sync(spec: dict[str, Any]) -> dict[str, Any]:
     baseline_rss = psutil.Process().memory_info().rss
     cpu_before, called_at = _own_cpu_s(), time.time()
     summary = sync_mailbox(
-        mailbox=spec["mailbox"], folder="inbox", business_id=business_id,
-        chunk_size=spec["chunk_size"], page_size=spec["page_size"], graph_url=spec["graph_url"],
-    )  # fmt: skip
+        mailbox=spec["mailbox"],
+        folder="inbox",
+        business_id=business_id,
+        chunk_size=spec["chunk_size"],
+        page_size=spec["page_size"],
+        graph_url=spec["graph_url"],
+    )
     returned_at, cpu_s = time.time(), _own_cpu_s() - cpu_before
     job = load_job(runtime.db, summary["job_id"])
     chunks = runtime.db.all("list_chunks", business_id, job_id=summary["job_id"])
@@ -267,7 +287,9 @@ def _chunk_timing(chunk: dict[str, Any]) -> dict[str, float]:
 # -- the whole run --------------------------------------------------------------------------
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
+def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
+    """The whole benchmark; ``child`` is the command that runs ``measure_sync`` in a fresh
+    process, given the spec (JSON) as its last argument."""
     from mailsync.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
     mailbox = f"bench-{uuid.uuid4().hex[:8]}@contoso.example"
@@ -283,26 +305,38 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         floor = measure_floor(sim_url, mailbox, config.page_size, token)
         with fresh_database() as database_url:
             env = {
-                **os.environ, "PREFECT_API_URL": api_url, "MAILSYNC_DATABASE_URL": database_url,
-                "MAILSYNC_TENANT_ID": TENANT, "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
-                "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET, "MAILSYNC_GRAPH_URL": sim_url,
-            }  # fmt: skip
-            spec = {"mailbox": mailbox, "chunk_size": config.chunk_size,
-                    "page_size": config.page_size, "graph_url": sim_url}  # fmt: skip
+                **os.environ,
+                "PREFECT_API_URL": api_url,
+                "MAILSYNC_DATABASE_URL": database_url,
+                "MAILSYNC_TENANT_ID": TENANT,
+                "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
+                "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+                "MAILSYNC_GRAPH_URL": sim_url,
+            }
+            spec = {
+                "mailbox": mailbox,
+                "chunk_size": config.chunk_size,
+                "page_size": config.page_size,
+                "graph_url": sim_url,
+            }
             watched = {"simulator": sim_pid}
             if (postmaster := postmaster_pid(database_url)) is not None:
                 watched["postgres"] = postmaster
             before = {name: process_cpu_s(pid) for name, pid in watched.items()}
-            child = run_sync_child(spec, env)
+            measured = run_sync_child(child, spec, env)
             cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
-    cpu["sync_process"] = child["cpu_s"]
-    return summarize(config, floor, child, cpu, prefect_start_s, own_server)
+    cpu["sync_process"] = measured["cpu_s"]
+    return summarize(config, floor, measured, cpu, prefect_start_s, own_server)
 
 
 def summarize(
-    config: BenchConfig, floor: Floor, child: dict[str, Any], cpu_s: dict[str, float],
-    prefect_start_s: float, own_server: bool,
-) -> dict[str, Any]:  # fmt: skip
+    config: BenchConfig,
+    floor: Floor,
+    child: dict[str, Any],
+    cpu_s: dict[str, float],
+    prefect_start_s: float,
+    own_server: bool,
+) -> dict[str, Any]:
     summary, chunks = child["summary"], child["chunks"]
     if summary["status"] != "completed" or summary["emails_stored"] != config.messages:
         raise MailsyncError(
@@ -339,14 +373,3 @@ def summarize(
         # CPU per message while the sync ran (Postgres: the whole local server).
         "cpu_us_per_msg": {k: round(1e6 * v / config.messages, 1) for k, v in cpu_s.items()},
     }
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) == 2 and argv[0] == "sync":
-        print(json.dumps(_child_sync(json.loads(argv[1])), default=str), flush=True)
-        return
-    raise SystemExit("usage: python -m mailsync.bench sync SPEC  (run by `mailsync bench`)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -145,6 +145,17 @@ def get_runtime() -> Runtime:
         return _runtime
 
 
+def configure(settings: Settings) -> Runtime:
+    """Make the process's runtime one built from ``settings`` (the CLI's, with its
+    command-line overrides); the resources of the one before are closed."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = Runtime(settings)
+        return _runtime
+
+
 def reset_runtime() -> None:
     """Forget the resources (tests change the environment between runs)."""
     global _runtime

@@ -1,129 +1,79 @@
-"""`mailsync report`: the chunk report as terminal tables, CSV/markdown files, JSON, a PNG.
-
-``register(app)`` adds the command to the CLI. The command imports the CLI's helpers when
-it runs, not at import time, so that ``mailsync.cli`` can register it without a cycle.
-"""
+"""The chunk report's output for `mailsync report`: rich tables, CSV/markdown files, a PNG."""
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, cast
 
 import pandas as pd
-import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mailsync.errors import ConfigError, InvalidInputError
-from mailsync.report import (
-    TABLE_TITLES,
-    ChunkReport,
-    ReportScope,
-    display,
-    markdown_table,
-    report_for,
-    summary_text,
-)
+from mailsync.report import TABLE_TITLES, ChunkReport, display, markdown_table, summary_text
 
-
-class ReportFormat(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    markdown = "markdown"
-
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
 
 # The columns the terminal shows of each table, with their headers.
 _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "status": (("status", "status"), ("count", "chunks"), ("percent", "%")),
     "stores": (
-        ("mailbox", "mailbox"), ("folder", "folder"), ("chunks", "chunks"),
-        ("completed_chunks", "completed"), ("failed_chunks", "failed"), ("open_chunks", "open"),
-        ("success_rate", "success %"), ("emails_synced", "emails"),
-        ("last_sync", "last completed (UTC)")),
+        ("mailbox", "mailbox"),
+        ("folder", "folder"),
+        ("chunks", "chunks"),
+        ("completed_chunks", "completed"),
+        ("failed_chunks", "failed"),
+        ("open_chunks", "open"),
+        ("success_rate", "success %"),
+        ("emails_synced", "emails"),
+        ("last_sync", "last completed (UTC)"),
+    ),
     "errors": (
-        ("error_category", "category"), ("chunks", "chunks"), ("failed_chunks", "failed"),
-        ("open_chunks", "still open"), ("sample_message", "latest message")),
+        ("error_category", "category"),
+        ("chunks", "chunks"),
+        ("failed_chunks", "failed"),
+        ("open_chunks", "still open"),
+        ("sample_message", "latest message"),
+    ),
     "throughput": (
-        ("job_id", "job"), ("mailbox", "mailbox"), ("job_status", "status"), ("chunks", "chunks"),
-        ("emails", "emails"), ("processing_time_ms", "work ms"), ("emails_per_s", "emails/s"),
-        ("api_calls_per_email", "API calls/email")),
+        ("job_id", "job"),
+        ("mailbox", "mailbox"),
+        ("job_status", "status"),
+        ("chunks", "chunks"),
+        ("emails", "emails"),
+        ("processing_time_ms", "work ms"),
+        ("emails_per_s", "emails/s"),
+        ("api_calls_per_email", "API calls/email"),
+    ),
     "durations": (
-        ("outcome", "chunks that"), ("chunks", "chunks"), ("p50_ms", "p50"), ("p95_ms", "p95"),
-        ("p99_ms", "p99"), ("max_ms", "max")),
+        ("outcome", "chunks that"),
+        ("chunks", "chunks"),
+        ("p50_ms", "p50"),
+        ("p95_ms", "p95"),
+        ("p99_ms", "p99"),
+        ("max_ms", "max"),
+    ),
     "attempts": (
-        ("attempts", "attempts"), ("chunks", "chunks"), ("completed", "completed"),
-        ("failed", "failed"), ("percent", "%")),
+        ("attempts", "attempts"),
+        ("chunks", "chunks"),
+        ("completed", "completed"),
+        ("failed", "failed"),
+        ("percent", "%"),
+    ),
     "trend": (
-        ("bucket", "from"), ("chunks", "chunks"), ("completed", "completed"),
-        ("failed", "failed"), ("open", "open"), ("success_rate", "success %")),
-}  # fmt: skip
+        ("bucket", "from"),
+        ("chunks", "chunks"),
+        ("completed", "completed"),
+        ("failed", "failed"),
+        ("open", "open"),
+        ("success_rate", "success %"),
+    ),
+}
 _MAX_ROWS = 25  # the terminal shows the worst stores and the newest jobs; files hold them all
 _RED_WHEN_POSITIVE = {"failed_chunks", "failed"}
-
-
-def register(app: typer.Typer) -> None:
-    """Add `mailsync report` to the CLI."""
-    app.command("report")(report)
-
-
-def report(
-    since: Annotated[
-        str, typer.Option(help="Window start: 90m, 24h, 7d, 2w ago, or an ISO date/datetime (UTC).")
-    ] = "24h",
-    until: Annotated[
-        str | None, typer.Option(help="Window end, in the same forms (default: now).")
-    ] = None,
-    store: Annotated[
-        str | None, typer.Option(help="Only this store: its id or its mailbox.")
-    ] = None,
-    business: Annotated[str | None, typer.Option(help="Only this business (tenant) UUID.")] = None,
-    output_format: Annotated[
-        ReportFormat,
-        typer.Option(
-            "--format",
-            help=(
-                "table: the terminal; csv, markdown: one file per table in --out; "
-                "json: one object on stdout."
-            ),
-        ),
-    ] = ReportFormat.table,
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Directory for the csv/markdown files.")
-    ] = Path("."),
-    png: Annotated[
-        Path | None, typer.Option("--png", help="Also draw a chart into this PNG file.")
-    ] = None,
-) -> None:
-    """How healthy are the syncs: chunk outcomes, problem stores, errors, speed, trend."""
-    from mailsync.cli import _runtime, _upgrade, console, fail, out
-
-    try:
-        scope = ReportScope.parse(since, until, store, business)
-    except InvalidInputError as exc:
-        fail(str(exc))
-    runtime = _runtime()
-    _upgrade(runtime)
-    try:
-        chunk_report = report_for(runtime.db, scope)
-    except ConfigError as exc:
-        # all businesses at once take the cross-tenant role; one business does not
-        fail(f"{exc}" + ("" if scope.business else "; or report on one business: --business ID"))
-    if output_format is ReportFormat.json:
-        typer.echo(json.dumps(chunk_report.to_dict()))
-    elif output_format is ReportFormat.table:
-        print_tables(out, chunk_report)
-    else:
-        written = write_files(chunk_report, out_dir, output_format)
-        console.print(f"wrote {len(written)} {output_format} files to {out_dir}")
-        if chunk_report.is_empty:
-            console.print(str(chunk_report.message))
-    if png is not None:
-        write_chart(chunk_report, png)
-        console.print(f"chart written to {png}")
 
 
 # -- terminal -------------------------------------------------------------------------------
@@ -153,7 +103,7 @@ def rich_table(name: str, frame: pd.DataFrame) -> Table:
     return table
 
 
-def _cell(column: str, value: Any) -> Text:
+def _cell(column: str, value: object) -> Text:
     text = display(value)
     if column == "job_id":
         text = text[:8]  # enough to find the job; the files carry the whole id
@@ -171,13 +121,16 @@ def write_files(chunk_report: ChunkReport, out_dir: Path, output_format: str) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame in chunk_report.tables().items():
-        if output_format == ReportFormat.csv:
+        if output_format == "csv":
             path = out_dir / f"chunk-report-{name}.csv"
             frame.to_csv(path, index=False)
         else:
             path = out_dir / f"chunk-report-{name}.md"
-            path.write_text(f"# {TABLE_TITLES[name]}\n\n{chunk_report.scope.describe()}\n\n"
-                            f"{markdown_table(frame)}\n", encoding="utf-8")  # fmt: skip
+            path.write_text(
+                f"# {TABLE_TITLES[name]}\n\n{chunk_report.scope.describe()}\n\n"
+                f"{markdown_table(frame)}\n",
+                encoding="utf-8",
+            )
         written.append(path)
     return written
 
@@ -204,7 +157,7 @@ def write_chart(chunk_report: ChunkReport, path: Path) -> None:
     figure.savefig(path, format="png", dpi=110)
 
 
-def _plot_trend(axes: Any, chunk_report: ChunkReport) -> None:
+def _plot_trend(axes: Axes, chunk_report: ChunkReport) -> None:
     trend, window = chunk_report.trend, chunk_report.scope.window
     step = pd.Timedelta(hours=1) if window.bucket == "hour" else pd.Timedelta(days=1)
     starts = trend["bucket"].dt.tz_convert(None)  # naive UTC: what matplotlib's dates expect
@@ -212,17 +165,21 @@ def _plot_trend(axes: Any, chunk_report: ChunkReport) -> None:
     # Each bar covers its hour (day) from its start; the rate sits in the middle of it.
     bars = {"width": (step * 0.9).total_seconds() / 86_400, "align": "edge"}  # in days
     counts.bar(starts, trend["completed"], color="#8fd19e", label="completed", **bars)
-    counts.bar(starts, trend["failed"], bottom=trend["completed"], color="#f1948a",
-               label="failed", **bars)  # fmt: skip
+    counts.bar(
+        starts, trend["failed"], bottom=trend["completed"], color="#f1948a", label="failed", **bars
+    )
     counts.set_ylabel("chunks")
-    counts.yaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(counts.yaxis)
     axes.set_zorder(counts.get_zorder() + 1)  # the rate line above the bars
     axes.patch.set_visible(False)
-    axes.plot(starts + step / 2, trend["success_rate"], marker="o", color="#1f4e79",
-              label="success rate")  # fmt: skip
+    axes.plot(
+        starts + step / 2, trend["success_rate"], marker="o", color="#1f4e79", label="success rate"
+    )
     # the whole window, and the whole of its first and last (current) hour or day
-    axes.set_xlim(min(_naive_utc(window.since), starts.min()),
-                  max(_naive_utc(window.until), starts.max() + step))  # fmt: skip
+    axes.set_xlim(
+        min(_naive_utc(window.since), starts.min()),
+        max(_naive_utc(window.until), starts.max() + step),
+    )
     axes.set_ylim(0, 105)
     axes.set_ylabel("success rate (%)")
     axes.set_title(f"Success rate per {window.bucket} (UTC)")
@@ -231,20 +188,30 @@ def _plot_trend(axes: Any, chunk_report: ChunkReport) -> None:
     axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3)
 
 
-def _naive_utc(moment: Any) -> pd.Timestamp:
+def _naive_utc(moment: datetime) -> pd.Timestamp:
     return pd.Timestamp(moment).tz_convert("UTC").tz_localize(None)
 
 
-def _plot_stores(axes: Any, stores: pd.DataFrame) -> None:
+def _plot_stores(axes: Axes, stores: pd.DataFrame) -> None:
     shown = stores.head(15).iloc[::-1]  # problem stores first, drawn at the top
     labels = [f"{row.mailbox} ({row.folder})" for row in shown.itertuples()]
     left = pd.Series(0, index=shown.index)
-    for column, label, color in (("completed_chunks", "completed", "#2e8b57"),
-                                 ("failed_chunks", "failed", "#c0392b"),
-                                 ("open_chunks", "open", "#a6acaf")):  # fmt: skip
+    for column, label, color in (
+        ("completed_chunks", "completed", "#2e8b57"),
+        ("failed_chunks", "failed", "#c0392b"),
+        ("open_chunks", "open", "#a6acaf"),
+    ):
         axes.barh(labels, shown[column], left=left, color=color, label=label)
         left = left + shown[column]
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(axes.xaxis)
     axes.set_xlabel("chunks")
     axes.set_title("Chunk outcomes per store" + (", the first 15" if len(stores) > 15 else ""))
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=3)
+
+
+def _integer_ticks(axis: Axis) -> None:
+    """Chunks come whole: no tick at 2.5. An axis's default locator is an AutoLocator, a
+    MaxNLocator that can be told so."""
+    from matplotlib.ticker import MaxNLocator
+
+    cast(MaxNLocator, axis.get_major_locator()).set_params(integer=True)

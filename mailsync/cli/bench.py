@@ -1,19 +1,23 @@
 """`mailsync bench`: sync throughput against the raw-fetch floor (the logic is mailsync.bench).
 
-``register(app)`` adds the command; the CLI's helpers are imported when it runs, so that
-``mailsync.cli`` can register it without an import cycle.
+The sync it measures runs in a fresh process, ``mailsync bench-child SPEC`` (hidden; run as
+``python -m mailsync.cli`` so that it is this interpreter's mailsync).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from mailsync.bench import BenchConfig, run_bench
+from mailsync.bench import BenchConfig, measure_sync, run_bench
+from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+CHILD = (sys.executable, "-m", "mailsync.cli", "bench-child")
 
 # (key, label, unit): the rows of the table, in the order a reader asks the questions.
 _ROWS = (
@@ -44,12 +48,6 @@ Latency = Annotated[float, typer.Option(min=0, help="Simulated Graph latency per
 ChunkSize = Annotated[int, typer.Option(min=1, help="Messages per chunk.")]
 PageSize = Annotated[int, typer.Option(min=1, max=MAX_PAGE_SIZE, help="Messages per page.")]
 Seed = Annotated[int, typer.Option(help="Seed of the generated mailbox.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
-
-
-def register(app: typer.Typer) -> None:
-    """Add `mailsync bench` to the CLI."""
-    app.command("bench")(bench)
 
 
 def bench(
@@ -61,22 +59,30 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
-    from mailsync.cli import console, out
-
     config = BenchConfig(messages, latency_ms, chunk_size, page_size, seed)
     if not as_json:
-        console.print(f"bench: {messages} messages, {latency_ms:g} ms per page, pages of "
-                      f"{page_size}, chunks of {chunk_size} (this takes a while)")  # fmt: skip
-    result = run_bench(config)
+        console.print(
+            f"bench: {messages} messages, {latency_ms:g} ms per page, pages of "
+            f"{page_size}, chunks of {chunk_size} (this takes a while)"
+        )
+    result = run_bench(config, CHILD)
     if as_json:
         out.print(json.dumps(result), soft_wrap=True, highlight=False)
     else:
         out.print(result_table(result))
 
 
+def bench_child(spec: Annotated[str, typer.Argument(help="What to sync (JSON).")]) -> None:
+    """The measured sync of `mailsync bench`: its figures as JSON on the last line."""
+    from mailsync.flows.sync_mailbox import sync_mailbox  # the flow's imports, when it runs
+
+    print(json.dumps(measure_sync(json.loads(spec), sync_mailbox), default=str), flush=True)
+
+
 def result_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"mailsync bench: {result['messages']} messages, "
-                  f"{result['latency_ms']:g} ms latency")  # fmt: skip
+    table = Table(
+        title=f"mailsync bench: {result['messages']} messages, {result['latency_ms']:g} ms latency"
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("")

@@ -1,0 +1,225 @@
+"""`mailsync demo`, `sync`, `resume` and `status`: a job's flow run in this process.
+
+The flow runs in a thread; the progress bar reads the job's progress from Postgres (the
+same numbers SQL users see) until the flow ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mailsync import validate
+from mailsync.cli.common import JsonOpt, configure_runtime, console, out, upgrade_database
+from mailsync.db import redact_url
+from mailsync.jobs import (
+    SyncRequest,
+    default_business_id,
+    job_business,
+    job_summary,
+    load_job,
+    open_job,
+    start_job,
+)
+from mailsync.runtime import Runtime, graph_credentials
+
+Summary = dict[str, Any]
+
+
+def demo(
+    messages: Annotated[int, typer.Option(help="Messages in the simulated mailbox.")] = 10_000,
+    chunk_size: Annotated[int, typer.Option(help="Messages per chunk.")] = 2_000,
+    page_size: Annotated[int | None, typer.Option(help="Messages per Graph page.")] = None,
+    latency_ms: Annotated[float, typer.Option(help="Simulated Graph latency per page.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated mailbox.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync a simulated mailbox into the embedded Postgres through the real flow."""
+    from mailsync.simulator import GraphSimulator
+
+    with GraphSimulator() as simulator:
+        simulator.faults.latency_ms = latency_ms
+        mailbox = f"demo-{messages}@contoso.example"
+        simulator.add_mailbox(mailbox, messages, seed=seed)
+        os.environ.update(
+            MAILSYNC_TENANT_ID="contoso-demo",
+            MAILSYNC_CLIENT_ID=simulator.client_id,
+            MAILSYNC_CLIENT_SECRET=simulator.client_secret,
+        )
+        runtime = configure_runtime(graph_url=simulator.url, page_size=page_size)
+        upgrade_database(runtime)
+        request = SyncRequest.checked(
+            business_id=default_business_id("contoso-demo"),
+            mailbox=mailbox,
+            folder="inbox",
+            sync_from=None,
+            sync_to=None,
+            chunk_size=chunk_size,
+            page_size=page_size or runtime.settings.page_size,
+        )
+        if not as_json:
+            console.print(f"simulated Graph at {simulator.url}: {messages} messages in {mailbox}")
+        _sync_and_report(runtime, request, as_json, with_report=True)
+
+
+def sync(
+    mailbox: Annotated[str, typer.Option(help="UPN or user id of the mailbox.")],
+    folder: Annotated[str, typer.Option(help="Folder: inbox, sentitems, … or 'all'.")] = "inbox",
+    sync_from: Annotated[
+        str | None, typer.Option("--from", help="Only mail received on or after (ISO date).")
+    ] = None,
+    sync_to: Annotated[
+        str | None, typer.Option("--to", help="Only mail received before (ISO date).")
+    ] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Messages per chunk.")] = None,
+    page_size: Annotated[int | None, typer.Option(help="Messages per Graph page (≤1000).")] = None,
+    business: Annotated[
+        str | None, typer.Option(help="Business (tenant) UUID of the store.")
+    ] = None,
+    graph_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Another Graph host (e.g. a simulator); msal's token requests go there too."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync a real mailbox (credentials from MAILSYNC_TENANT_ID/CLIENT_ID/CLIENT_SECRET)."""
+    runtime = configure_runtime(graph_url=graph_url, page_size=page_size, chunk_size=chunk_size)
+    settings = runtime.settings
+    request = SyncRequest.checked(
+        business_id=business or default_business_id(settings.tenant_id),
+        mailbox=mailbox,
+        folder=folder,
+        sync_from=sync_from,
+        sync_to=sync_to,
+        chunk_size=settings.chunk_size,
+        page_size=settings.page_size,
+    )
+    graph_credentials(settings)  # a missing secret fails here, before anything is written
+    upgrade_database(runtime)
+    _sync_and_report(runtime, request, as_json)
+
+
+def resume(
+    job_id: Annotated[str, typer.Argument(help="The job to continue.")],
+    graph_url: Annotated[str | None, typer.Option(help="Another Graph host.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue an unfinished job from its last checkpoint."""
+    runtime = configure_runtime(graph_url=graph_url)
+    upgrade_database(runtime)
+    started = time.perf_counter()
+    job = start_job(runtime.db, load_job(runtime.db, job_id))
+    summary = run_sync(runtime, str(job["id"]), quiet=as_json)
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    summary["database_url"] = redact_url(runtime.db.url)
+    print_summary(summary, as_json)
+
+
+def status(
+    job_id: Annotated[str, typer.Argument(help="A sync job id.")], as_json: JsonOpt = False
+) -> None:
+    """Show a job's progress and totals."""
+    runtime = configure_runtime()
+    upgrade_database(runtime)
+    summary = job_summary(runtime.db, validate.job_id(job_id))
+    summary["database_url"] = redact_url(runtime.db.url)
+    print_summary(summary, as_json)
+
+
+def run_sync(runtime: Runtime, job_id: str, *, quiet: bool) -> Summary:
+    """Run the sync flow over an open job, with a progress bar unless ``quiet``; the job's
+    summary afterwards."""
+    from mailsync.flows.sync_mailbox import sync_mailbox  # the flow's imports, when it runs
+
+    graph_url = runtime.settings.graph_url
+    _with_progress(runtime, job_id, lambda: sync_mailbox(job_id=job_id, graph_url=graph_url), quiet)
+    return job_summary(runtime.db, validate.job_id(job_id))
+
+
+def _with_progress(
+    runtime: Runtime, job_id: str, run: Callable[[], Summary], quiet: bool
+) -> Summary:
+    """Run the flow in a thread; draw its progress from the database until it ends."""
+    business_id = job_business(runtime.db, job_id)  # the progress is read as the job's tenant
+    result: Summary = {}
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.update(run())
+        except BaseException as exc:
+            error.append(exc)
+
+    worker = threading.Thread(target=target, name="sync-flow", daemon=True)
+    worker.start()
+    columns = (
+        TextColumn("[bold]sync[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TextColumn("{task.fields[emails]} messages"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+        bar = progress.add_task("sync", total=None, emails=0)
+        while worker.is_alive():
+            worker.join(0.25)
+            row = runtime.db.one("get_sync_job_progress", business_id, job_id=job_id)
+            state = (row or {}).get("progress") or {}
+            if state.get("total_chunks"):
+                done = state["completed_chunks"] + state["failed_chunks"]
+                progress.update(
+                    bar,
+                    total=state["total_chunks"],
+                    completed=done,
+                    emails=state["emails_processed"],
+                )
+    if error:
+        raise error[0]
+    return result
+
+
+def print_summary(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        out.print(json.dumps(summary, default=str), soft_wrap=True, highlight=False)
+        return
+    table = Table(title=f"sync job {summary.get('job_id')}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")  # a URL must stay whole enough to copy
+    for key, value in summary.items():
+        table.add_row(key, "" if value is None else str(value))
+    out.print(table)
+
+
+def _print_short_report(runtime: Runtime, store_id: str) -> None:
+    from mailsync.report import short_report  # pandas: only the demo needs it here
+
+    console.print(short_report(runtime.db, store_id=store_id))
+
+
+def _sync_and_report(
+    runtime: Runtime, request: SyncRequest, as_json: bool, with_report: bool = False
+) -> Summary:
+    started = time.perf_counter()
+    job, resumed = open_job(runtime.db, request)
+    if resumed:
+        console.print(f"resuming the store's unfinished job {job['id']}")
+    summary = run_sync(runtime, str(job["id"]), quiet=as_json)
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    summary["database_url"] = redact_url(runtime.db.url)
+    if with_report and as_json:  # the JSON stays the last line of stdout
+        _print_short_report(runtime, summary["store_id"])
+    print_summary(summary, as_json)
+    if with_report and not as_json:
+        _print_short_report(runtime, summary["store_id"])
+    return summary
