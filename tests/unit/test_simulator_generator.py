@@ -6,7 +6,6 @@ import itertools
 import json
 import random
 import re
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -158,9 +157,8 @@ def test_iso_formats_epoch_seconds() -> None:
     )
 
 
-def test_generation_is_fast_enough() -> None:
-    started = time.perf_counter()
+def test_a_large_mailbox_is_generated_whole() -> None:
+    # How fast is `mailsync bench`'s to measure: a unit test asserts no wall-clock time.
     generated = generate_messages(20_000, seed=2)
-    elapsed = time.perf_counter() - started
     assert len(generated) == 20_000
-    assert elapsed < 3.0, f"20,000 messages took {elapsed:.2f} s"  # ~0.5 s here; 100k ~2.7 s
+    assert len({m.id for m in generated}) == 20_000
