@@ -3,6 +3,7 @@ of the project's markdown resolves (to a file, and to a heading when it names on
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,16 +19,15 @@ FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 
 def project_files(suffixes: set[str]) -> list[Path]:
     """The checkout's own files: no hidden folders (.git, .venv), no build output."""
-    return sorted(
-        path
-        for path in REPO_ROOT.rglob("*")
-        if path.suffix in suffixes
-        and path.is_file()
-        and not any(
-            part.startswith(".") or part.endswith(".egg-info") or part == "build"
-            for part in path.relative_to(REPO_ROOT).parts
-        )
-    )
+    found = []
+    for folder, subfolders, files in os.walk(REPO_ROOT):
+        subfolders[:] = [
+            name
+            for name in subfolders
+            if not (name.startswith(".") or name.endswith(".egg-info") or name == "build")
+        ]
+        found += [Path(folder, name) for name in files if Path(name).suffix in suffixes]
+    return sorted(found)
 
 
 def heading_anchors(markdown: str) -> set[str]:
