@@ -286,7 +286,7 @@ class GraphAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         raise RuntimeError("GraphAuth is synchronous (msal blocks); use it with httpx.Client")
-        yield request  # unreachable; makes this an async generator as httpx expects
+        yield request  # type: ignore[unreachable]  # makes this an async generator, as httpx expects
 
     def _token(self, *, force_refresh: bool, rejected: str | None) -> str:
         acquired = self.provider.acquire(force_refresh, rejected=rejected)

@@ -315,7 +315,7 @@ class ChunkReport:
 
     @property
     def is_empty(self) -> bool:
-        return self.summary["chunks"] == 0
+        return bool(self.summary["chunks"] == 0)
 
     @property
     def message(self) -> str | None:
