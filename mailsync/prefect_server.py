@@ -57,6 +57,7 @@ class PrefectServer:
         self._log: IO[bytes] | None = None
         self._started_at = 0.0
         self.start_s: float | None = None  # seconds from start() to healthy
+        self._failure: MailsyncError | None = None  # a failed start fails every later wait
 
     @property
     def started(self) -> bool:
@@ -87,12 +88,15 @@ class PrefectServer:
         """The API URL, once /health answers; MailsyncError if the server dies or stalls."""
         self.start()
         assert self._proc is not None
+        if self._failure is not None:
+            raise self._failure
         if self.start_s is None:
             try:
                 _wait_healthy(f"{self.api_url}/health", self._proc, timeout_s)
             except MailsyncError as exc:
                 log = (self.home / "server.log").read_text(errors="replace")[-3000:]
-                raise MailsyncError(f"{exc}; the end of its log:\n{log}") from None
+                self._failure = MailsyncError(f"{exc}; the end of its log:\n{log}")
+                raise self._failure from None
             self.start_s = time.perf_counter() - self._started_at
         return self.api_url
 
