@@ -66,6 +66,7 @@ def needs_prefect(item: pytest.Item) -> bool:
     return not item.path.is_relative_to(UNIT_TESTS)
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _prefect is not None and any(needs_prefect(item) for item in items):
         _prefect.start()  # in the background; the first test that needs it waits
