@@ -22,8 +22,9 @@ def backoff_delay(
     a retry from coming back at once; the random half keeps many workers from retrying in
     step after a shared outage.
     """
-    cap = min(max_s, base_s * (2**attempt))
-    return cap / 2 + (rng or _rng).uniform(0, cap / 2)
+    cap = min(max_s, base_s * 2.0**attempt)
+    jitter: float = (rng or _rng).uniform(0, cap / 2)
+    return cap / 2 + jitter
 
 
 def retry_delay(

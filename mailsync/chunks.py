@@ -1,29 +1,37 @@
-"""One attempt at one chunk: claim, fetch pages from the job's cursor, write, complete.
+"""One attempt at one chunk: claim it, fetch pages from the job's cursor, write, complete.
 
-Each page is one transaction: the fence (do we still hold the chunk?), the page's rows,
-the job's new checkpoint and, on the chunk's last page, its completion. A crash anywhere
+Where a chunk is claimed: ``claim_chunk`` below, one SQL statement (``claim_chunk`` in
+sql/migrations/0005). Where its retry is decided: the chunk row (``fail_chunk_job``), told
+the cause's category and our backoff; the attempt then raises ``ChunkAttemptError`` with
+that decision, and Prefect's task retry only re-enters (README, "Retries").
+
+Each page is one transaction: the page's rows, the fence (do we still hold the chunk?), the
+job's new checkpoint and, on the chunk's last page, its completion. A crash anywhere
 leaves a page wholly written or not at all, and the next attempt (or chunk) continues
 from the newest checkpoint. The next page is fetched while the current one is written.
 """
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mailsync.db import Database, Row
+from mailsync.backoff import retry_delay
+from mailsync.config import Settings
+from mailsync.db import Database, Row, Session
 from mailsync.errors import (
+    ChunkAttemptError,
+    ChunkBusyError,
+    InvalidInputError,
     LeaseLostError,
-    MailsyncError,
     category_of,
     is_retryable,
 )
-from mailsync.graph import Cursor, GraphClient, Page, backoff_delay
+from mailsync.graph import Cursor, EmailRecord, GraphClient, Page
+from mailsync.heartbeat import Heartbeat
 from mailsync.ingest import write_messages
 from mailsync.jobs import graph_time
 
@@ -40,44 +48,98 @@ class ChunkOutcome:
     error_category: str | None = None
     error_message: str | None = None
 
+    @classmethod
+    def of_row(cls, row: Row) -> ChunkOutcome:
+        """The outcome recorded for a finished chunk (a resumed job skips those)."""
+        return cls(
+            chunk_index=row["chunk_index"],
+            status=row["status"],
+            attempt=row["attempts"],
+            emails_processed=row["emails_processed"],
+            emails_failed=row["emails_failed"],
+            api_calls=row["api_calls_made"],
+            processing_time_ms=row["processing_time_ms"],
+            error_category=row["error_category"],
+            error_message=row["error_message"],
+        )
 
-class ChunkBusyError(MailsyncError):
-    """The chunk is held by another live worker, or not claimable yet."""
 
-    category = "busy"
-    retryable = True
+@dataclass(frozen=True)
+class Position:
+    """Where the job continues: its newest checkpoint."""
+
+    cursor: Cursor = field(default_factory=Cursor)
+    exhausted: bool = False  # an earlier page reached the end of the mailbox
+    emails_processed: int = 0  # in the whole job so far
+
+    @classmethod
+    def of_row(cls, row: Row | None) -> Position:
+        if row is None:
+            return cls()
+        return cls(Cursor.from_json(row["cursor"]), row["exhausted"], row["emails_processed"])
 
 
-class Heartbeat:
-    """Renews the chunk's lease from its own connection while the attempt works."""
+@dataclass(frozen=True)
+class Worker:
+    """Who runs attempts, and the lease they keep (mailsync.config's defaults)."""
 
-    def __init__(self, db: Database, chunk: Row, worker_id: str, interval_s: float) -> None:
-        self._db, self._chunk, self._worker_id = db, chunk, worker_id
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chunk-heartbeat", daemon=True)
+    worker_id: str
+    heartbeat_s: float
+    stuck_after_s: float
+    retry_base_s: float
+    retry_max_s: float
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
+    @classmethod
+    def of(cls, settings: Settings, worker_id: str) -> Worker:
+        return cls(
+            worker_id, settings.heartbeat_s, settings.stuck_after_s, settings.retry_base_s,
+            settings.retry_max_s,
+        )  # fmt: skip
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                row = self._db.one(
-                    "heartbeat_chunk", self._chunk["business_id"], chunk_id=self._chunk["id"],
-                    worker_id=self._worker_id, attempt=self._chunk["attempts"],
-                )  # fmt: skip
-            except MailsyncError:
-                continue  # the database blinked; the page fence decides, not us
-            if row is None or not row["alive"]:
-                self.lost.set()
-                return
+def claim_chunk(
+    db: Database,
+    job: Row,
+    chunk_index: int,
+    worker: Worker,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Row, Position | None]:
+    """Claim chunk ``chunk_index`` of the job: the chunk and the job's position; the
+    position is None when the chunk had already finished (completed or failed).
+
+    The claim is one statement; this only waits as long as its answer says: until a
+    retrying chunk is due, or until a live holder's lease would expire (up to two stuck
+    thresholds, then ``ChunkBusyError``).
+    """
+    patience = time.monotonic() + 2 * worker.stuck_after_s
+    while True:
+        with db.transaction(job["business_id"]) as session:
+            row = session.one(
+                "claim_chunk", job_id=job["id"], chunk_index=chunk_index,
+                worker_id=worker.worker_id, stuck_after_s=worker.stuck_after_s,
+            )  # fmt: skip
+            claimed = row is not None and row["outcome"] == "claimed"
+            position = (
+                session.one("latest_checkpoint", job_id=job["id"], folder_id=row["folder_id"])
+                if claimed and row is not None
+                else None
+            )
+        if row is None:
+            raise InvalidInputError(f"job {job['id']} has no chunk {chunk_index}")
+        outcome, wait_s = row.pop("outcome"), float(row.pop("wait_s"))
+        if outcome == "claimed":
+            return row, Position.of_row(position)
+        if outcome == "finished":
+            return row, None
+        if outcome == "blocked" or (
+            outcome == "busy" and time.monotonic() + wait_s > patience
+        ):
+            raise ChunkBusyError(
+                f"chunk {chunk_index} of job {job['id']} is not claimable: {outcome} "
+                f"(held by {row['worker_id'] or 'nobody'})"
+            )
+        sleep(wait_s + 0.01)  # not_due, or busy with a lease about to expire
 
 
 @dataclass
@@ -105,238 +167,223 @@ class AttemptTiming:
         return {name: round(ms, 1) for name, ms in zip(names, times, strict=True)}
 
 
-@dataclass
-class ChunkContext:
-    db: Database
-    graph: GraphClient
-    job: Row
-    store: Row
-    worker_id: str
-    heartbeat_s: float
-    stuck_after_s: float
-    retry_base_s: float
-    retry_max_s: float
+class Attempt:
+    """One claimed attempt at one chunk: its pages, then its completion or its failure.
 
-
-def claim(ctx: ChunkContext, chunk_index: int) -> Row | None:
-    """Claim this chunk of the job; None when it is already finished.
-
-    A chunk still held by a worker that died (a resumed job after a crash) is taken back
-    once its lease has expired; one held by a live worker is waited for, up to twice the
-    stuck threshold, then reported busy.
+    Subclasses say how the pages come (``_work``): ``FullAttempt`` lists a folder by keyset
+    pages, ``mailsync.rounds.DeltaAttempt`` follows one delta round. Every page is written
+    by ``_commit``, one transaction each.
     """
-    job = ctx.job
-    deadline = time.monotonic() + 2 * ctx.stuck_after_s + ctx.heartbeat_s
-    while True:
-        current = ctx.db.one(
-            "get_chunk_by_index", job["business_id"], job_id=job["id"], chunk_index=chunk_index
+
+    # emails_processed counts every message a page delivered; a delta round counts only
+    # those it wrote (added or changed), so that its re-read of a folder just listed in
+    # full does not count each message twice.
+    counts_unchanged = True
+
+    def __init__(
+        self, db: Database, graph: GraphClient, job: Row, store: Row, worker: Worker,
+        chunk: Row,
+    ) -> None:  # fmt: skip
+        self.db, self.graph, self.job, self.store, self.worker = db, graph, job, store, worker
+        self.chunk = chunk
+        self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
+        self.timing = AttemptTiming(time.perf_counter())
+        self.calls_before = graph.api_calls
+        self.fence = {
+            "chunk_id": chunk["id"], "worker_id": worker.worker_id, "attempt": chunk["attempts"]
+        }  # fmt: skip
+        self.heartbeat: Heartbeat | None = None
+
+    @property
+    def index(self) -> int:
+        return int(self.chunk["chunk_index"])
+
+    @property
+    def folder_id(self) -> str:
+        # Chunks planned before folders existed (0006) name the store's one folder.
+        return str(self.chunk["folder_id"] or self.store["folder"])
+
+    def run(self) -> ChunkOutcome:
+        """Run the attempt to completion; or record why it failed and raise
+        ``ChunkAttemptError`` (or ``LeaseLostError`` when the chunk is no longer ours)."""
+        try:
+            with Heartbeat(
+                self.db, self.chunk, self.worker.worker_id, self.worker.heartbeat_s
+            ) as self.heartbeat:
+                self._work()
+        except LeaseLostError:
+            raise  # the chunk is someone else's now: nothing of ours may be written
+        except Exception as exc:
+            raise self._record_failure(exc) from exc
+        return ChunkOutcome(
+            chunk_index=self.index,
+            status="completed",
+            attempt=self.chunk["attempts"],
+            emails_processed=self.progress.get("emails_processed", 0),
+            emails_failed=self.progress.get("emails_failed", 0),
+            api_calls=self._api_calls(),
+            processing_time_ms=self._elapsed_ms(),
         )
-        if current is None:
-            raise MailsyncError(f"job {job['id']} has no chunk {chunk_index}")
-        if current["status"] in ("completed", "failed"):
-            return None
-        if current["status"] != "processing":
-            break
-        ctx.db.all(
-            "recover_stuck_chunks_of_job", job["business_id"],
-            stuck_after_s=ctx.stuck_after_s, job_id=job["id"],
-        )  # fmt: skip
-        if time.monotonic() > deadline:
-            break
-        time.sleep(min(1.0, ctx.heartbeat_s / 2))
-    if current["status"] == "retrying" and current["next_attempt_at"] is not None:
-        _wait_until_due(ctx, current)
-    chunk = ctx.db.one(
-        "claim_next_chunk_job", job["business_id"], job_id=job["id"], worker_id=ctx.worker_id
-    )
-    if chunk is None or chunk["chunk_index"] != chunk_index:
-        if chunk is not None:  # never hold a chunk we are not going to run
-            _release(ctx, chunk, "claimed out of order", "internal")
-        raise ChunkBusyError(
-            f"chunk {chunk_index} of job {job['id']} is not claimable now "
-            f"(status {current['status']}, held by {current['worker_id'] or 'nobody'})"
-        )
-    return chunk
 
+    def _work(self) -> None:
+        raise NotImplementedError
 
-def _wait_until_due(ctx: ChunkContext, chunk: Row) -> None:
-    """Honour the chunk's next_attempt_at (Graph's Retry-After, or our backoff)."""
-    row = ctx.db.one("seconds_until_due", ctx.job["business_id"], chunk_id=chunk["id"])
-    delay = float(row["seconds"]) if row and row["seconds"] else 0.0
-    if delay > 0:
-        time.sleep(delay)
+    def _check_lease(self) -> None:
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            raise LeaseLostError(f"chunk {self.index}: lease lost to recovery")
 
-
-def _release(ctx: ChunkContext, chunk: Row, message: str, category: str) -> None:
-    ctx.db.one(
-        "fail_chunk_job", ctx.job["business_id"], chunk_id=chunk["id"], worker_id=ctx.worker_id,
-        attempt=chunk["attempts"], error_message=message, error_category=category,
-        retryable=True, retry_delay_s=0.0, api_calls=0, processing_time_ms=0,
-    )  # fmt: skip
-
-
-def run_chunk(ctx: ChunkContext, chunk: Row) -> ChunkOutcome:
-    """Run one claimed attempt to completion, or record why it failed and re-raise."""
-    started = time.perf_counter()
-    calls_before = ctx.graph.api_calls
-    progress = dict(chunk["checkpoint_data"] or {})
-    try:
-        with Heartbeat(ctx.db, chunk, ctx.worker_id, ctx.heartbeat_s) as heartbeat:
-            _fetch_and_write(ctx, chunk, progress, heartbeat, started, calls_before)
-    except Exception as exc:
-        _record_failure(ctx, chunk, exc, started, calls_before)
-        raise
-    return ChunkOutcome(
-        chunk_index=chunk["chunk_index"],
-        status="completed",
-        attempt=chunk["attempts"],
-        emails_processed=progress.get("emails_processed", 0),
-        emails_failed=progress.get("emails_failed", 0),
-        api_calls=ctx.graph.api_calls - calls_before,
-        processing_time_ms=int((time.perf_counter() - started) * 1000),
-    )
-
-
-def _job_position(ctx: ChunkContext) -> tuple[Cursor, bool, int]:
-    """The newest checkpoint of the job: cursor, exhausted, emails processed in the job."""
-    row = ctx.db.one("latest_checkpoint", ctx.job["business_id"], job_id=ctx.job["id"])
-    if row is None:
-        return Cursor(), False, 0
-    return Cursor.from_json(row["cursor"]), row["exhausted"], row["emails_processed"]
-
-
-def _fetch_and_write(
-    ctx: ChunkContext, chunk: Row, progress: dict[str, Any], heartbeat: Heartbeat,
-    started: float, calls_before: int,
-) -> None:  # fmt: skip
-    cursor, exhausted, job_processed = _job_position(ctx)
-    if exhausted:  # an earlier chunk already reached the end of the mailbox
-        _write_page(ctx, chunk, progress, None, cursor, True, job_processed, started, calls_before)
-        return
-    # The last chunk runs until the mailbox is exhausted, however the count has changed.
-    is_last = chunk["chunk_index"] == chunk["total_chunks"]
-    remaining = None if is_last else chunk["chunk_size"] - progress.get("emails_processed", 0)
-    if remaining is not None and remaining <= 0:
-        _write_page(ctx, chunk, progress, None, cursor, False, job_processed, started, calls_before)
-        return
-    pages = ctx.graph.iter_pages(
-        ctx.store["mailbox"], ctx.store["folder"], cursor=cursor,
-        since=graph_time(ctx.job["sync_from"]), until=graph_time(ctx.job["sync_to"]),
-        page_size=ctx.job["page_size"], limit=remaining,
-    )  # fmt: skip
-    timing = AttemptTiming(started)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
-        upcoming: Future[Page | None] = prefetch.submit(timing.fetch, pages)
-        while True:
-            waited = time.perf_counter()
-            page = upcoming.result()
-            timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
-            if page is None:
-                raise AssertionError("the page iterator ended without a last page")
-            if not page.last:  # fetch the next page while this one is written
-                upcoming = prefetch.submit(timing.fetch, pages)
-            if heartbeat.lost.is_set():
-                raise LeaseLostError(f"chunk {chunk['chunk_index']}: lease lost to recovery")
-            job_processed += len(page.messages)
-            _write_page(
-                ctx, chunk, progress, page, page.cursor, page.exhausted, job_processed,
-                started, calls_before, done=page.last, timing=timing,
-            )  # fmt: skip
-            if page.last:
-                return
-
-
-def _write_page(
-    ctx: ChunkContext, chunk: Row, progress: dict[str, Any], page: Page | None,
-    cursor: Cursor, exhausted: bool, job_processed: int, started: float, calls_before: int,
-    *, done: bool = True, timing: AttemptTiming | None = None,
-) -> None:  # fmt: skip
-    job = ctx.job
-    new_progress = {
-        "emails_processed": progress.get("emails_processed", 0)
-        + (len(page.messages) if page else 0),
-        "emails_failed": progress.get("emails_failed", 0) + (len(page.failed_ids) if page else 0),
-        "pages": progress.get("pages", 0) + (1 if page else 0),
-        "cursor": cursor.to_json(),
-    }
-    if timing is not None:
-        new_progress["timing"] = timing.as_json()
-    write_started = time.perf_counter()
-    fence = {"chunk_id": chunk["id"], "worker_id": ctx.worker_id, "attempt": chunk["attempts"]}
-    with ctx.db.transaction(job["business_id"]) as session:
-        # The fence first: it takes the chunk's row lock and refuses a worker that lost it.
-        if session.one(
-            "record_chunk_progress", **fence, checkpoint_data=new_progress,
-            emails_processed=new_progress["emails_processed"],
-            emails_failed=new_progress["emails_failed"],
-        ) is None:  # fmt: skip
-            raise LeaseLostError(f"chunk {chunk['chunk_index']}: claim lost before writing")
-        if page is not None:
-            write_messages(
+    def _commit(
+        self,
+        *,
+        messages: Sequence[EmailRecord] = (),
+        failed: int = 0,
+        checkpoint: dict[str, Any] | None = None,
+        first: Callable[[Session], None] | None = None,
+        also: Callable[[Session], None] | None = None,
+        done: bool = False,
+        exhausted: bool = False,
+    ) -> None:
+        """One transaction: whatever ``first`` writes, the page's messages, the fence,
+        whatever ``also`` writes (the checkpoint, removals, a delta link), the chunk's
+        progress and, when ``done``, its completion. Progress is kept in memory only once
+        committed."""
+        before = self.progress
+        progress = {
+            **before,
+            **(checkpoint or {}),
+            "emails_processed": before.get("emails_processed", 0) + len(messages),
+            "emails_failed": before.get("emails_failed", 0) + failed,
+            "pages": before.get("pages", 0) + (1 if messages or failed or checkpoint else 0),
+        }
+        write_started = time.perf_counter()
+        job = self.job
+        with self.db.transaction(job["business_id"]) as session:
+            if first is not None:
+                first(session)
+            written = write_messages(
                 session, business_id=job["business_id"], store_id=job["store_id"],
-                job_id=job["id"], messages=page.messages,
+                job_id=job["id"], messages=list(messages),
             )  # fmt: skip
+            progress["emails_added"] = before.get("emails_added", 0) + written.inserted
+            progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
+            if not self.counts_unchanged:
+                progress["emails_processed"] -= written.unchanged
+            progress["timing"] = self.timing.as_json()
+            # The fence: it takes the chunk's row lock and refuses a worker that lost it.
+            # (After the rows, so the lock is held for the least time; a refusal rolls the
+            # whole transaction back, rows included.)
+            fenced = session.one(
+                "record_chunk_progress", **self.fence, checkpoint_data=progress,
+                emails_processed=progress["emails_processed"],
+                emails_failed=progress["emails_failed"],
+                emails_added=progress["emails_added"],
+                emails_updated=progress["emails_updated"],
+                delta_resets=progress.get("delta_resets", 0),
+            )  # fmt: skip
+            if fenced is None:
+                raise LeaseLostError(f"chunk {self.index}: claim lost before writing")
+            if also is not None:
+                also(session)
+            if done:
+                completed = session.one(
+                    "complete_chunk_job", **self.fence,
+                    emails_processed=progress["emails_processed"],
+                    emails_failed=progress["emails_failed"], api_calls=self._api_calls(),
+                    processing_time_ms=self._elapsed_ms(), exhausted=exhausted,
+                )  # fmt: skip
+                if not completed or not completed["completed"]:
+                    raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
+        self.timing.write_ms += (time.perf_counter() - write_started) * 1000
+        self.progress = progress
+
+    def _record_failure(self, exc: Exception) -> ChunkAttemptError:
+        """Tell the chunk row why the attempt failed; the row decides retrying or failed."""
+        attempt = self.chunk["attempts"]
+        message = str(exc) or type(exc).__name__
+        retry_after = getattr(exc, "retry_after_s", None)
+        row = self.db.one(
+            "fail_chunk_job", self.job["business_id"], **self.fence, error_message=message,
+            error_category=category_of(exc), retryable=is_retryable(exc),
+            retry_delay_s=retry_delay(
+                attempt - 1, self.worker.retry_base_s, self.worker.retry_max_s, retry_after
+            ),
+            api_calls=self._api_calls(), processing_time_ms=self._elapsed_ms(),
+        )  # fmt: skip
+        status = row["status"] if row else None
+        if status is None:
+            raise LeaseLostError(f"chunk {self.index}: claim lost before recording: {message}")
+        return ChunkAttemptError(
+            f"chunk {self.index} attempt {attempt} failed ({category_of(exc)}), now {status}: "
+            f"{message}",
+            category=category_of(exc),
+            will_retry=status == "retrying",
+        )
+
+    def _api_calls(self) -> int:
+        return self.graph.api_calls - self.calls_before
+
+    def _elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.timing.started) * 1000)
+
+
+class FullAttempt(Attempt):
+    """A full chunk: the next ``chunk_size`` messages of its folder, by keyset pages from
+    the job's position in that folder (its newest checkpoint there)."""
+
+    def __init__(
+        self, db: Database, graph: GraphClient, job: Row, store: Row, worker: Worker,
+        chunk: Row, position: Position,
+    ) -> None:  # fmt: skip
+        super().__init__(db, graph, job, store, worker, chunk)
+        self.position = position
+
+    def _work(self) -> None:
+        if self.position.exhausted:  # an earlier chunk already reached the end of the folder
+            self._commit(done=True, exhausted=True)
+            return
+        # The folder's last chunk runs until the folder is exhausted, whatever the count.
+        processed = self.progress.get("emails_processed", 0)
+        remaining = None if self.chunk["last_in_folder"] else self.chunk["chunk_size"] - processed
+        if remaining is not None and remaining <= 0:
+            self._commit(done=True)
+            return
+        pages = self.graph.iter_pages(
+            self.store["mailbox"], self.folder_id, cursor=self.position.cursor,
+            since=graph_time(self.job["sync_from"]), until=graph_time(self.job["sync_to"]),
+            page_size=self.job["page_size"], limit=remaining,
+        )  # fmt: skip
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
+            upcoming: Future[Page | None] = prefetch.submit(self.timing.fetch, pages)
+            while True:
+                waited = time.perf_counter()
+                page = upcoming.result()
+                self.timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
+                if page is None:
+                    raise AssertionError("the page iterator ended without a last page")
+                if not page.last:  # fetch the next page while this one is written
+                    upcoming = prefetch.submit(self.timing.fetch, pages)
+                self._check_lease()
+                self._write(page)
+                if page.last:
+                    return
+
+    def _write(self, page: Page) -> None:
+        position = Position(
+            page.cursor, page.exhausted, self.position.emails_processed + len(page.messages)
+        )
+        job = self.job
+
+        def checkpoint(session: Session) -> None:
             session.execute(
                 "insert_checkpoint", business_id=job["business_id"], store_id=job["store_id"],
-                job_id=job["id"], chunk_id=chunk["id"], chunk_index=chunk["chunk_index"],
-                cursor=cursor.to_json(), emails_processed=job_processed, exhausted=exhausted,
+                job_id=job["id"], chunk_id=self.chunk["id"], chunk_index=self.index,
+                folder_id=self.chunk["folder_id"], cursor=position.cursor.to_json(),
+                emails_processed=position.emails_processed, exhausted=position.exhausted,
             )  # fmt: skip
-        if done:
-            completed = session.one(
-                "complete_chunk_job", **fence,
-                emails_processed=new_progress["emails_processed"],
-                emails_failed=new_progress["emails_failed"],
-                api_calls=ctx.graph.api_calls - calls_before,
-                processing_time_ms=int((time.perf_counter() - started) * 1000),
-                exhausted=exhausted,
-            )  # fmt: skip
-            if not completed or not completed["completed"]:
-                raise LeaseLostError(f"chunk {chunk['chunk_index']}: claim lost at completion")
-    if timing is not None:
-        timing.write_ms += (time.perf_counter() - write_started) * 1000
-    progress.update(new_progress)  # only once committed
 
-
-def retry_delay_s(ctx: ChunkContext, attempt: int, exc: BaseException) -> float:
-    """Our jittered exponential backoff, unless Graph asked for longer (Retry-After wins)."""
-    delay = backoff_delay(attempt - 1, ctx.retry_base_s, ctx.retry_max_s, random.Random())
-    retry_after = getattr(exc, "retry_after_s", None)
-    return max(delay, retry_after) if retry_after is not None else delay
-
-
-def _record_failure(
-    ctx: ChunkContext, chunk: Row, exc: BaseException, started: float, calls_before: int
-) -> None:
-    if isinstance(exc, LeaseLostError):
-        return  # the chunk is someone else's now: nothing of ours may be written
-    message = str(exc) or type(exc).__name__
-    ctx.db.one(
-        "fail_chunk_job", ctx.job["business_id"], chunk_id=chunk["id"], worker_id=ctx.worker_id,
-        attempt=chunk["attempts"], error_message=message, error_category=category_of(exc),
-        retryable=is_retryable(exc), retry_delay_s=retry_delay_s(ctx, chunk["attempts"], exc),
-        api_calls=ctx.graph.api_calls - calls_before,
-        processing_time_ms=int((time.perf_counter() - started) * 1000),
-    )  # fmt: skip
-
-
-def chunk_row(db: Database, job: Row, chunk_index: int) -> Row:
-    row = db.one(
-        "get_chunk_by_index", job["business_id"], job_id=job["id"], chunk_index=chunk_index
-    )
-    assert row is not None
-    return row
-
-
-def outcome_of(row: Row) -> ChunkOutcome:
-    """The outcome recorded for a finished chunk (a resumed job skips those)."""
-    return ChunkOutcome(
-        chunk_index=row["chunk_index"],
-        status=row["status"],
-        attempt=row["attempts"],
-        emails_processed=row["emails_processed"],
-        emails_failed=row["emails_failed"],
-        api_calls=row["api_calls_made"],
-        processing_time_ms=row["processing_time_ms"],
-        error_category=row["error_category"],
-        error_message=row["error_message"],
-    )
+        self._commit(
+            messages=page.messages, failed=len(page.failed_ids),
+            checkpoint={"cursor": position.cursor.to_json()}, also=checkpoint,
+            done=page.last, exhausted=position.exhausted,
+        )  # fmt: skip
+        self.position = position

@@ -9,6 +9,7 @@
     ├── LeaseLostError         stuck          our claim on a chunk was taken back
     ├── ChunkBusyError         busy           a chunk held by another live worker
     ├── ChunkAttemptError      (the cause's)  a chunk attempt failed and was recorded
+    ├── SyncIncompleteError    incomplete     a job ended partial_failure or failed
     └── GraphError             graph          anything Microsoft Graph answered badly
         ├── AuthError          auth           token refused even after one refresh
         │   └── PermissionDeniedError           403: Mail.Read not granted
@@ -28,6 +29,8 @@ decision, which is all the Prefect task's ``retry_condition_fn`` reads.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MailsyncError(Exception):
@@ -153,6 +156,18 @@ def category_of(exc: BaseException) -> str:
 
 def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, MailsyncError) and exc.retryable
+
+
+class SyncIncompleteError(MailsyncError):
+    """The job ended ``partial_failure`` (chunks failed for good) or ``failed``: its flow run
+    fails, so that Prefect automations alert. The job's summary rides along for callers
+    that show it (the CLI prints it, then exits non-zero)."""
+
+    category = "incomplete"
+
+    def __init__(self, message: str, *, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class SyncStateExpiredError(GraphError):

@@ -28,14 +28,17 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from mailsync.backoff import retry_delay
 from mailsync.errors import (
     AuthError,
     BadDataError,
     BadRequestError,
+    DeltaQuotaExceededError,
     GraphError,
     GraphServerError,
     NotFoundError,
     PermissionDeniedError,
+    SyncStateExpiredError,
     ThrottledError,
     TransientError,
 )
@@ -43,11 +46,16 @@ from mailsync.errors import (
 SELECT_FIELDS = (
     "id,internetMessageId,conversationId,subject,from,sender,toRecipients,ccRecipients,"
     "receivedDateTime,sentDateTime,body,bodyPreview,hasAttachments,isRead,importance,"
-    "parentFolderId"
+    "parentFolderId,categories"
 )
 EXPAND_ATTACHMENTS = "attachments($select=id,name,contentType,size,isInline)"
 EPOCH = "1900-01-01T00:00:00Z"
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# A delta or skip token Graph no longer honours: that folder's round restarts from scratch.
+SYNC_STATE_EXPIRED_CODES = {
+    "SyncStateNotFound", "syncStateNotFound", "resyncRequired", "SyncStateInvalid",
+    "syncStateInvalid",
+}  # fmt: skip
 MAX_TOP = 1_000  # Graph's limit for $top on messages
 
 
@@ -99,6 +107,7 @@ class EmailRecord:
     is_read: bool | None
     importance: str | None
     parent_folder_id: str | None
+    categories: str  # JSON text: the user's category names
     content_hash: str
     received_raw: str = field(compare=False)
     attachments: tuple[Attachment, ...] = field(default=(), compare=False)
@@ -107,7 +116,7 @@ class EmailRecord:
         "graph_id", "internet_message_id", "conversation_id", "subject", "sender_name",
         "sender_address", "from_address", "to_recipients", "cc_recipients", "received_at",
         "sent_at", "body_content_type", "body", "body_preview", "has_attachments", "is_read",
-        "importance", "parent_folder_id", "content_hash",
+        "importance", "parent_folder_id", "categories", "content_hash",
     )  # fmt: skip
 
     def row(self) -> tuple[Any, ...]:
@@ -165,6 +174,14 @@ def _attachments(value: Any) -> tuple[Attachment, ...]:
     )
 
 
+def _categories_json(value: Any) -> str:
+    if value is None:
+        return "[]"
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise BadDataError("categories is not a list of strings")
+    return orjson.dumps(value).decode()
+
+
 def parse_message(raw: Any) -> EmailRecord:
     """Graph JSON → EmailRecord, or BadDataError naming what is wrong."""
     if not isinstance(raw, dict):
@@ -189,6 +206,7 @@ def parse_message(raw: Any) -> EmailRecord:
         sender_name, sender_address, from_address, to_json, cc_json, received_raw, sent_raw,
         body.get("contentType"), body.get("content"), get("bodyPreview"),
         bool(get("hasAttachments")), get("isRead"), get("importance"), get("parentFolderId"),
+        _categories_json(get("categories")),
     )  # fmt: skip
     # Hash of what we store, so an unchanged message costs no write on replay. orjson: the
     # body is most of a message, and escaping it to ASCII (json.dumps) cost more than the
@@ -213,6 +231,7 @@ def parse_message(raw: Any) -> EmailRecord:
         is_read=fields[15] if isinstance(fields[15], bool) else None,
         importance=fields[16],
         parent_folder_id=fields[17],
+        categories=fields[18],
         content_hash=content_hash,
         received_raw=received_raw,  # type: ignore[arg-type]  # checked by _parse_time
         attachments=_attachments(get("attachments")),
@@ -239,12 +258,6 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP-date: Graph does not send those; fall back to backoff
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with 'equal jitter': half fixed, half random, capped."""
-    cap = min(max_s, base_s * (2**attempt))
-    return cap / 2 + rng.uniform(0, cap / 2)
-
-
 class GraphClient:
     def __init__(
         self,
@@ -268,8 +281,17 @@ class GraphClient:
         self.throttled = 0
 
     # -- requests ---------------------------------------------------------------------
-    def get_json(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        headers = {"Prefer": 'IdType="ImmutableId"', "Accept": "application/json"}
+    def get_json(
+        self, url: str, params: dict[str, str] | None = None, *, max_page_size: int | None = None
+    ) -> dict[str, Any]:
+        """GET a Graph resource as JSON, retrying throttling, 5xx and network errors.
+
+        ``max_page_size`` asks for pages of that size (``Prefer: odata.maxpagesize``, the only
+        way to size delta pages), in the same Prefer header as the immutable ids."""
+        prefer = 'IdType="ImmutableId"'
+        if max_page_size is not None:
+            prefer = f"odata.maxpagesize={max_page_size}, {prefer}"
+        headers = {"Prefer": prefer, "Accept": "application/json"}
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
@@ -297,13 +319,13 @@ class GraphClient:
                     self.throttled += 1
                 if last:
                     raise self._error(response, retry_after)
-                self.sleep(retry_after if retry_after is not None else self._backoff(attempt))
+                self.sleep(self._backoff(attempt, retry_after))
                 continue
             raise self._error(response, None)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _backoff(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self.rng)
+    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        return retry_delay(attempt, self.backoff_base_s, self.backoff_max_s, retry_after, self.rng)
 
     @staticmethod
     def _decode(response: httpx.Response) -> dict[str, Any]:
@@ -325,17 +347,31 @@ class GraphClient:
         text = f"Graph answered {status} {code or ''}: {message}".strip()
         kinds: dict[int, type[GraphError]] = {
             400: BadRequestError, 401: AuthError, 403: PermissionDeniedError, 404: NotFoundError,
-            429: ThrottledError,
+            410: SyncStateExpiredError, 429: ThrottledError,
         }  # fmt: skip
         kind = kinds.get(status) or (GraphServerError if status >= 500 else GraphError)
+        if code in SYNC_STATE_EXPIRED_CODES:
+            kind = SyncStateExpiredError  # some answers say so with a 400 or a 404
+        elif status == 403 and code == "ErrorQuotaExceeded":
+            kind = DeltaQuotaExceededError
         return kind(text, status=status, code=code, retry_after_s=retry_after)
 
     # -- mail ---------------------------------------------------------------------------
+    def user_url(self, mailbox: str) -> str:
+        """The mailbox's Graph URL: every URL of a mailbox starts here, encoded once."""
+        return f"{self.base_url}/v1.0/users/{quote(mailbox, safe='@')}"
+
+    def folder_url(self, mailbox: str, folder: str) -> str:
+        """A folder by id or well-known name (inbox, sentitems, …)."""
+        return f"{self.user_url(mailbox)}/mailFolders/{quote(folder, safe='')}"
+
     def messages_url(self, mailbox: str, folder: str) -> str:
-        user = quote(mailbox, safe="@")
-        if folder == "all":
-            return f"{self.base_url}/v1.0/users/{user}/messages"
-        return f"{self.base_url}/v1.0/users/{user}/mailFolders/{quote(folder, safe='')}/messages"
+        return f"{self.folder_url(mailbox, folder)}/messages"
+
+    def is_own_link(self, link: str) -> bool:
+        """Whether a nextLink or deltaLink points at our Graph host (the token goes nowhere
+        else, and a link elsewhere would be a server bug or an attack)."""
+        return link.startswith(self.base_url + "/")
 
     @staticmethod
     def window_filter(since: str | None, until: str | None) -> str:

@@ -21,7 +21,7 @@ STAGING_TYPES = {
     "to_recipients": "text", "cc_recipients": "text", "received_at": "timestamptz",
     "sent_at": "timestamptz", "body_content_type": "text", "body": "text",
     "body_preview": "text", "has_attachments": "bool", "is_read": "bool", "importance": "text",
-    "parent_folder_id": "text", "content_hash": "text",
+    "parent_folder_id": "text", "categories": "text", "content_hash": "text",
 }  # fmt: skip
 _STAGING_COLUMN_TYPES = [STAGING_TYPES[c] for c in EmailRecord.COLUMNS]
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-
 from mailsync import validate
+from mailsync.config import Settings
 from mailsync.db import Database, Row
-from mailsync.errors import InvalidInputError
-from mailsync.graph import GraphClient
+from mailsync.errors import ConflictError, InvalidInputError
 
 TERMINAL_JOB_STATUSES = {"completed", "partial_failure", "failed"}
 
@@ -28,12 +25,13 @@ class SyncRequest:
     sync_to: datetime | None
     chunk_size: int
     page_size: int
+    full: bool = False  # list every folder in full, even those with a deltaLink
 
     @classmethod
     def checked(
         cls, *, business_id: str | UUID, mailbox: str, folder: str,
         sync_from: str | datetime | None, sync_to: str | datetime | None,
-        chunk_size: int, page_size: int,
+        chunk_size: int, page_size: int, full: bool = False,
     ) -> SyncRequest:  # fmt: skip
         """Every argument validated, with a message that says what is wrong."""
         start, end = validate.date_range(sync_from, sync_to)
@@ -45,10 +43,12 @@ class SyncRequest:
             sync_to=end,
             chunk_size=validate.positive(chunk_size, "chunk size"),
             page_size=validate.positive(page_size, "page size", 1000),
+            full=full,
         )
 
     @property
     def sync_type(self) -> str:
+        """As far as known before planning (the plan says full or incremental)."""
         return "date_range" if self.sync_from or self.sync_to else "full"
 
 
@@ -75,7 +75,6 @@ def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
         store = session.one(
             "upsert_store",
             business_id=request.business_id,
-            name=f"{request.mailbox}/{request.folder}",
             mailbox=request.mailbox,
             folder=request.folder,
         )
@@ -94,16 +93,44 @@ def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
                 sync_to=request.sync_to,
                 chunk_size=request.chunk_size,
                 page_size=request.page_size,
+                folder=request.folder,
+                force_full=request.full,
                 metadata={},
             )
             assert job is not None
             return job, False
-    except psycopg.errors.UniqueViolation:
+    except ConflictError:
         # Another process opened one between our look and our insert: resume that one.
         active = db.one("get_active_job_for_store", request.business_id, store_id=store["id"])
         if active is None:
             raise
         return active, True
+
+
+def begin_job(
+    db: Database, settings: Settings, *, mailbox: str | None, folder: str,
+    business_id: str | None, sync_from: str | None, sync_to: str | None,
+    chunk_size: int | None, page_size: int | None, job_id: str | None, full: bool = False,
+) -> tuple[Row, bool]:  # fmt: skip
+    """The running job of a sync: the store's new job, its unfinished one (resumed), or
+    ``job_id`` resumed. True when it was resumed. Every argument is checked first."""
+    if job_id is None:
+        if not mailbox:
+            raise InvalidInputError("sync-mailbox needs a mailbox or the job_id of a job to resume")
+        request = SyncRequest.checked(
+            business_id=business_id or default_business_id(settings.tenant_id),
+            mailbox=mailbox,
+            folder=folder,
+            sync_from=sync_from,
+            sync_to=sync_to,
+            chunk_size=chunk_size or settings.chunk_size,
+            page_size=page_size or settings.page_size,
+            full=full,
+        )
+        job, resumed = open_job(db, request)
+    else:
+        job, resumed = load_job(db, job_id), True
+    return start_job(db, job), resumed
 
 
 def load_job(db: Database, job_id: UUID | str, business_id: UUID | None = None) -> Row:
@@ -145,29 +172,6 @@ def start_job(db: Database, job: Row) -> Row:
     return started
 
 
-def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempts: int) -> Row:
-    """Count the window in Graph and create the chunks; a planned job keeps its plan."""
-    if job["total_chunks"] is not None:
-        return job
-    calls_before = graph.api_calls
-    estimated = graph.count_messages(
-        store["mailbox"], store["folder"], graph_time(job["sync_from"]), graph_time(job["sync_to"])
-    )
-    total_chunks = max(1, math.ceil(estimated / job["chunk_size"]))
-    with db.transaction(job["business_id"]) as session:
-        session.execute(
-            "plan_sync_job",
-            job_id=job["id"],
-            estimated_emails=estimated,
-            total_chunks=total_chunks,
-            max_attempts=max_attempts,
-            api_calls=graph.api_calls - calls_before,
-        )
-        planned = session.one("get_sync_job", job_id=job["id"])
-    assert planned is not None
-    return planned
-
-
 def fail_job(db: Database, job: Row, message: str, category: str) -> None:
     db.one(
         "fail_sync_job", job["business_id"], job_id=job["id"],
@@ -175,9 +179,10 @@ def fail_job(db: Database, job: Row, message: str, category: str) -> None:
     )  # fmt: skip
 
 
-def finish_job(db: Database, job: Row) -> str:
-    row = db.one("finish_sync_job", job["business_id"], job_id=job["id"])
-    return str(row["status"]) if row else "unknown"
+def finish_job(db: Database, job: Row) -> dict[str, Any]:
+    """Close the job once its chunks have finished; its summary either way."""
+    db.one("finish_sync_job", job["business_id"], job_id=job["id"])
+    return job_summary(db, job["id"])
 
 
 def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
@@ -187,6 +192,7 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
         progress = (session.one("get_sync_job_progress", job_id=job_id) or {}).get("progress") or {}
         stored = session.one("count_store_emails", store_id=job["store_id"])
         store = session.one("get_store", store_id=job["store_id"])
+        folders = session.all("job_folder_stats", job_id=job_id)
     elapsed = None
     if job["started_at"]:
         end = job["completed_at"] or datetime.now(UTC)
@@ -196,7 +202,7 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
         "store_id": str(job["store_id"]),
         "business_id": str(job["business_id"]),
         "mailbox": store["mailbox"] if store else None,
-        "folder": store["folder"] if store else None,
+        "folder": job["folder"],
         "status": job["status"],
         "sync_type": job["sync_type"],
         "sync_from": job["sync_from"].isoformat() if job["sync_from"] else None,
@@ -212,7 +218,50 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
         "emails_stored": stored["n"] if stored else 0,
         "api_calls": job["api_calls_made"]
         + (0 if job["status"] in TERMINAL_JOB_STATUSES else progress.get("api_calls_made", 0)),
+        "emails_added": _job_total(job, folders, "emails_added"),
+        "emails_updated": _job_total(job, folders, "emails_updated"),
+        "emails_deleted": job["emails_deleted"],
+        "delta_resets": _job_total(job, folders, "delta_resets"),
+        "delta_fallbacks": job["delta_fallbacks"],
+        "folders": [_folder_summary(folder) for folder in folders],
         "error_category": job["error_category"],
         "error_message": job["error_message"],
         "elapsed_s": elapsed,
     }
+
+
+def _job_total(job: Row, folders: list[Row], column: str) -> int:
+    """The job's total: closed jobs keep it; a running one sums its chunks so far."""
+    if job["status"] in TERMINAL_JOB_STATUSES:
+        return int(job[column])
+    return sum(int(folder[column] or 0) for folder in folders)
+
+
+def _folder_summary(folder: Row) -> dict[str, Any]:
+    return {
+        "folder": folder["path"],
+        "sync_type": folder["sync_type"],
+        "emails_added": int(folder["emails_added"] or 0),
+        "emails_updated": int(folder["emails_updated"] or 0),
+        "emails_deleted": int(folder["emails_deleted"] or 0),
+        "delta_resets": int(folder["delta_resets"] or 0),
+        "fallback": bool(folder["fallback"]),
+        "failed_chunks": int(folder["failed_chunks"] or 0),
+        "api_calls": int(folder["api_calls"] or 0),
+    }
+
+
+def incomplete_message(summary: dict[str, Any]) -> str:
+    """One line on a job that did not complete: what failed, and the first reason."""
+    if summary["status"] not in TERMINAL_JOB_STATUSES:
+        return (
+            f"sync job {summary['job_id']} stopped with {summary['chunks_pending']} chunks "
+            f"not finished; it resumes from its last committed page (mailsync resume "
+            f"{summary['job_id']}, or the next cleanup)"
+        )
+    return (
+        f"sync job {summary['job_id']} ended {summary['status']}: "
+        f"{summary['chunks_failed']} of {summary['chunks_total']} chunks failed "
+        f"({summary['error_category'] or 'unknown'}: {summary['error_message'] or 'no message'}); "
+        f"{summary['emails_stored']} messages stored"
+    )

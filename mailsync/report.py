@@ -67,8 +67,10 @@ STORE_COLUMNS = ("store_id", "business_id", "mailbox", "folder", "chunks", "comp
                  "failed_chunks", "open_chunks", "emails_synced", "last_sync")  # fmt: skip
 ERROR_COLUMNS = ("error_category", "chunks", "failed_chunks", "open_chunks", "sample_message",
                  "last_seen")  # fmt: skip
-JOB_COLUMNS = ("job_id", "mailbox", "folder", "job_status", "chunks", "failed_chunks", "emails",
-               "api_calls", "processing_time_ms", "started_at", "completed_at")  # fmt: skip
+JOB_COLUMNS = ("job_id", "mailbox", "folder", "sync_type", "job_status", "chunks",
+               "failed_chunks", "emails", "emails_added", "emails_updated", "emails_deleted",
+               "delta_resets", "api_calls", "processing_time_ms", "started_at",
+               "completed_at")  # fmt: skip
 CHUNK_COLUMNS = ("status", "attempts", "processing_time_ms", "emails_processed",
                  "api_calls_made", "created_at")  # fmt: skip
 DURATION_COLUMNS = ("outcome", "chunks", "p50_ms", "p95_ms", "p99_ms", "max_ms")

@@ -1,10 +1,10 @@
 -- Named queries. Each block: "-- name: x", a description, one statement, %(named)s params.
 
 -- name: upsert_store
--- The store for (business, mailbox, folder), created on first use.
+-- The mailbox's store, created on first use (one store per mailbox: issue 9).
 INSERT INTO stores (business_id, name, mailbox, folder)
-VALUES (%(business_id)s, %(name)s, %(mailbox)s, %(folder)s)
-ON CONFLICT (business_id, mailbox, folder) DO UPDATE SET name = stores.name
+VALUES (%(business_id)s, %(mailbox)s, %(mailbox)s, %(folder)s)
+ON CONFLICT (business_id, mailbox) DO UPDATE SET name = stores.name
 RETURNING *;
 
 -- name: get_store
@@ -14,9 +14,9 @@ SELECT * FROM stores WHERE id = %(store_id)s;
 -- name: create_sync_job
 -- A new parent job; the partial unique index refuses a second active job for the store.
 INSERT INTO sync_queue (business_id, store_id, sync_type, status, sync_from, sync_to,
-                        chunk_size, page_size, metadata)
+                        chunk_size, page_size, folder, force_full, metadata)
 VALUES (%(business_id)s, %(store_id)s, %(sync_type)s, 'pending', %(sync_from)s, %(sync_to)s,
-        %(chunk_size)s, %(page_size)s, %(metadata)s)
+        %(chunk_size)s, %(page_size)s, %(folder)s, %(force_full)s, %(metadata)s)
 RETURNING *;
 
 -- name: get_active_job_for_store
@@ -35,20 +35,25 @@ UPDATE sync_queue
 RETURNING *;
 
 -- name: plan_sync_job
--- Record the plan and create its chunks in one statement; a job is planned only once.
+-- Record the plan and create its chunks (a JSON array, one object per chunk) in one
+-- statement; a job is planned only once.
 WITH planned AS (
     UPDATE sync_queue
        SET estimated_emails = %(estimated_emails)s, total_chunks = %(total_chunks)s,
+           folders = %(folders)s, sync_type = %(sync_type)s,
            api_calls_made = api_calls_made + %(api_calls)s, updated_at = now()
      WHERE id = %(job_id)s AND total_chunks IS NULL
     RETURNING id, business_id, store_id, chunk_size)
 INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id, chunk_index,
-                               total_chunks, chunk_size, estimated_emails, max_attempts)
-SELECT p.id, p.business_id, p.store_id, i, %(total_chunks)s, p.chunk_size,
-       CASE WHEN i < %(total_chunks)s THEN p.chunk_size
-            ELSE greatest(%(estimated_emails)s - p.chunk_size * (i - 1), 0) END,
-       %(max_attempts)s
-  FROM planned AS p, generate_series(1, %(total_chunks)s) AS i;
+                               total_chunks, chunk_size, estimated_emails, max_attempts, kind,
+                               folder_id, last_in_folder, checkpoint_data)
+SELECT p.id, p.business_id, p.store_id, c.chunk_index, %(total_chunks)s, p.chunk_size,
+       c.estimated_emails, %(max_attempts)s, c.kind, c.folder_id, c.last_in_folder,
+       coalesce(c.checkpoint_data, '{}')
+  FROM planned AS p,
+       jsonb_to_recordset(%(chunks)s) AS c (chunk_index integer, estimated_emails integer,
+                                            kind text, folder_id text, last_in_folder boolean,
+                                            checkpoint_data jsonb);
 
 -- name: fail_sync_job
 -- A job that cannot go on at all (unknown mailbox, refused credentials): failed, said why.
@@ -66,14 +71,12 @@ SELECT finish_sync_job(%(job_id)s) AS status;
 -- A job's chunks in order.
 SELECT * FROM chunked_sync_jobs WHERE parent_sync_job_id = %(job_id)s ORDER BY chunk_index;
 
--- name: get_chunk_by_index
--- One chunk of a job.
-SELECT * FROM chunked_sync_jobs
- WHERE parent_sync_job_id = %(job_id)s AND chunk_index = %(chunk_index)s;
-
--- name: claim_next_chunk_job
--- Claim the job's next chunk in order, if one is claimable now.
-SELECT * FROM claim_next_chunk_job(%(job_id)s, %(worker_id)s);
+-- name: claim_chunk
+-- Claim chunk chunk_index of the job in one statement, or say why not (finished, not_due,
+-- busy, blocked) and how long to wait; an expired lease is taken back first (0005).
+SELECT r.outcome, r.wait_s, (r.chunk).*
+  FROM claim_chunk(%(job_id)s, %(chunk_index)s, %(worker_id)s,
+                   make_interval(secs => %(stuck_after_s)s)) AS r;
 
 -- name: heartbeat_chunk
 -- Renew the lease; false when the claim is gone.
@@ -85,22 +88,25 @@ SELECT heartbeat_chunk(%(chunk_id)s, %(worker_id)s, %(attempt)s) AS alive;
 -- recovery that wants the same chunk.
 UPDATE chunked_sync_jobs
    SET checkpoint_data = %(checkpoint_data)s, emails_processed = %(emails_processed)s,
-       emails_failed = %(emails_failed)s, heartbeat_at = now(), updated_at = now()
+       emails_failed = %(emails_failed)s, emails_added = %(emails_added)s,
+       emails_updated = %(emails_updated)s, delta_resets = %(delta_resets)s,
+       heartbeat_at = now(), updated_at = now()
  WHERE id = %(chunk_id)s AND status = 'processing'
    AND worker_id = %(worker_id)s AND attempts = %(attempt)s
 RETURNING id;
 
 -- name: insert_checkpoint
--- Append the job's new position (written in the same transaction as the page's rows).
+-- Append the job's new position in a folder (written in the same transaction as the page).
 INSERT INTO sync_state_checkpoints (business_id, store_id, sync_job_id, chunk_id, chunk_index,
-                                    cursor, emails_processed, exhausted)
+                                    folder_id, cursor, emails_processed, exhausted)
 VALUES (%(business_id)s, %(store_id)s, %(job_id)s, %(chunk_id)s, %(chunk_index)s,
-        %(cursor)s, %(emails_processed)s, %(exhausted)s);
+        %(folder_id)s, %(cursor)s, %(emails_processed)s, %(exhausted)s);
 
 -- name: latest_checkpoint
--- Where the job continues: its newest checkpoint.
+-- Where the job continues in a folder: its newest checkpoint there.
 SELECT * FROM sync_state_checkpoints
- WHERE sync_job_id = %(job_id)s ORDER BY id DESC LIMIT 1;
+ WHERE sync_job_id = %(job_id)s AND folder_id IS NOT DISTINCT FROM %(folder_id)s
+ ORDER BY id DESC LIMIT 1;
 
 -- name: complete_chunk_job
 -- Fenced completion with the attempt's metrics.
@@ -114,44 +120,42 @@ SELECT fail_chunk_job(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(error_message)
                       %(error_category)s, %(retryable)s, %(retry_delay_s)s, %(api_calls)s,
                       %(processing_time_ms)s) AS status;
 
--- name: recover_stuck_chunks_of_job
--- Put back (or fail) this job's chunks whose lease expired (a resumed sync does this).
-SELECT * FROM cleanup_stuck_chunks(make_interval(secs => %(stuck_after_s)s), %(job_id)s);
-
 -- name: get_sync_job_progress
 -- Live progress of one job as JSON.
 SELECT get_sync_job_progress(%(job_id)s) AS progress;
 
 -- name: count_store_emails
--- How many messages a store holds.
-SELECT count(*) AS n FROM emails WHERE store_id = %(store_id)s;
+-- How many messages a store holds that are still in the mailbox.
+SELECT count(*) AS n FROM emails WHERE store_id = %(store_id)s AND deleted_at IS NULL;
 
 -- name: create_email_staging
--- Per-connection staging table for a binary COPY; emptied at every commit. Recipients are
--- JSON text here (cast once, in the upsert); toast_tuple_target keeps a typical message
--- inline and uncompressed, so its body is compressed once, in emails, not twice.
+-- Per-connection staging table for a binary COPY; emptied at every commit. Recipients and
+-- categories are JSON text here (cast once, in the upsert); toast_tuple_target keeps a
+-- typical message inline and uncompressed, so its body is compressed once, in emails.
 CREATE TEMP TABLE IF NOT EXISTS email_staging (
     graph_id text, internet_message_id text, conversation_id text, subject text,
     sender_name text, sender_address text, from_address text, to_recipients text,
     cc_recipients text, received_at timestamptz, sent_at timestamptz, body_content_type text,
     body text, body_preview text, has_attachments boolean, is_read boolean, importance text,
-    parent_folder_id text, content_hash text
+    parent_folder_id text, categories text, content_hash text
 ) WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS;
 
 -- name: upsert_staged_emails
 -- Move the staged page into emails: new rows inserted, changed rows updated, identical rows
--- left alone. Returns one row: how many rows were written, and how many of them inserted.
+-- left alone; a message seen again is in the mailbox (deleted_at cleared) and withdraws
+-- the job's removal candidates for it. Returns how many rows were written and inserted.
 WITH written AS (
     INSERT INTO emails (business_id, store_id, graph_id, internet_message_id, conversation_id,
                         subject, sender_name, sender_address, from_address, to_recipients,
                         cc_recipients, received_at, sent_at, body_content_type, body, body_preview,
-                        has_attachments, is_read, importance, parent_folder_id, content_hash,
-                        sync_job_id)
+                        has_attachments, is_read, importance, parent_folder_id, categories,
+                        content_hash, sync_job_id)
     SELECT DISTINCT ON (graph_id)
            %(business_id)s, %(store_id)s, graph_id, internet_message_id, conversation_id,
            subject, sender_name, sender_address, from_address, to_recipients::jsonb,
            cc_recipients::jsonb, received_at, sent_at, body_content_type, body, body_preview,
-           has_attachments, is_read, importance, parent_folder_id, content_hash, %(job_id)s
+           has_attachments, is_read, importance, parent_folder_id, categories::jsonb,
+           content_hash, %(job_id)s
       FROM email_staging
      ORDER BY graph_id
     ON CONFLICT (store_id, graph_id) DO UPDATE
@@ -164,10 +168,15 @@ WITH written AS (
            body = excluded.body, body_preview = excluded.body_preview,
            has_attachments = excluded.has_attachments, is_read = excluded.is_read,
            importance = excluded.importance, parent_folder_id = excluded.parent_folder_id,
-           content_hash = excluded.content_hash, sync_job_id = excluded.sync_job_id,
-           last_synced_at = now()
+           categories = excluded.categories, content_hash = excluded.content_hash,
+           sync_job_id = excluded.sync_job_id, deleted_at = NULL, last_synced_at = now()
      WHERE emails.content_hash IS DISTINCT FROM excluded.content_hash
-    RETURNING (xmax = 0) AS inserted)
+        OR emails.deleted_at IS NOT NULL
+    RETURNING (xmax = 0) AS inserted),
+withdrawn AS (
+    DELETE FROM email_removals AS r
+     USING email_staging AS s
+     WHERE r.job_id = %(job_id)s AND r.graph_id = s.graph_id)
 SELECT count(*) AS written, count(*) FILTER (WHERE inserted) AS inserted FROM written;
 
 -- name: upsert_attachments
@@ -190,7 +199,93 @@ ON CONFLICT (store_id, email_graph_id, graph_attachment_id) DO UPDATE
        IS DISTINCT FROM (excluded.name, excluded.content_type, excluded.size_bytes,
                          excluded.is_inline);
 
--- name: seconds_until_due
--- How long a retrying chunk must still wait (Retry-After or backoff).
-SELECT greatest(0, extract(epoch FROM next_attempt_at - now()))::float8 AS seconds
-  FROM chunked_sync_jobs WHERE id = %(chunk_id)s;
+-- name: job_max_attempts
+-- The most attempts any chunk of the job may take (fixed in the chunk rows at planning).
+SELECT coalesce(max(max_attempts), 1) AS max_attempts
+  FROM chunked_sync_jobs WHERE parent_sync_job_id = %(job_id)s;
+
+-- name: upsert_mail_folders
+-- The folders just listed (a JSON array), seen now; a folder seen again is no longer a
+-- tombstone. Returns every listed folder with its delta link.
+INSERT INTO mail_folders (business_id, store_id, graph_id, parent_graph_id, display_name, path,
+                          well_known_name, is_hidden, total_item_count, last_seen_at)
+SELECT %(business_id)s, %(store_id)s, f.graph_id, f.parent_graph_id, f.display_name, f.path,
+       f.well_known_name, f.is_hidden, f.total_item_count, now()
+  FROM jsonb_to_recordset(%(folders)s)
+       AS f (graph_id text, parent_graph_id text, display_name text, path text,
+             well_known_name text, is_hidden boolean, total_item_count integer)
+ON CONFLICT (store_id, graph_id) DO UPDATE
+   SET parent_graph_id = excluded.parent_graph_id, display_name = excluded.display_name,
+       path = excluded.path,
+       well_known_name = coalesce(excluded.well_known_name, mail_folders.well_known_name),
+       is_hidden = excluded.is_hidden, total_item_count = excluded.total_item_count,
+       last_seen_at = now(), deleted_at = NULL
+RETURNING *;
+
+-- name: tombstone_missing_folders
+-- Folders of the store not in the full listing just taken (%(seen)s: a JSON array of their
+-- Graph ids) are gone from the mailbox: tombstoned, their delta state dropped. Returns them.
+UPDATE mail_folders
+   SET deleted_at = now(), delta_link = NULL
+ WHERE store_id = %(store_id)s AND deleted_at IS NULL
+   AND graph_id NOT IN (SELECT jsonb_array_elements_text(%(seen)s))
+RETURNING *;
+
+-- name: presume_folder_removed
+-- A folder listed from scratch (full sync, expired delta state, a tombstoned folder): every
+-- message the store still files there, within the window, is a removal candidate until
+-- the job sees it again.
+INSERT INTO email_removals (business_id, store_id, job_id, folder_id, graph_id)
+SELECT e.business_id, e.store_id, %(job_id)s, %(folder_id)s, e.graph_id
+  FROM emails AS e
+ WHERE e.store_id = %(store_id)s AND e.parent_folder_id = %(folder_id)s
+   AND e.deleted_at IS NULL
+   AND (%(since)s::timestamptz IS NULL OR e.received_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.received_at < %(until)s::timestamptz)
+ON CONFLICT DO NOTHING;
+
+-- name: insert_removals
+-- A delta page's @removed ids (a JSON array): no longer in this folder (a deletion or a
+-- move out).
+INSERT INTO email_removals (business_id, store_id, job_id, folder_id, graph_id)
+SELECT %(business_id)s, %(store_id)s, %(job_id)s, %(folder_id)s,
+       jsonb_array_elements_text(%(graph_ids)s)
+ON CONFLICT DO NOTHING;
+
+-- name: set_folder_delta_link
+-- The folder's round is complete: where the next incremental round starts.
+UPDATE mail_folders SET delta_link = %(delta_link)s, synced_at = now()
+ WHERE store_id = %(store_id)s AND graph_id = %(folder_id)s;
+
+-- name: folder_full_chunks_failed
+-- Whether a full chunk of this folder failed in this job (its copy is incomplete).
+SELECT count(*) > 0 AS failed FROM chunked_sync_jobs
+ WHERE parent_sync_job_id = %(job_id)s AND folder_id = %(folder_id)s AND kind = 'full'
+   AND status = 'failed';
+
+-- name: job_folder_stats
+-- A job's numbers per folder, in the order the folders ran.
+SELECT c.folder_id, coalesce(f.path, c.folder_id) AS path,
+       CASE WHEN bool_or(c.kind = 'full') THEN 'full' ELSE 'incremental' END AS sync_type,
+       count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
+       sum(c.emails_added) AS emails_added, sum(c.emails_updated) AS emails_updated,
+       (SELECT count(*) FROM email_removals AS r
+         WHERE r.job_id = %(job_id)s AND r.folder_id = c.folder_id AND r.deleted) AS emails_deleted,
+       sum(c.delta_resets) AS delta_resets,
+       bool_or(c.checkpoint_data ? 'fallback') AS fallback,
+       sum(c.api_calls_made) AS api_calls
+  FROM chunked_sync_jobs AS c
+  LEFT JOIN mail_folders AS f ON f.store_id = c.store_id AND f.graph_id = c.folder_id
+ WHERE c.parent_sync_job_id = %(job_id)s
+ GROUP BY c.folder_id, f.path
+ ORDER BY min(c.chunk_index);
+
+-- name: presume_tombstoned_removed
+-- Messages the store files in a folder gone from the mailbox: removal candidates, unless
+-- the job sees them elsewhere (a deleted folder's mail may have been moved first).
+INSERT INTO email_removals (business_id, store_id, job_id, folder_id, graph_id)
+SELECT e.business_id, e.store_id, %(job_id)s, e.parent_folder_id, e.graph_id
+  FROM emails AS e
+  JOIN mail_folders AS f ON f.store_id = e.store_id AND f.graph_id = e.parent_folder_id
+ WHERE e.store_id = %(store_id)s AND e.deleted_at IS NULL AND f.deleted_at IS NOT NULL
+ON CONFLICT DO NOTHING;

@@ -73,11 +73,16 @@ SELECT c.error_category,
 -- failed attempts included; waits between attempts are not work), newest job first.
 SELECT c.parent_sync_job_id AS job_id,
        s.mailbox,
-       s.folder,
+       q.folder,
+       q.sync_type,
        q.status AS job_status,
        count(*) AS chunks,
        count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
        coalesce(sum(c.emails_processed), 0) AS emails,
+       coalesce(sum(c.emails_added), 0) AS emails_added,
+       coalesce(sum(c.emails_updated), 0) AS emails_updated,
+       max(q.emails_deleted) AS emails_deleted,
+       coalesce(sum(c.delta_resets), 0) AS delta_resets,
        coalesce(sum(c.api_calls_made), 0) AS api_calls,
        coalesce(sum(c.processing_time_ms), 0) AS processing_time_ms,
        min(c.started_at) AS started_at,
@@ -89,7 +94,7 @@ SELECT c.parent_sync_job_id AS job_id,
    AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
         OR lower(s.mailbox) = lower(%(store)s::text))
    AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
- GROUP BY c.parent_sync_job_id, s.mailbox, s.folder, q.status
+ GROUP BY c.parent_sync_job_id, s.mailbox, q.folder, q.sync_type, q.status
  ORDER BY min(c.created_at) DESC, c.parent_sync_job_id;
 
 -- name: report_chunk_rows

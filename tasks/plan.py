@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync.jobs import load_job, load_store, plan_job
+from mailsync.jobs import load_job, load_store
+from mailsync.planning import plan_job
 from mailsync.runtime import get_runtime
+from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 
-@task(name="plan-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=only_retryable)  # fmt: skip
+@task(name="plan-chunks", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
 def plan_chunks(job_id: str, graph_url: str | None = None) -> dict[str, Any]:
+    """The job's plan: total_chunks, estimated_emails and the chunks' max_attempts (a
+    resumed job keeps the plan it had)."""
     runtime = get_runtime()
     job = load_job(runtime.db, job_id)
     store = load_store(runtime.db, job)
@@ -22,10 +24,12 @@ def plan_chunks(job_id: str, graph_url: str | None = None) -> dict[str, Any]:
         runtime.db, runtime.graph(graph_url), job, store, runtime.settings.max_attempts
     )
     get_run_logger().info(
-        "job %s: %s messages in the window, %s chunks of %s",
-        job_id, planned["estimated_emails"], planned["total_chunks"], planned["chunk_size"],
+        "job %s (%s): %s folders, %s messages to list in full, %s chunks, up to %s attempts each",
+        job_id, planned["sync_type"], planned["folders"], planned["estimated_emails"],
+        planned["total_chunks"], planned["max_attempts"],
     )  # fmt: skip
     return {
         "total_chunks": planned["total_chunks"],
         "estimated_emails": planned["estimated_emails"],
+        "max_attempts": planned["max_attempts"],
     }

@@ -1,45 +1,46 @@
-"""Task: one attempt at one chunk. Prefect retries it; the chunk row keeps the truth."""
+"""Task: one attempt at one chunk. The chunk row decides retries; Prefect re-enters."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from mailsync.tasks.retry import only_retryable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync.chunks import ChunkContext, chunk_row, claim, outcome_of, run_chunk
+from mailsync.chunks import ChunkOutcome, FullAttempt, Worker, claim_chunk
 from mailsync.config import default_worker_id
 from mailsync.jobs import load_job, load_store
+from mailsync.rounds import DeltaAttempt
 from mailsync.runtime import get_runtime
+from mailsync.tasks.retry import only_retryable
 
 WORKER_ID = default_worker_id()  # one per process: host:pid:random
 
 
-@task(name="sync-chunk", task_run_name="chunk-{chunk_index}", cache_policy=NO_CACHE,
-      retry_condition_fn=only_retryable)  # fmt: skip
+# retries are set by the flow from the plan (the chunks' max_attempts); no delay here: the
+# claim waits until the chunk row's next_attempt_at.
+@task(
+    name="sync-chunk",
+    task_run_name="chunk-{chunk_index}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=only_retryable,
+)
 def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> dict[str, Any]:
     runtime = get_runtime()
-    settings = runtime.settings
+    worker = Worker.of(runtime.settings, WORKER_ID)
     job = load_job(runtime.db, job_id)
-    ctx = ChunkContext(
-        db=runtime.db,
-        graph=runtime.graph(graph_url),
-        job=job,
-        store=load_store(runtime.db, job),
-        worker_id=WORKER_ID,
-        heartbeat_s=settings.heartbeat_s,
-        stuck_after_s=settings.stuck_after_s,
-        retry_base_s=settings.retry_base_s,
-        retry_max_s=settings.retry_max_s,
-    )
-    chunk = claim(ctx, chunk_index)
-    if chunk is None:  # finished by an earlier run of this job
-        return asdict(outcome_of(chunk_row(runtime.db, job, chunk_index)))
+    chunk, position = claim_chunk(runtime.db, job, chunk_index, worker)
+    if position is None:  # finished by an earlier run of this job
+        return asdict(ChunkOutcome.of_row(chunk))
     logger = get_run_logger()
-    logger.info("chunk %s/%s: attempt %s", chunk_index, chunk["total_chunks"], chunk["attempts"])
-    outcome = run_chunk(ctx, chunk)
+    logger.info(
+        "chunk %s/%s (%s, folder %s): attempt %s", chunk_index, chunk["total_chunks"],
+        chunk["kind"], chunk["folder_id"], chunk["attempts"],
+    )  # fmt: skip
+    parts = (runtime.db, runtime.graph(graph_url), job, load_store(runtime.db, job), worker, chunk)
+    attempt = DeltaAttempt(*parts) if chunk["kind"] == "delta" else FullAttempt(*parts, position)
+    outcome = attempt.run()
     logger.info(
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",
         chunk_index, outcome.emails_processed, outcome.emails_failed, outcome.api_calls,

@@ -63,7 +63,7 @@ def seed(url: str) -> None:
         for mailbox, business, age, job_status, chunks in SEED:
             store = conn.execute(
                 "INSERT INTO stores (business_id, name, mailbox) VALUES (%s, %s, %s)"
-                " ON CONFLICT (business_id, mailbox, folder) DO UPDATE SET name = stores.name"
+                " ON CONFLICT (business_id, mailbox) DO UPDATE SET name = stores.name"
                 " RETURNING id", (business, mailbox, mailbox),
             ).fetchone()[0]  # fmt: skip
             job = conn.execute(
@@ -447,9 +447,10 @@ def test_bad_input_is_a_clear_error(run_report: Callable[..., Result]) -> None:
 
 
 def test_the_report_flow_publishes_its_tables_as_artifacts(seeded: str, runtime: Any) -> None:
-    from mailsync.flows.report import artifact_key_prefix, report
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from mailsync.flows.report import artifact_key_prefix, report
 
     state = report(since="7d", return_state=True)
     result = state.result()
@@ -474,6 +475,7 @@ def test_the_report_flow_publishes_its_tables_as_artifacts(seeded: str, runtime:
 def test_report_on_real_syncs_with_injected_failures(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
+    from mailsync.errors import SyncIncompleteError
     from mailsync.flows.sync_mailbox import sync_mailbox
 
     simulator.add_mailbox(ADA, 300, seed=29)
@@ -486,7 +488,9 @@ def test_report_on_real_syncs_with_injected_failures(
     simulator.add_mailbox(BOB, 600, seed=23)
     simulator.faults.malformed_page_at = 2  # a page that is not JSON: bad data, not retried
     simulator.faults.malformed_persistent = False
-    broken = sync_mailbox(mailbox=BOB, chunk_size=300, page_size=100, graph_url=simulator.url)
+    with pytest.raises(SyncIncompleteError) as incomplete:  # its flow run fails: alertable
+        sync_mailbox(mailbox=BOB, chunk_size=300, page_size=100, graph_url=simulator.url)
+    broken = incomplete.value.summary
     assert (throttled["status"], broken["status"]) == ("completed", "partial_failure")
 
     report = build_report(runtime.db, since="1h")

@@ -1,0 +1,86 @@
+"""Graph's delta query for one mail folder: what changed since a deltaLink.
+
+``GET /users/{id}/mailFolders/{id}/messages/delta`` takes its options (``$select``,
+``$expand`` of the attachments' metadata) on the first request only; after that, ``@odata.nextLink`` is followed exactly as given until a page
+carries ``@odata.deltaLink``, where the next round starts. The page size is asked with the
+``Prefer: odata.maxpagesize`` header (Graph documents no ``$top`` for delta). Removed items
+come as ``{"id": …, "@removed": {"reason": …}}`` and mean "no longer in this folder": a
+deletion or a move out, which Graph does not tell apart (mailsync.rounds decides).
+
+A token Graph no longer honours answers 410 (or a SyncStateNotFound/resyncRequired code):
+``SyncStateExpiredError``; a mailbox out of sync-state quota answers 403
+ErrorQuotaExceeded: ``DeltaQuotaExceededError`` (both raised by ``GraphClient``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mailsync.errors import BadDataError
+from mailsync.graph import (
+    EXPAND_ATTACHMENTS,
+    SELECT_FIELDS,
+    EmailRecord,
+    GraphClient,
+    parse_message,
+)
+
+
+@dataclass
+class DeltaPage:
+    messages: list[EmailRecord]  # added to, changed in, or moved into the folder
+    removed_ids: list[str]  # no longer in the folder
+    failed_ids: list[str]  # items that do not have the shape we store
+    next_link: str | None  # the round goes on here
+    delta_link: str | None  # the round is complete; the next one starts here
+
+
+def delta_url(graph: GraphClient, mailbox: str, folder_id: str) -> str:
+    return f"{graph.messages_url(mailbox, folder_id)}/delta"
+
+
+def _links(graph: GraphClient, body: dict[str, Any]) -> tuple[str | None, str | None]:
+    next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
+    for link in (next_link, delta_link):
+        if link is not None and (not isinstance(link, str) or not graph.is_own_link(link)):
+            raise BadDataError("Graph's delta page has a link that is not its own")
+    if (next_link is None) == (delta_link is None):
+        raise BadDataError("Graph's delta page needs exactly one of nextLink and deltaLink")
+    return next_link, delta_link
+
+
+def parse_delta_page(graph: GraphClient, body: dict[str, Any]) -> DeltaPage:
+    value = body.get("value")
+    if not isinstance(value, list):
+        raise BadDataError("Graph's delta page has no 'value' list")
+    page = DeltaPage([], [], [], *_links(graph, body))
+    for item in value:
+        if isinstance(item, dict) and "@removed" in item:
+            if not isinstance(item.get("id"), str):
+                raise BadDataError("Graph's delta page removes an item without an id")
+            page.removed_ids.append(item["id"])
+            continue
+        try:
+            page.messages.append(parse_message(item))
+        except BadDataError:
+            page.failed_ids.append(str(item.get("id")) if isinstance(item, dict) else "?")
+    return page
+
+
+def iter_delta(
+    graph: GraphClient, mailbox: str, folder_id: str, link: str | None, page_size: int
+) -> Iterator[DeltaPage]:
+    """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
+    a new round (every message of the folder) when ``link`` is None."""
+    url = link or delta_url(graph, mailbox, folder_id)
+    params: dict[str, str] | None = (
+        None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
+    )
+    while True:
+        page = parse_delta_page(graph, graph.get_json(url, params, max_page_size=page_size))
+        yield page
+        if page.next_link is None:
+            return
+        url, params = page.next_link, None

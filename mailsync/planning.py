@@ -1,0 +1,140 @@
+"""Planning a job: which folders, each full or incremental, and the chunks that do it.
+
+For each folder of the job's selection (every real folder for ``all``):
+- **full** (its first sync, ``--full``, a sync window, or no deltaLink kept): Graph's count
+  of the folder sizes its full chunks (keyset listing, drift-proof, as before), then one
+  delta round from scratch (mailsync.rounds) writes what changed meanwhile, reconciles
+  deletions and leaves the folder's first deltaLink. Every message the store files there
+  is presumed removed until the job sees it: after the job, the live rows equal the folder.
+- **incremental**: one delta round from the folder's deltaLink.
+The chunks run in order: every full chunk first, then one delta chunk per folder, so the
+delta rounds also catch what changed while the full listings ran. A folder gone from the
+mailbox is tombstoned and its messages presumed removed (moved mail is seen elsewhere).
+A sync window keeps no delta state: its job is full chunks only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mailsync.db import Database, Row, Session
+from mailsync.errors import InvalidInputError
+from mailsync.folders import Folder, list_folders, resolve_folder
+from mailsync.graph import GraphClient
+from mailsync.jobs import graph_time
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    folder_id: str
+    full: bool
+    estimated: int  # messages to list in full (0 for an incremental folder)
+    start_link: str | None  # where the folder's delta round starts (None: from scratch)
+
+
+def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempts: int) -> Row:
+    """Plan the job once (a planned job keeps its plan); the job's row with the chunks'
+    ``max_attempts``."""
+    if job["total_chunks"] is not None:
+        row = db.one("job_max_attempts", job["business_id"], job_id=job["id"])
+        return {**job, "max_attempts": row["max_attempts"] if row else max_attempts}
+    calls_before = graph.api_calls
+    folders = _record_folders(db, job, _list(graph, store["mailbox"], job["folder"]))
+    plans = [_plan_folder(graph, job, store, folder) for folder in folders]
+    chunks = chunk_rows(plans, job["chunk_size"], windowed=_windowed(job))
+    with db.transaction(job["business_id"]) as session:
+        _presume_removed(session, job, plans)
+        session.execute(
+            "plan_sync_job", job_id=job["id"], estimated_emails=sum(p.estimated for p in plans),
+            total_chunks=len(chunks), folders=len(plans), sync_type=_sync_type(job, plans),
+            max_attempts=max_attempts, api_calls=graph.api_calls - calls_before, chunks=chunks,
+        )  # fmt: skip
+        planned = session.one("get_sync_job", job_id=job["id"])
+    assert planned is not None
+    return {**planned, "max_attempts": max_attempts}
+
+
+def _list(graph: GraphClient, mailbox: str, selection: str) -> list[Folder]:
+    if selection.lower() == "all":
+        folders = list_folders(graph, mailbox)
+        if not folders:
+            raise InvalidInputError(f"mailbox {mailbox} lists no folders")
+        return folders
+    return [resolve_folder(graph, mailbox, selection)]
+
+
+def _record_folders(db: Database, job: Row, folders: list[Folder]) -> list[Row]:
+    """Upsert the listed folders; with a whole-mailbox listing, tombstone the missing."""
+    with db.transaction(job["business_id"]) as session:
+        rows = session.all(
+            "upsert_mail_folders", business_id=job["business_id"], store_id=job["store_id"],
+            folders=[f.as_json() for f in folders],
+        )  # fmt: skip
+        if job["folder"].lower() == "all":
+            session.all(
+                "tombstone_missing_folders", store_id=job["store_id"],
+                seen=[f.graph_id for f in folders],
+            )  # fmt: skip
+    order = {f.graph_id: i for i, f in enumerate(folders)}
+    return sorted(rows, key=lambda row: order[row["graph_id"]])
+
+
+def _windowed(job: Row) -> bool:
+    return job["sync_from"] is not None or job["sync_to"] is not None
+
+
+def _plan_folder(graph: GraphClient, job: Row, store: Row, folder: Row) -> FolderPlan:
+    folder_id = folder["graph_id"]
+    if not (_windowed(job) or job["force_full"] or folder["delta_link"] is None):
+        return FolderPlan(folder_id, full=False, estimated=0, start_link=folder["delta_link"])
+    count = graph.count_messages(
+        store["mailbox"], folder_id, graph_time(job["sync_from"]), graph_time(job["sync_to"])
+    )
+    return FolderPlan(folder_id, full=True, estimated=count, start_link=None)
+
+
+def chunk_rows(plans: list[FolderPlan], chunk_size: int, *, windowed: bool) -> list[dict[str, Any]]:
+    """The job's chunks, in the order they run: each full folder's chunks, then one delta
+    chunk per folder. An empty folder needs no full chunk when a delta round follows: the
+    round brings whatever arrived."""
+    chunks: list[dict[str, Any]] = []
+
+    def add(**chunk: Any) -> None:
+        chunks.append({"chunk_index": len(chunks) + 1, "checkpoint_data": {}, **chunk})
+
+    for plan in plans:
+        if not plan.full or (plan.estimated == 0 and not windowed):
+            continue
+        count = max(1, math.ceil(plan.estimated / chunk_size))
+        for i in range(count):
+            estimated = chunk_size if i < count - 1 else plan.estimated - chunk_size * i
+            add(kind="full", folder_id=plan.folder_id, estimated_emails=max(estimated, 0),
+                last_in_folder=i == count - 1)  # fmt: skip
+    if not windowed:
+        for plan in plans:
+            state = {
+                "start_link": plan.start_link,
+                "mode": "initial" if plan.full else "incremental",
+            }
+            add(kind="delta", folder_id=plan.folder_id, estimated_emails=0,
+                last_in_folder=True, checkpoint_data=state)  # fmt: skip
+    return chunks
+
+
+def _presume_removed(session: Session, job: Row, plans: list[FolderPlan]) -> None:
+    for plan in plans:
+        if plan.full:
+            session.execute(
+                "presume_folder_removed", job_id=job["id"], store_id=job["store_id"],
+                folder_id=plan.folder_id, since=job["sync_from"], until=job["sync_to"],
+            )  # fmt: skip
+    if job["folder"].lower() == "all":
+        session.execute("presume_tombstoned_removed", job_id=job["id"], store_id=job["store_id"])
+
+
+def _sync_type(job: Row, plans: list[FolderPlan]) -> str:
+    if _windowed(job):
+        return "date_range"
+    return "full" if any(plan.full for plan in plans) else "incremental"
