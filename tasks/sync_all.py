@@ -1,0 +1,136 @@
+"""Tasks of sync-all: claim the due mailboxes, then start each one's sync, one task each.
+
+A claim is one statement (``claim_due_mailboxes``, sql/registry.sql) that also moves each
+mailbox's next_due_at on: it is not retried, since a retry after a claim that committed
+would only find nothing due. A start that fails gives its claim back.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+
+from mailsync.runtime import get_runtime
+
+Claim = dict[str, Any]  # a claimed mailbox: store_id, business_id, mailbox, folder, due_at, …
+
+
+@task(name="claim-due-mailboxes", cache_policy=NO_CACHE)
+def claim_due_mailboxes(business_id: str, limit: int) -> list[Claim]:
+    """Up to ``limit`` due mailboxes of the business, claimed (next_due_at moved on)."""
+    rows = get_runtime().db.all(
+        "claim_due_mailboxes", business_id, business_id=business_id, limit=limit
+    )
+    claims = [
+        {**row, "store_id": str(row["store_id"]), "business_id": str(row["business_id"])}
+        for row in rows
+    ]
+    get_run_logger().info("%s mailboxes due: %s", len(claims), [c["mailbox"] for c in claims])
+    return claims
+
+
+def idempotency_key(claim: Claim) -> str:
+    """One flow run per mailbox and turn: a sync-all run that is retried, or a second one
+    racing it, asks Prefect for the same run again and gets the first one back."""
+    return f"sync-all:{claim['business_id']}:{claim['store_id']}:{claim['due_at'].isoformat()}"
+
+
+def sync_parameters(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The sync-mailbox flow's parameters for a claimed mailbox."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return {
+        "mailbox": claim["mailbox"],
+        "folder": claim["folder"],
+        "business_id": claim["business_id"],
+        **given,
+    }
+
+
+@task(name="start-mailbox-sync", task_run_name="start-{claim[mailbox]}", cache_policy=NO_CACHE)
+def start_through_deployment(
+    claim: Claim, deployment: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """A flow run of the sync deployment for the mailbox, not waited for (timeout=0): any
+    worker of the pool, on any machine, takes it."""
+    started = datetime.now(UTC)
+    try:
+        run = cast(
+            FlowRun,
+            run_deployment(  # called from sync code: a FlowRun
+                deployment,
+                parameters=sync_parameters(claim, overrides),
+                timeout=0,
+                idempotency_key=idempotency_key(claim),
+                flow_run_name=f"sync {claim['mailbox']}",
+            ),
+        )
+    except Exception as exc:  # unknown deployment, API down: due again at once
+        release_claim(claim)
+        get_run_logger().error(
+            "could not start %s through %s: %s", claim["mailbox"], deployment, exc
+        )
+        return {
+            "mailbox": claim["mailbox"],
+            "started": started,
+            "status": "not started",
+            "error": str(exc)[:300],
+        }
+    state = (run.state.name if run.state else None) or "Scheduled"
+    return {
+        "mailbox": claim["mailbox"],
+        "started": started,
+        "status": state.lower(),
+        "flow_run_id": str(run.id),
+        "flow_run_name": run.name,
+    }
+
+
+@task(name="sync-mailbox-here", task_run_name="sync-{claim[mailbox]}", cache_policy=NO_CACHE)
+def sync_in_process(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The mailbox's sync in this process (a subflow); its outcome, never an exception: one
+    mailbox's failure is its own."""
+    from mailsync.flows.sync_mailbox import sync_mailbox  # the sync's imports, when it runs
+
+    started = datetime.now(UTC)
+    state = sync_mailbox(**sync_parameters(claim, overrides), return_state=True)
+    outcome: dict[str, Any] = {"mailbox": claim["mailbox"], "started": started}
+    if state.is_completed():
+        summary = state.result()
+        return {
+            **outcome,
+            "status": summary["status"],
+            "job_id": summary["job_id"],
+            "messages": summary.get("emails_processed"),
+        }
+    summary = _summary_of_failure(state)
+    return {
+        **outcome,
+        "status": summary.get("status") or (state.name or "failed").lower(),
+        "job_id": summary.get("job_id"),
+        "messages": summary.get("emails_processed"),
+        "error": (state.message or "")[:300],
+    }
+
+
+def _summary_of_failure(state: Any) -> dict[str, Any]:
+    """The job's summary a failed sync carries (SyncIncompleteError), when it has one."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return {}
+    return dict(getattr(exc, "summary", None) or {})
+
+
+def release_claim(claim: Claim) -> None:
+    get_runtime().db.one(
+        "release_mailbox_claim",
+        claim["business_id"],
+        store_id=claim["store_id"],
+        business_id=claim["business_id"],
+        due_at=claim["due_at"],
+    )
