@@ -54,6 +54,17 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
 def default_home() -> Path:
     from platformdirs import user_data_dir  # shipped with prefect; the XDG-aware answer
 
@@ -86,6 +97,16 @@ class Settings:
     http_backoff_base_s: float = 0.5
     http_backoff_max_s: float = 30.0
     http_timeout_s: float = 60.0
+    # Graph's limits, held by every worker at once through Postgres (mailsync/limits.py):
+    # per mailbox (Outlook's: 4 in flight, 10,000 requests in 10 minutes) and for the app
+    # as a whole (a ceiling of our own; Graph's global limit is 130,000 per 10 s).
+    graph_limits: bool = True
+    graph_mailbox_concurrency: int = 4
+    graph_mailbox_requests: int = 10_000
+    graph_mailbox_window_s: float = 600.0
+    graph_app_concurrency: int = 256
+    graph_app_requests: int = 130_000
+    graph_app_window_s: float = 10.0
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
@@ -112,4 +133,11 @@ def load_settings() -> Settings:
         http_backoff_base_s=_env_float("MAILSYNC_HTTP_BACKOFF_BASE_S", 0.5),
         http_backoff_max_s=_env_float("MAILSYNC_HTTP_BACKOFF_MAX_S", 30.0),
         http_timeout_s=_env_float("MAILSYNC_HTTP_TIMEOUT_S", 60.0),
+        graph_limits=_env_flag("MAILSYNC_GRAPH_LIMITS", True),
+        graph_mailbox_concurrency=_env_int("MAILSYNC_GRAPH_MAILBOX_CONCURRENCY", 4),
+        graph_mailbox_requests=_env_int("MAILSYNC_GRAPH_MAILBOX_REQUESTS", 10_000),
+        graph_mailbox_window_s=_env_float("MAILSYNC_GRAPH_MAILBOX_WINDOW_S", 600.0),
+        graph_app_concurrency=_env_int("MAILSYNC_GRAPH_APP_CONCURRENCY", 256),
+        graph_app_requests=_env_int("MAILSYNC_GRAPH_APP_REQUESTS", 130_000),
+        graph_app_window_s=_env_float("MAILSYNC_GRAPH_APP_WINDOW_S", 10.0),
     )

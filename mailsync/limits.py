@@ -1,0 +1,199 @@
+"""Graph's limits, held by every worker at once: a slot per request, taken in Postgres.
+
+Outlook allows an app, per mailbox, 4 requests in flight and 10,000 requests in any 10
+minutes, and a 429 on one mailbox says nothing about another (research notes §5). mailsync
+runs many mailboxes in many processes on many machines, so the limits are held where all
+of them meet: before every Graph request, the HTTP transport below takes a slot of the
+mailbox's limit and of the app's (a ceiling of our own, ``MAILSYNC_GRAPH_APP_*``) in one
+statement (``acquire_graph_slot``, migration 0007), and frees it when the answer is read.
+A slot needs a free in-flight lease and a whole token of a token bucket; a 429 with
+Retry-After pauses that mailbox's limit for every worker, and no other.
+
+Why Postgres and not Prefect's global concurrency limits, which do the same job (a
+``concurrency()`` slot and a ``rate_limit()`` token per limit):
+- every worker already talks to Postgres on every page (its commit), and one statement
+  both checks and takes; with Prefect it is an acquire, a release and a rate-limit call
+  per request, each an API round trip (Prefect Cloud counts them against its API rate
+  limits: 8 mailboxes at Graph's pace are ~400 calls a second);
+- a Prefect limit has no "paused until", which is what Retry-After asks for;
+- a holder that dies frees its slot when its lease ends: here after the HTTP timeout plus
+  30 s, with Prefect after at least 60 s;
+- the limits exist because mailsync creates them, from its settings, in the statement that
+  uses them: a missing limit cannot silently mean "unthrottled" (what Prefect's
+  ``strict=False`` does).
+What it costs: two short statements per Graph request on tables that are UNLOGGED (no WAL
+flush at commit); the app's row is locked by every acquire for well under a millisecond.
+
+The bucket of ``N`` requests in ``W`` seconds holds ``C = max(1, N // 50)`` tokens and
+refills ``(N - C) / (W + 2)`` a second: at most ``C + rate * W < N`` slots in any window,
+with 2 s of headroom for a request taken at one moment and arriving at Graph later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+from uuid import UUID
+
+import httpx
+
+from mailsync.config import Settings
+from mailsync.db import Database
+from mailsync.errors import ThrottledError
+
+ARRIVAL_HEADROOM_S = 2.0  # a slot taken now may reach Graph this much later
+POLL_S = (0.01, 0.5)  # waiting for a free in-flight slot: from 10 ms, doubling, to 0.5 s
+LEASE_GRACE_S = 30.0  # a lease outlives the HTTP timeout by this much
+MAX_WAIT_S = 900.0  # longer than this without a slot: the request fails as throttled
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One shared limit: ``max_in_flight`` leases, ``requests`` in any ``window_s``."""
+
+    key: str
+    max_in_flight: int
+    requests: int
+    window_s: float
+
+    def as_json(self) -> dict[str, Any]:
+        capacity = max(1, self.requests // 50)
+        refill = (self.requests - capacity) / (self.window_s + ARRIVAL_HEADROOM_S)
+        return {"key": self.key, "max_in_flight": self.max_in_flight,
+                "capacity": float(capacity), "refill_per_s": max(refill, 1e-6)}  # fmt: skip
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+class GraphLimiter:
+    """Slots of the shared limits of one app (client id) in one tenant."""
+
+    def __init__(
+        self, db: Callable[[], Database], settings: Settings, *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:  # fmt: skip
+        self._db = db
+        self._settings = settings
+        self._sleep = sleep
+        self._app = f"{settings.tenant_id or ''}\x00{settings.client_id or ''}"
+        self.app_limit = Limit(
+            f"app:{_digest(settings.client_id or '')}", settings.graph_app_concurrency,
+            settings.graph_app_requests, settings.graph_app_window_s,
+        )  # fmt: skip
+        self.lease_s = settings.http_timeout_s + LEASE_GRACE_S
+        self.waited_s = 0.0  # time this process spent waiting for slots
+
+    def mailbox_limit(self, mailbox: str) -> Limit:
+        """The limit of one mailbox: Graph's is per app and mailbox. The key is a digest, so
+        the shared table holds no mailbox names (no tenant data)."""
+        s = self._settings
+        return Limit(f"mailbox:{_digest(self._app, mailbox.lower())}",
+                     s.graph_mailbox_concurrency, s.graph_mailbox_requests,
+                     s.graph_mailbox_window_s)  # fmt: skip
+
+    @contextmanager
+    def slot(self, mailbox: str | None) -> Iterator[Slot]:
+        """Hold a request slot of the app (and of ``mailbox``, for a mailbox's request)."""
+        limits = [self.app_limit] + ([self.mailbox_limit(mailbox)] if mailbox else [])
+        lease = self._acquire(limits, mailbox)
+        try:
+            yield Slot(self, limits[-1] if mailbox else None)
+        finally:
+            self._db().one("release_graph_slot", lease_id=lease)
+
+    def _acquire(self, limits: list[Limit], mailbox: str | None) -> UUID:
+        payload = [limit.as_json() for limit in limits]
+        started = time.monotonic()
+        poll = POLL_S[0]
+        while True:
+            row = self._db().one("acquire_graph_slot", limits=payload, lease_s=self.lease_s)
+            assert row is not None
+            if row["lease_id"] is not None:
+                self.waited_s += time.monotonic() - started
+                return UUID(str(row["lease_id"]))
+            waited = time.monotonic() - started
+            if waited > MAX_WAIT_S:
+                raise ThrottledError(
+                    f"no Graph request slot for {mailbox or 'the app'} after {waited:.0f} s "
+                    f"({row['reason']})"
+                )
+            if row["wait_s"] > 0:  # a pause or the next token: known to the millisecond
+                self._sleep(min(float(row["wait_s"]), POLL_S[1] * 4))
+            else:  # in flight: someone frees a slot when their answer arrives
+                self._sleep(poll)
+                poll = min(poll * 2, POLL_S[1])
+
+    def pause(self, limit: Limit, seconds: float) -> None:
+        self._db().one("pause_graph_limit", key=limit.key, seconds=seconds)
+
+
+@dataclass
+class Slot:
+    limiter: GraphLimiter
+    mailbox_limit: Limit | None
+
+    def throttled(self, retry_after_s: float | None) -> None:
+        """Graph answered 429: with a Retry-After, the mailbox waits that long, for every
+        worker (the app's own limit is not paused: another mailbox is not throttled)."""
+        if self.mailbox_limit is not None and retry_after_s:
+            self.limiter.pause(self.mailbox_limit, retry_after_s)
+
+
+def mailbox_of(path: str) -> str | None:
+    """The mailbox a Graph request is about (``/v1.0/users/{mailbox}/…``), or None (the
+    user list, anything else)."""
+    segments = [s for s in path.split("/") if s]
+    if len(segments) >= 3 and segments[1].lower() == "users":
+        return unquote(segments[2]).lower()
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+class LimitedTransport(httpx.BaseTransport):
+    """An httpx transport that sends each request only inside a slot of the shared limits,
+    and reads the whole answer before the slot is freed (in flight until then)."""
+
+    def __init__(self, inner: httpx.BaseTransport, limiter: GraphLimiter) -> None:
+        self._inner = inner
+        self.limiter = limiter
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self.limiter.slot(mailbox_of(request.url.path)) as slot:
+            response = self._inner.handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
+            if response.status_code == 429:
+                slot.throttled(_retry_after(response))
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def graph_transport(settings: Settings, db: Callable[[], Database]) -> httpx.BaseTransport:
+    """The transport of the Graph HTTP client: httpx's own inside the shared limits, unless
+    MAILSYNC_GRAPH_LIMITS=off. ``db`` (the runtime's pool) is first called at the first
+    request. With the limits held here, one process may keep many mailboxes' requests in
+    flight (sync-all runs several at once); without them, 4 connections at most, as
+    Outlook allows for one mailbox."""
+    if not settings.graph_limits:
+        return httpx.HTTPTransport(limits=httpx.Limits(max_connections=4))
+    connections = max(4, min(settings.graph_app_concurrency, 64))
+    inner = httpx.HTTPTransport(limits=httpx.Limits(max_connections=connections))
+    return LimitedTransport(inner, GraphLimiter(db, settings))

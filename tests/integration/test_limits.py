@@ -1,0 +1,154 @@
+"""Graph's limits held in Postgres (mailsync/limits.py): real database, real HTTP.
+
+Two limiters with their own pools stand for two workers; the simulator enforces the same
+limits Graph does and counts every request over them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from mailsync.config import Settings, load_settings
+from mailsync.db import Database
+from mailsync.graph import GraphClient
+from mailsync.limits import GraphLimiter, mailbox_of
+
+
+@pytest.fixture()
+def pools(database_url: str) -> Iterator[list[Database]]:
+    """Two pools on the test's database: two workers."""
+    dbs = [Database(database_url, max_size=6), Database(database_url, max_size=6)]
+    yield dbs
+    for db in dbs:
+        db.close()
+
+
+def limiters(pools: list[Database], **limits: Any) -> list[GraphLimiter]:
+    settings: Settings = replace(load_settings(), tenant_id="t", client_id="c", **limits)
+    return [GraphLimiter(lambda db=db: db, settings) for db in pools]  # type: ignore[misc]
+
+
+def test_the_in_flight_limit_holds_across_workers_and_per_mailbox(pools: list[Database]) -> None:
+    workers = limiters(pools, graph_mailbox_concurrency=4)
+    in_flight: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+    lock = threading.Lock()
+
+    def request(worker: GraphLimiter, mailbox: str) -> None:
+        with worker.slot(f"{mailbox}@contoso.example"):
+            with lock:
+                in_flight[mailbox] += 1
+                peak[mailbox] = max(peak[mailbox], in_flight[mailbox])
+            time.sleep(0.01)  # the request's time at Graph
+            with lock:
+                in_flight[mailbox] -= 1
+
+    with ThreadPoolExecutor(12) as pool:
+        jobs = [pool.submit(request, workers[i % 2], "a" if i % 3 else "b") for i in range(120)]
+        for job in jobs:
+            job.result()
+
+    assert peak == {"a": 4, "b": 4}  # both mailboxes used their four at once, never five
+
+
+def test_the_request_budget_holds_in_every_window(pools: list[Database]) -> None:
+    workers = limiters(pools, graph_mailbox_requests=20, graph_mailbox_window_s=1.0)
+    taken: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 2.5
+
+    def keep_asking(worker: GraphLimiter) -> None:
+        while time.monotonic() < deadline:
+            with worker.slot("busy@contoso.example"):
+                with lock:
+                    taken.append(time.monotonic())
+
+    with ThreadPoolExecutor(4) as pool:
+        for job in [pool.submit(keep_asking, workers[i % 2]) for i in range(4)]:
+            job.result()
+
+    taken.sort()
+    busiest = max(sum(1 for t in taken if start <= t < start + 1.0) for start in taken)
+    assert busiest <= 20
+    assert len(taken) >= 20  # and the budget was used: 19 a second after the first
+    usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
+    mailbox = usage[workers[0].mailbox_limit("busy@contoso.example").key]
+    assert mailbox["requests"] == len(taken) and mailbox["waits"] > 0
+
+
+def test_a_pause_holds_back_that_mailbox_only(pools: list[Database]) -> None:
+    first, second = limiters(pools)
+    with first.slot("throttled@contoso.example") as slot:
+        slot.throttled(0.6)  # Graph's 429 with Retry-After: 0.6
+
+    started = time.monotonic()
+    with second.slot("other@contoso.example"):
+        other_s = time.monotonic() - started
+    with second.slot("throttled@contoso.example"):
+        throttled_s = time.monotonic() - started
+
+    assert other_s < 0.3
+    assert throttled_s >= 0.5
+    usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
+    assert usage[first.mailbox_limit("throttled@contoso.example").key]["throttled"] == 1
+
+
+def test_mailbox_of_reads_the_user_segment() -> None:
+    assert mailbox_of("/v1.0/users/Ada%40contoso.example/mailFolders/inbox") == (
+        "ada@contoso.example"
+    )
+    assert mailbox_of("/v1.0/users") is None
+    assert mailbox_of("/v1.0/users/0b1c/messages") == "0b1c"
+
+
+def test_concurrent_requests_through_the_runtime_stay_within_four_per_mailbox(
+    runtime: Any, simulator: Any
+) -> None:
+    simulator.add_mailbox("ada@contoso.example", 300, seed=5)
+    simulator.add_mailbox("bob@contoso.example", 300, seed=6)
+    simulator.faults.latency_ms = 50  # requests overlap
+    graph: GraphClient = runtime.graph()
+
+    def page(mailbox: str) -> int:
+        body = graph.get_json(graph.messages_url(mailbox, "inbox"), {"$top": "10"})
+        return len(body["value"])
+
+    with ThreadPoolExecutor(16) as pool:
+        mailboxes = ["ada@contoso.example", "bob@contoso.example"] * 30
+        assert set(pool.map(page, mailboxes)) == {10}
+
+    usage = simulator.limits.as_dict()
+    assert usage["totals"]["requests"] == 60  # no request was refused, none retried
+    assert usage["totals"]["over_concurrency"] == 0
+    assert {m["peak_in_flight"] for m in usage["mailboxes"].values()} == {4}
+    assert simulator.stats.throttled == 0
+
+
+def test_a_mailbox_asked_faster_than_its_budget_is_paced_not_throttled(
+    runtime: Any, simulator: Any
+) -> None:
+    simulator.add_mailbox("ada@contoso.example", 300, seed=5)
+    simulator.faults.mailbox_budget_requests = 40  # Graph's 10,000 in 600 s, scaled down
+    simulator.faults.mailbox_budget_window_s = 1.0
+    runtime.settings = replace(
+        runtime.settings, graph_mailbox_requests=40, graph_mailbox_window_s=1.0
+    )
+    graph: GraphClient = runtime.graph()
+
+    def page(_: int) -> int:
+        body = graph.get_json(graph.messages_url("ada@contoso.example", "inbox"), {"$top": "5"})
+        return len(body["value"])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(page, range(60))) == {5}
+
+    usage = simulator.limits.usage("ada@contoso.example")
+    assert usage["requests"] == 60 and usage["over_budget"] == 0
+    assert simulator.stats.throttled == 0
