@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from mailsync.flows.cleanup import cleanup
 
+from mailsync.flows.cleanup import cleanup
 from mailsync.maintenance import CLEANUP_LOCK_KEY
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
@@ -97,7 +97,7 @@ def test_a_sync_killed_mid_chunk_is_recovered_and_completes_exactly(
     assert set(ids) == box.ids()
     chunks = query(database_url, "SELECT chunk_index, attempts, status FROM chunked_sync_jobs"
                    " ORDER BY chunk_index")  # fmt: skip
-    assert [c["status"] for c in chunks] == ["completed"] * 3
+    assert [c["status"] for c in chunks] == ["completed"] * 4  # 3 full + the delta round
     assert {c["chunk_index"]: c["attempts"] for c in chunks if c["attempts"] != 1} == {
         victim["chunk_index"]: 2
     }
@@ -129,3 +129,60 @@ def test_a_second_cleanup_process_exits_cleanly_while_one_runs(database_url: str
     assert (worked["stuck_failed"], worked["jobs_closed"]) == (1, 1)
     status = query(database_url, "SELECT status FROM sync_queue WHERE id = %s", job)[0]
     assert status["status"] == "partial_failure"
+
+
+def test_a_sync_killed_in_a_delta_round_resumes_from_its_last_page(
+    runtime: Any, simulator: Any, database_url: str, processes: Processes
+) -> None:
+    """SIGKILL in the middle of an incremental round: the resumed job continues the round
+    from its last committed nextLink (not from the start of the round) and ends exact."""
+    from mailsync.flows.sync_mailbox import sync_mailbox
+
+    box = simulator.add_mailbox(MAILBOX, 600, seed=37)
+    first = sync_mailbox(mailbox=MAILBOX, folder="inbox", graph_url=simulator.url)
+    assert first["status"] == "completed"
+    changed = box.mark_read(500, read=True)  # 500 changes: 25 delta pages of 20
+    box.delete_messages(40)
+    box.add_messages(40)
+    simulator.faults.latency_ms = 150
+    pages_before = simulator.stats.delta_pages
+    sync = processes.start(
+        "sync",
+        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--folder", "inbox",
+         "--graph-url", simulator.url, "--page-size", "20", "--json"],
+        child_env(MAILSYNC_HEARTBEAT_S=str(HEARTBEAT_S)),
+    )  # fmt: skip
+
+    def round_under_way() -> dict[str, Any] | None:
+        found = query(database_url, "SELECT id, parent_sync_job_id, checkpoint_data"
+                      " FROM chunked_sync_jobs WHERE kind = 'delta' AND status = 'processing'"
+                      "  AND (checkpoint_data ->> 'pages')::int >= 3")  # fmt: skip
+        return found[0] if found else None
+
+    victim = wait_for("a delta round three pages in", round_under_way, timeout_s=60, every_s=0.02)
+    sync.send_signal(signal.SIGKILL)
+    sync.wait(10)
+    committed = query(database_url, "SELECT checkpoint_data FROM chunked_sync_jobs WHERE id = %s",
+                      victim["id"])[0]["checkpoint_data"]  # fmt: skip
+    assert committed["next_link"], "the round's position is committed"
+    simulator.faults.latency_ms = 0
+    served_before_resume = simulator.stats.delta_pages - pages_before
+
+    result = wait_for("the cleanup to resume the job",
+                      lambda: cleanup(stuck_after_s=STUCK_AFTER_S, retention=False)["jobs_resumed"],
+                      timeout_s=60, every_s=0.2)  # fmt: skip
+
+    assert result == 1
+    job = query(database_url, "SELECT * FROM sync_queue WHERE id = %s",
+                victim["parent_sync_job_id"])[0]  # fmt: skip
+    assert job["status"] == "completed" and job["sync_type"] == "incremental"
+    live = query(database_url, "SELECT graph_id, is_read FROM emails WHERE deleted_at IS NULL")
+    assert len(live) == len({r["graph_id"] for r in live}) == len(box.ids())
+    assert {r["graph_id"] for r in live} == box.ids()
+    assert all(r["is_read"] for r in live if r["graph_id"] in set(changed) & box.ids())
+    # The whole round is 28-29 pages; the resumed attempt asked only for what was left,
+    # plus at most the page in flight when the worker died.
+    total = simulator.stats.delta_pages - pages_before
+    resumed_pages = total - served_before_resume
+    assert resumed_pages <= total - committed["pages"] + 1
+    assert resumed_pages < total - 2
