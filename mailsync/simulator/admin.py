@@ -2,14 +2,31 @@
 
 It steers a simulator in another process (``mailsync simulator``, the bench) as the
 in-process attributes steer one in a test. Admin requests are never counted in the stats.
+
+- ``GET /_sim/stats``, ``POST /_sim/stats/reset``
+- ``GET /_sim/faults``, ``POST /_sim/faults`` (an object of ``Faults`` fields),
+  ``POST /_sim/faults/reset``
+- ``POST /_sim/tokens/expire``: every access token
+- ``POST /_sim/delta/expire`` (optional body ``{"user": …}``): every delta and skip token
+- ``POST /_sim/mailboxes`` ``{"user", "count" | "messages", "seed", "folder",
+  "folders": "default" | [folder specs]}``; ``GET /_sim/mailboxes``
+- ``GET /_sim/mailboxes/{user}``: summary and ids (all, added, deleted)
+- ``GET /_sim/mailboxes/{user}/folders[?ids=true]``: the whole tree, with counts
+- ``POST /_sim/mailboxes/{user}/mutations``: one mutation or a list
+  (``mailsync.simulator.mutations``); answers what each did and the log's sequence number
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
-from mailsync.simulator.faults import Faults, Stats
+from mailsync.simulator.faults import Faults
+from mailsync.simulator.folders import FolderSpec
+from mailsync.simulator.mutations import apply, parse_mutations
+from mailsync.simulator.stats import Stats
 from mailsync.simulator.store import Mailbox
 from mailsync.simulator.wire import GraphFailure, Request, Response, bad_request, json_response
 
@@ -20,17 +37,23 @@ class Controls(Protocol):
     faults: Faults
     stats: Stats
 
-    def add_mailbox(self, user: str, count: int, seed: int = 0, folder: str = "inbox") -> Mailbox:
-        raise NotImplementedError
+    def add_mailbox(
+        self,
+        user: str,
+        count: int | None = None,
+        seed: int = 0,
+        folder: str = "inbox",
+        *,
+        folders: Sequence[FolderSpec] | str | None = None,
+    ) -> Mailbox: ...
 
-    def mailbox(self, user: str) -> Mailbox:
-        raise NotImplementedError
+    def mailbox(self, user: str) -> Mailbox: ...
 
-    def mailboxes(self) -> list[Mailbox]:
-        raise NotImplementedError
+    def mailboxes(self) -> list[Mailbox]: ...
 
-    def expire_all_tokens(self) -> None:
-        raise NotImplementedError
+    def expire_all_tokens(self) -> None: ...
+
+    def expire_delta_tokens(self, user: str | None = None) -> None: ...
 
 
 class AdminApi:
@@ -40,29 +63,48 @@ class AdminApi:
     def route(self, request: Request, segments: list[str]) -> Response:
         """``segments`` are the path after ``/_sim``."""
         controls = self._controls
-        route = (request.method, "/".join(segments[:1]), len(segments))
-        if route == ("GET", "stats", 1):
+        method = request.method
+        if method == "GET" and segments == ["stats"]:
             return json_response(200, controls.stats.as_dict())
-        if request.method == "POST" and segments == ["stats", "reset"]:
+        if method == "POST" and segments == ["stats", "reset"]:
             controls.stats.reset()
             return json_response(200, controls.stats.as_dict())
-        if route == ("GET", "faults", 1):
+        if method == "GET" and segments == ["faults"]:
             return json_response(200, controls.faults.as_dict())
-        if route == ("POST", "faults", 1):
+        if method == "POST" and segments == ["faults"]:
             return self._set_faults(request)
-        if request.method == "POST" and segments == ["faults", "reset"]:
+        if method == "POST" and segments == ["faults", "reset"]:
             controls.faults.reset()
             return json_response(200, controls.faults.as_dict())
-        if request.method == "POST" and segments == ["tokens", "expire"]:
+        if method == "POST" and segments == ["tokens", "expire"]:
             controls.expire_all_tokens()
             return json_response(200, {"expired": True})
-        if route == ("POST", "mailboxes", 1):
+        if method == "POST" and segments == ["delta", "expire"]:
+            return self._expire_delta(request)
+        if segments[:1] == ["mailboxes"]:
+            return self._mailboxes(request, segments[1:])
+        raise GraphFailure(404, "NotFound", f"No admin resource {method} {request.path}.")
+
+    def _mailboxes(self, request: Request, segments: list[str]) -> Response:
+        method = request.method
+        if method == "POST" and not segments:
             return self._add_mailbox(request)
-        if route == ("GET", "mailboxes", 1):
-            return json_response(200, {"value": [m.summary() for m in controls.mailboxes()]})
-        if route == ("GET", "mailboxes", 2):
-            return self._mailbox(segments[1])
-        raise GraphFailure(404, "NotFound", f"No admin resource {request.method} {request.path}.")
+        if method == "GET" and not segments:
+            mailboxes = self._controls.mailboxes()
+            return json_response(200, {"value": [m.summary() for m in mailboxes]})
+        mailbox = self._mailbox(segments[0]) if segments else None
+        if mailbox is not None and method == "GET" and len(segments) == 1:
+            summary: dict[str, Any] = mailbox.summary()
+            summary["ids"] = sorted(mailbox.ids())
+            summary["added_ids"] = sorted(mailbox.added_ids)
+            summary["deleted_ids"] = sorted(mailbox.deleted_ids)
+            return json_response(200, summary)
+        if mailbox is not None and method == "GET" and segments[1:] == ["folders"]:
+            with_ids = dict(parse_qsl(request.query)).get("ids", "").lower() == "true"
+            return json_response(200, {"value": describe_folders(mailbox, with_ids=with_ids)})
+        if mailbox is not None and method == "POST" and segments[1:] == ["mutations"]:
+            return self._mutate(request, mailbox)
+        raise GraphFailure(404, "NotFound", f"No admin resource {method} {request.path}.")
 
     def _set_faults(self, request: Request) -> Response:
         try:
@@ -74,26 +116,64 @@ class AdminApi:
             raise bad_request(str(exc)) from None
         return json_response(200, self._controls.faults.as_dict())
 
+    def _expire_delta(self, request: Request) -> Response:
+        body = json.loads(request.body or b"{}")
+        user = body.get("user") if isinstance(body, dict) else None
+        try:
+            self._controls.expire_delta_tokens(None if user is None else str(user))
+        except KeyError:
+            raise GraphFailure(404, "ErrorInvalidUser", f"No mailbox {user!r}.") from None
+        return json_response(200, {"expired": True})
+
     def _add_mailbox(self, request: Request) -> Response:
         try:
             spec = json.loads(request.body or b"{}")
+            folders = spec.get("folders")
+            if isinstance(folders, list):
+                folders = [FolderSpec.from_json(raw) for raw in folders]
             mailbox = self._controls.add_mailbox(
                 str(spec["user"]),
-                int(spec["count"]),
+                int(spec["count"] if "count" in spec else spec.get("messages", 0)),
                 int(spec.get("seed", 0)),
                 str(spec.get("folder", "inbox")),
+                folders=folders,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_request(f"Cannot add mailbox: {exc!r}") from None
         return json_response(201, mailbox.summary())
 
-    def _mailbox(self, user: str) -> Response:
+    def _mailbox(self, user: str) -> Mailbox:
         try:
-            mailbox = self._controls.mailbox(user)
+            return self._controls.mailbox(user)
         except KeyError:
             raise GraphFailure(404, "ErrorInvalidUser", f"No mailbox {user!r}.") from None
-        summary: dict[str, Any] = mailbox.summary()
-        summary["ids"] = sorted(mailbox.ids())
-        summary["added_ids"] = sorted(mailbox.added_ids)
-        summary["deleted_ids"] = sorted(mailbox.deleted_ids)
-        return json_response(200, summary)
+
+    def _mutate(self, request: Request, mailbox: Mailbox) -> Response:
+        try:
+            mutations = parse_mutations(json.loads(request.body or b"{}"))
+            results = [apply(mailbox, mutation) for mutation in mutations]
+        except (ValueError, KeyError) as exc:
+            raise bad_request(f"Cannot mutate: {exc!r}") from None
+        return json_response(200, {"results": results, "seq": mailbox.log.seq})
+
+
+def describe_folders(mailbox: Mailbox, *, with_ids: bool = False) -> list[dict[str, Any]]:
+    """Every folder below the root, parents first, with paths and counts (and ids)."""
+    out = []
+    for folder in mailbox.all_folders():
+        total, unread = mailbox.counts(folder)
+        entry: dict[str, Any] = {
+            "id": folder.id,
+            "displayName": folder.display_name,
+            "parentFolderId": folder.parent_id,
+            "path": folder.path,
+            "wellKnownName": folder.well_known,
+            "isHidden": folder.hidden,
+            "isSearchFolder": folder.is_search,
+            "totalItemCount": total,
+            "unreadItemCount": unread,
+        }
+        if with_ids:
+            entry["ids"] = sorted(mailbox.folder_ids(folder))
+        out.append(entry)
+    return out

@@ -1,7 +1,7 @@
-"""Fault switches (what the simulator does wrong, and when) and request statistics.
+"""Fault switches: what the simulator does wrong, and when.
 
 Faults fire on deterministic events, never on wall-clock time: "the next N requests",
-"the Nth message page", "after N message pages". A test sets the switch before the sync
+"the Nth message page", "after N delta pages". A test sets the switch before the sync
 starts and knows exactly which request fails, with no thread watching a counter.
 """
 
@@ -11,14 +11,24 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# "After N pages" triggers: once N pages were served since the switch was set, the fault
-# fires once and the switch reads None again.
+from mailsync.simulator.mutations import Mutation, parse_mutations
+
+# Page triggers: once N pages were served since the switch was set, the fault fires once
+# and the switch reads None again. Message pages and delta pages are counted apart.
 MESSAGE_PAGE_TRIGGERS = (
     "throttle_after_pages",
     "server_error_after_pages",
     "expire_tokens_after_pages",
 )
-_OPTIONAL_COUNTS = {*MESSAGE_PAGE_TRIGGERS, "malformed_page_at"}
+DELTA_PAGE_TRIGGERS = (
+    "malformed_delta_page_at",
+    "expire_delta_tokens_after_pages",
+    "mutate_after_delta_pages",
+)
+_OPTIONAL_COUNTS = {*MESSAGE_PAGE_TRIGGERS, *DELTA_PAGE_TRIGGERS, "malformed_page_at"}
+# What Graph (or a peer's reading of it) answers for a delta token it no longer honours;
+# research notes §1. The HTTP status is 410 Gone for all of them.
+SYNC_STATE_CODES = ("SyncStateNotFound", "syncStateNotFound", "resyncRequired", "SyncStateInvalid")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,15 @@ class PageEvents:
 
     malformed: bool = False  # serve this page cut in half
     expire_tokens: bool = False  # expire every access token once this page is out
+
+
+@dataclass(frozen=True)
+class DeltaPageEvents:
+    """What counting one delta page set off; the caller acts on it."""
+
+    malformed: bool = False  # serve this page cut in half
+    expire_delta_tokens: bool = False  # every delta/skip token dies once this page is out
+    mutations: tuple[Mutation, ...] = ()  # apply to this page's mailbox once it is out
 
 
 @dataclass
@@ -45,8 +64,18 @@ class Faults:
     after it (the (N+1)th page, in a sync that only pages) answers 429;
     ``server_error_after_pages`` does the same with ``server_error_burst`` and
     ``server_error_next``; ``expire_tokens_after_pages = N`` expires every access token once
-    the Nth page is out. ``token_lifetime_s`` and ``token_error_next`` concern the token
+    the Nth page is out; ``mutate_every_pages = N`` mutates the listed mailbox after every
+    Nth of its pages. ``token_lifetime_s`` and ``token_error_next`` concern the token
     endpoint only. Reassigning a counted switch restarts its count.
+
+    Delta requests (``.../messages/delta``) meet, after the common ones: 403
+    ``ErrorQuotaExceeded`` while ``delta_quota_exceeded`` (ordinary listings keep working);
+    410 ``delta_expired_code`` for a token minted before the tokens were expired. Counting
+    delta pages: ``malformed_delta_page_at = N`` serves the Nth cut in half;
+    ``expire_delta_tokens_after_pages = N`` expires every delta and skip token once the Nth
+    is out (its own link is dead then); ``mutate_after_delta_pages = N`` applies
+    ``delta_mutations`` (``mailsync.simulator.mutations`` JSON) to that page's mailbox once
+    the Nth is out. ``latency_ms`` applies to delta pages too.
     """
 
     latency_ms: float = 0.0
@@ -67,8 +96,16 @@ class Faults:
     add_per_mutation: int = 0
     delete_per_mutation: int = 0
     max_concurrent_per_mailbox: int = 4  # 0 = unlimited
+    delta_quota_exceeded: bool = False
+    delta_expired_code: str = SYNC_STATE_CODES[0]
+    malformed_delta_page_at: int | None = None
+    expire_delta_tokens_after_pages: int | None = None
+    mutate_after_delta_pages: int | None = None
+    delta_mutations: list[dict[str, Any]] = field(default_factory=list)
     # Run-time state, not switches:
-    mutation_epoch: int = field(default=0, init=False, repr=False, compare=False)
+    _mutation_pages: dict[str, int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     _pages_seen: int = field(default=0, init=False, repr=False, compare=False)
     _malformed_keys: set[tuple[Any, ...]] = field(
         default_factory=set, init=False, repr=False, compare=False
@@ -81,17 +118,14 @@ class Faults:
     )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _OPTIONAL_COUNTS and value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"fault {name!r} must be None or a count >= 1, not {value!r}")
-        super().__setattr__(name, value)
+        super().__setattr__(name, _checked(name, value))
         # "Since the fault was set": (re)assigning a counted fault restarts its count.
         if name == "malformed_page_at":
             super().__setattr__("_pages_seen", 0)
             super().__setattr__("_malformed_keys", set())
         elif name == "mutate_every_pages":
-            super().__setattr__("mutation_epoch", getattr(self, "mutation_epoch", 0) + 1)
-        elif name in MESSAGE_PAGE_TRIGGERS and "_trigger_pages" in self.__dict__:
+            super().__setattr__("_mutation_pages", {})
+        elif name in _OPTIONAL_COUNTS and "_trigger_pages" in self.__dict__:
             self._trigger_pages[name] = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,6 +172,29 @@ class Faults:
                 self.server_error_next += self.server_error_burst
             return PageEvents(malformed, "expire_tokens_after_pages" in fired)
 
+    def mutation_due(self, mailbox_key: str) -> bool:
+        """Count one page of a mailbox; True on every ``mutate_every_pages``-th."""
+        with self._lock:
+            every = self.mutate_every_pages
+            if every <= 0:
+                return False
+            seen = self._mutation_pages.get(mailbox_key, 0) + 1
+            self._mutation_pages[mailbox_key] = 0 if seen >= every else seen
+            return seen >= every
+
+    def count_delta_page(self) -> DeltaPageEvents:
+        """Count one served delta page: what does it set off?"""
+        with self._lock:
+            fired = self._count_triggers(DELTA_PAGE_TRIGGERS)
+            mutations: tuple[Mutation, ...] = ()
+            if "mutate_after_delta_pages" in fired:
+                mutations = tuple(parse_mutations(self.delta_mutations))
+            return DeltaPageEvents(
+                "malformed_delta_page_at" in fired,
+                "expire_delta_tokens_after_pages" in fired,
+                mutations,
+            )
+
     def _count_malformed(self, page_key: tuple[Any, ...]) -> bool:
         if self.malformed_page_at is None:
             return False
@@ -162,6 +219,18 @@ class Faults:
         return fired
 
 
+def _checked(name: str, value: Any) -> Any:
+    """What every assignment of a switch goes through (in process and over the admin API)."""
+    if name in _OPTIONAL_COUNTS and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"fault {name!r} must be None or a count >= 1, not {value!r}")
+    if name == "delta_expired_code" and value not in SYNC_STATE_CODES:
+        raise ValueError(f"fault 'delta_expired_code' must be one of {SYNC_STATE_CODES}")
+    if name == "delta_mutations":  # checked now, not when it fires mid-sync
+        return [mutation.as_json() for mutation in parse_mutations(value)]
+    return value
+
+
 def coerce_fault(name: str, value: Any) -> Any:
     """``value`` as the type of fault ``name``; ValueError for unknown names or bad types."""
     defaults = Faults.__dataclass_fields__
@@ -170,6 +239,12 @@ def coerce_fault(name: str, value: Any) -> Any:
     default = defaults[name].default
     if name in _OPTIONAL_COUNTS and value is None:
         return None
+    if name == "delta_mutations":
+        return _checked(name, value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"fault {name!r} must be a string")
+        return _checked(name, value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"fault {name!r} must be a boolean")
@@ -180,47 +255,4 @@ def coerce_fault(name: str, value: Any) -> Any:
         return float(value)
     if isinstance(value, float) and not value.is_integer():
         raise ValueError(f"fault {name!r} must be an integer")
-    return int(value)
-
-
-class Stats:
-    """Request counters (admin requests under /_sim are not counted)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self.total = 0
-            self.by_status: dict[int, int] = {}
-            self.token_requests = 0
-            self.data_requests = 0  # every /v1.0 request
-            self.message_pages = 0  # message-list responses actually served (incl. malformed)
-            self.messages_served = 0
-            self.throttled = 0  # 429s of either kind
-
-    def record(self, status: int, *, token: bool = False, data: bool = False) -> None:
-        with self._lock:
-            self.total += 1
-            self.by_status[status] = self.by_status.get(status, 0) + 1
-            self.token_requests += token
-            self.data_requests += data
-            self.throttled += status == 429
-
-    def record_page(self, messages: int) -> None:
-        with self._lock:
-            self.message_pages += 1
-            self.messages_served += messages
-
-    def as_dict(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "total": self.total,
-                "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-                "token_requests": self.token_requests,
-                "data_requests": self.data_requests,
-                "message_pages": self.message_pages,
-                "messages_served": self.messages_served,
-                "throttled": self.throttled,
-            }
+    return _checked(name, int(value))

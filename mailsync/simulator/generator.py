@@ -11,6 +11,7 @@ fragments (``body_json_fragment``) and never builds the string at all.
 from __future__ import annotations
 
 import binascii
+import bisect
 import gc
 import hashlib
 import random
@@ -32,21 +33,13 @@ IMPORTANCE_HIGH = 0.10
 IMPORTANCE_LOW = 0.05
 RECENT_CONVERSATIONS = 20
 
-WELL_KNOWN_FOLDERS = {
-    "inbox": "Inbox",
-    "archive": "Archive",
-    "sentitems": "Sent Items",
-    "drafts": "Drafts",
-    "deleteditems": "Deleted Items",
-    "junkemail": "Junk Email",
-}
-
 # Graph returns these when a message is fetched without $select (attachments only via $expand).
 GRAPH_FIELDS = (
     "id",
     "createdDateTime",
     "lastModifiedDateTime",
     "changeKey",
+    "categories",
     "receivedDateTime",
     "sentDateTime",
     "hasAttachments",
@@ -57,6 +50,7 @@ GRAPH_FIELDS = (
     "parentFolderId",
     "conversationId",
     "isRead",
+    "isDraft",
     "body",
     "sender",
     "from",
@@ -68,7 +62,11 @@ ATTACHMENT_FIELDS = ("id", "name", "contentType", "size", "isInline")
 
 @dataclass(slots=True)
 class Message:
-    """One message; attribute names are the Graph JSON names (``from`` is ``from_``)."""
+    """One message; attribute names are the Graph JSON names (``from`` is ``from_``).
+
+    The simulator's store treats a Message as immutable once published: a change is a copy
+    (``dataclasses.replace``) with a new ``changeKey``, which is what render caches key on.
+    """
 
     id: str
     receivedDateTime: str
@@ -91,6 +89,8 @@ class Message:
     attachments: list[dict[str, object]]
     received_ts: int  # receivedDateTime as epoch seconds: the sort key, no parsing needed
     body_span: tuple[int, int]  # (first paragraph, count) in the pool, see module doc
+    categories: tuple[str, ...] = ()
+    isDraft: bool = False
 
     @property
     def sort_key(self) -> tuple[int, str]:
@@ -140,6 +140,7 @@ class Message:
             "createdDateTime": self.createdDateTime,
             "lastModifiedDateTime": self.lastModifiedDateTime,
             "changeKey": self.changeKey,
+            "categories": list(self.categories),
             "receivedDateTime": self.receivedDateTime,
             "sentDateTime": self.sentDateTime,
             "hasAttachments": self.hasAttachments,
@@ -150,6 +151,7 @@ class Message:
             "parentFolderId": self.parentFolderId,
             "conversationId": self.conversationId,
             "isRead": self.isRead,
+            "isDraft": self.isDraft,
             "body": {"contentType": "html", "content": content},
             "sender": self.sender,
             "from": self.from_,
@@ -184,6 +186,18 @@ def folder_id_for(mailbox: str, folder: str = "inbox") -> str:
     key = f"{mailbox.lower()}\x00{folder.lower()}".encode()
     digest = hashlib.blake2b(key, digest_size=63).digest()
     return "AAMkA" + _b64(digest)  # folder ids are long opaque strings in Graph too
+
+
+def change_key(message_id: str, version: int) -> str:
+    """The changeKey of a message's ``version``-th change (Graph's changes on every edit)."""
+    digest = hashlib.blake2b(f"{message_id}\x00{version}".encode(), digest_size=12).digest()
+    return "CQAAABYAAA" + _b64(digest)
+
+
+def owner_address(mailbox: str) -> dict[str, dict[str, str]]:
+    local = mailbox.split("@", 1)[0]
+    name = " ".join(p.capitalize() for p in local.replace("_", ".").split("."))
+    return {"emailAddress": {"name": name, "address": mailbox}}
 
 
 _day_prefix_cache: dict[int, str] = {}
@@ -224,9 +238,7 @@ class _Context:
         self.folder_id = folder_id or folder_id_for(mailbox)
         self.id_hash = hashlib.blake2b(f"msg\x00{mailbox}\x00{seed}".encode(), digest_size=48)
         self.conv_hash = hashlib.blake2b(f"conv\x00{mailbox}\x00{seed}".encode(), digest_size=33)
-        local = mailbox.split("@", 1)[0]
-        owner_name = " ".join(p.capitalize() for p in local.replace("_", ".").split("."))
-        self.owner = {"emailAddress": {"name": owner_name, "address": mailbox}}
+        self.owner = owner_address(mailbox)
         self.recent: list[tuple[str, str]] = []  # (conversationId, topic) of recent threads
 
     def conversation(self, index: int, rng: random.Random) -> tuple[str, str, bool]:
@@ -357,3 +369,41 @@ def new_message(
 ) -> Message:
     """A message arriving during a run; ``index`` must not collide with generated ones."""
     return _build(_Context(mailbox, seed, folder_id), index, int(received.timestamp()), rng)
+
+
+# --- folders ---------------------------------------------------------------------------------
+
+# What a folder does to the mail filed in it: what Outlook would have written there.
+ROLE_SENT = "sent"  # the owner sent it: read, from the owner
+ROLE_DRAFT = "draft"  # the owner is writing it: a draft, read, from the owner
+
+
+def file_into(message: Message, folder_id: str, role: str | None, mailbox: str) -> None:
+    """File a message that is not published yet (fresh from generation) into a folder."""
+    message.parentFolderId = folder_id
+    if role in (ROLE_SENT, ROLE_DRAFT):
+        message.from_ = message.sender = owner_address(mailbox)
+        message.isRead = True
+        message.isDraft = role == ROLE_DRAFT
+
+
+def spread_over_folders(
+    messages: list[Message],
+    targets: list[tuple[str, float, str | None]],
+    *,
+    mailbox: str,
+    seed: int,
+) -> None:
+    """File each message into one of ``targets`` ``(folder id, weight, role)``, drawn by
+    weight from a generator of its own: the messages themselves stay as generated."""
+    rng = random.Random(f"{mailbox}\x00{seed}\x00folders")
+    cumulative: list[float] = []
+    total = 0.0
+    for _, weight, _ in targets:
+        total += weight
+        cumulative.append(total)
+    if total <= 0:
+        raise ValueError("at least one folder needs a weight > 0 to receive messages")
+    for message in messages:
+        folder_id, _, role = targets[bisect.bisect_right(cumulative, rng.random() * total)]
+        file_into(message, folder_id, role, mailbox)

@@ -1,7 +1,19 @@
-"""Graph's mail resources under ``/v1.0/users/{user}``: the user, its folder, messages.
+"""Graph's mail resources under ``/v1.0/users/{user}``: the user, folders, messages.
 
-Listings behave as Graph's do, awkward parts included: ``$skip`` nextLinks are evaluated at
-request time (so deletions make a naive nextLink walker skip messages).
+Routes (``{folder}`` is an id or a well-known name; ``childFolders/{id}`` may repeat):
+
+- ``GET /users/{u}``: the user
+- ``GET /users/{u}/mailFolders``: the children of msgfolderroot, paged
+- ``GET /users/{u}/mailFolders/{folder}[/childFolders/{id}]*``: one folder
+- ``GET …/{folder}/childFolders``: a folder's children, paged
+- ``GET /users/{u}/messages`` (every real folder), ``GET …/{folder}/messages``: listings
+- ``GET /users/{u}/messages/{id}``, ``GET …/{folder}/messages/{id}``: one message
+- ``GET …/{folder}/messages/delta``: see ``mailsync.simulator.delta``
+
+Folder lists page like message lists (``$top`` default 10, ``$skip`` nextLinks) and leave
+hidden folders out unless ``includeHiddenFolders=true``. Message listings behave as Graph's
+do, awkward parts included: ``$skip`` nextLinks are evaluated at request time (so deletions
+make a naive nextLink walker skip messages).
 """
 
 from __future__ import annotations
@@ -9,12 +21,24 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
-from mailsync.simulator.faults import Faults, Stats
-from mailsync.simulator.generator import Message, folder_id_for
+from mailsync.simulator.delta import DeltaApi
+from mailsync.simulator.faults import Faults
+from mailsync.simulator.folders import SEARCH_FOLDER_TYPE, Folder
+from mailsync.simulator.generator import Message
 from mailsync.simulator.identity import TokenStore
-from mailsync.simulator.odata import Query, next_link, parse_query
+from mailsync.simulator.odata import (
+    Query,
+    next_link,
+    parse_count,
+    parse_options,
+    parse_query,
+    skip_option,
+    split_fields,
+    top_option,
+)
+from mailsync.simulator.stats import Stats
 from mailsync.simulator.store import Mailbox
 from mailsync.simulator.wire import (
     Request,
@@ -24,12 +48,25 @@ from mailsync.simulator.wire import (
     segment_not_found,
 )
 
+FOLDER_FIELDS = (
+    "id",
+    "displayName",
+    "parentFolderId",
+    "childFolderCount",
+    "unreadItemCount",
+    "totalItemCount",
+    "isHidden",
+)
+_FOLDER_FIELD_NAMES = {name.lower(): name for name in FOLDER_FIELDS}
+_FOLDER_LIST_OPTIONS = {"$top", "$skip", "$select", "$count"}
+
 
 class MailApi:
-    def __init__(self, faults: Faults, stats: Stats, tokens: TokenStore) -> None:
+    def __init__(self, faults: Faults, stats: Stats, tokens: TokenStore, delta: DeltaApi) -> None:
         self._faults = faults
         self._stats = stats
         self._tokens = tokens
+        self._delta = delta
 
     def route(self, request: Request, mailbox: Mailbox, segments: list[str]) -> Response:
         """``segments`` are the path after ``/v1.0/users/{user}``."""
@@ -38,16 +75,17 @@ class MailApi:
             return json_response(200, self._user_json(request, mailbox))
         if lowered[0] == "messages":
             return self._messages_resource(request, mailbox, None, segments[1:])
+        if lowered == ["mailfolders"]:
+            return self._folder_list(request, mailbox, mailbox.tree.root, "mailFolders")
         if lowered[0] == "mailfolders":
-            if len(segments) == 1:
-                return json_response(200, {"value": [self._folder_json(request, mailbox)]})
-            folder = segments[1]
-            if folder.lower() not in (mailbox.folder, mailbox.folder_id.lower()):
-                raise item_not_found()
-            if len(segments) == 2:
-                return json_response(200, self._folder_json(request, mailbox))
-            if lowered[2] == "messages":
-                return self._messages_resource(request, mailbox, folder, segments[3:])
+            folder, rest = self._folder_path(mailbox, segments[1:])
+            where = "/".join(segments[: len(segments) - len(rest)])
+            if not rest:
+                return self._folder(request, mailbox, folder, where)
+            if [s.lower() for s in rest] == ["childfolders"]:
+                return self._folder_list(request, mailbox, folder, f"{where}/childFolders")
+            if rest[0].lower() == "messages":
+                return self._messages_resource(request, mailbox, folder, rest[1:])
         raise segment_not_found(segments)
 
     def _user_json(self, request: Request, mailbox: Mailbox) -> dict[str, Any]:
@@ -59,43 +97,85 @@ class MailApi:
             "displayName": mailbox.user.split("@", 1)[0].replace(".", " ").title(),
         }
 
-    def _folder_json(self, request: Request, mailbox: Mailbox) -> dict[str, Any]:
-        return {
-            "@odata.context": f"{request.base_url}/v1.0/$metadata#users('{mailbox.user_id}')"
-            "/mailFolders/$entity",
-            "id": mailbox.folder_id,
-            "displayName": mailbox.display_name,
-            "parentFolderId": folder_id_for(mailbox.user, "msgfolderroot"),
-            "childFolderCount": 0,
-            "unreadItemCount": mailbox.unread_count,
-            "totalItemCount": len(mailbox),
-            "isHidden": False,
-        }
+    # -- folders
+
+    @staticmethod
+    def _folder_path(mailbox: Mailbox, segments: list[str]) -> tuple[Folder, list[str]]:
+        """Resolve ``{folder}(/childFolders/{id})*``; the folder and the rest of the path."""
+        folder = mailbox.find_folder(segments[0])
+        rest = segments[1:]
+        while folder is not None and len(rest) >= 2 and rest[0].lower() == "childfolders":
+            child = mailbox.find_folder(rest[1])
+            folder = child if child is not None and child.parent_id == folder.id else None
+            rest = rest[2:]
+        if folder is None:
+            raise item_not_found()
+        return folder, rest
+
+    def _folder(self, request: Request, mailbox: Mailbox, folder: Folder, where: str) -> Response:
+        options = parse_options(parse_qsl(request.query, keep_blank_values=True), {"$select"})
+        select = _folder_select(options)
+        obj = {"@odata.context": self._context(request, mailbox, f"{where}/$entity")}
+        obj.update(folder_json(mailbox, folder, select))
+        return json_response(200, obj)
+
+    def _folder_list(
+        self, request: Request, mailbox: Mailbox, parent: Folder, where: str
+    ) -> Response:
+        pairs = parse_qsl(request.query, keep_blank_values=True)
+        options = parse_options(pairs, _FOLDER_LIST_OPTIONS)
+        top, skip, select = top_option(options), skip_option(options), _folder_select(options)
+        hidden = any(k.lower() == "includehiddenfolders" and v.lower() == "true" for k, v in pairs)
+        children = mailbox.child_folders(parent, include_hidden=hidden)
+        body: dict[str, Any] = {"@odata.context": self._context(request, mailbox, where)}
+        if parse_count(options):
+            body["@odata.count"] = len(children)
+        body["value"] = [folder_json(mailbox, f, select) for f in children[skip : skip + top]]
+        if skip + top < len(children):
+            body["@odata.nextLink"] = next_link(request, pairs, skip + top)
+        return json_response(200, body)
+
+    @staticmethod
+    def _context(request: Request, mailbox: Mailbox, where: str) -> str:
+        return f"{request.base_url}/v1.0/$metadata#users('{quote(mailbox.user)}')/{where}"
+
+    # -- messages
 
     def _messages_resource(
-        self, request: Request, mailbox: Mailbox, folder: str | None, rest: list[str]
+        self, request: Request, mailbox: Mailbox, folder: Folder | None, rest: list[str]
     ) -> Response:
         if len(rest) > 1:
             raise segment_not_found(rest)
+        if rest and folder is not None and rest[0].lower() == "delta":
+            return self._delta.serve(request, mailbox, folder)
         if rest:
-            return self._single_message(request, mailbox, rest[0])
+            return self._single_message(request, mailbox, folder, rest[0])
         return self._message_page(request, mailbox, folder)
 
-    def _single_message(self, request: Request, mailbox: Mailbox, message_id: str) -> Response:
+    def _single_message(
+        self, request: Request, mailbox: Mailbox, folder: Folder | None, message_id: str
+    ) -> Response:
         message = mailbox.get(message_id)
-        if message is None:
+        if message is None or (folder is not None and not mailbox.shows(folder, message)):
             raise item_not_found()
         query = parse_query(request.query)
         return Response(200, mailbox.renderings.json(message, query.shape))
 
-    def _message_page(self, request: Request, mailbox: Mailbox, folder: str | None) -> Response:
+    def _message_page(self, request: Request, mailbox: Mailbox, folder: Folder | None) -> Response:
         query = parse_query(request.query)
         if self._faults.latency_ms > 0:
             time.sleep(self._faults.latency_ms / 1000)
         page, total = mailbox.page(
-            query.low_ts, query.high_ts, skip=query.skip, top=query.top, desc=query.desc
+            query.low_ts,
+            query.high_ts,
+            skip=query.skip,
+            top=query.top,
+            desc=query.desc,
+            folder=folder,
         )
-        mailbox.count_page(self._faults)  # may mutate: this page was cut before it
+        if self._faults.mutation_due(mailbox.user_id):  # after the cut: this page is as was
+            real = folder.id if folder is not None and not folder.is_search else None
+            mailbox.mutate(self._faults.add_per_mutation, self._faults.delete_per_mutation, real)
         body = self._page_body(request, mailbox, folder, query, page, total)
         events = self._faults.count_message_page((request.path.lower(), tuple(sorted(query.pairs))))
         if events.malformed:
@@ -109,16 +189,14 @@ class MailApi:
         self,
         request: Request,
         mailbox: Mailbox,
-        folder: str | None,
+        folder: Folder | None,
         query: Query,
         page: list[Message],
         total: int,
     ) -> bytes:
-        where = f"mailFolders('{folder}')/messages" if folder else "messages"
+        where = f"mailFolders('{folder.id}')/messages" if folder else "messages"
         selected = f"({','.join(query.select)})" if query.select else ""
-        context = (
-            f"{request.base_url}/v1.0/$metadata#users('{quote(mailbox.user)}')/{where}{selected}"
-        )
+        context = self._context(request, mailbox, where + selected)
         parts = [b'{"@odata.context":', json.dumps(context).encode()]
         if query.count:
             parts += [b',"@odata.count":', str(total).encode()]
@@ -134,3 +212,39 @@ class MailApi:
             parts += [b',"@odata.nextLink":', json.dumps(link).encode()]
         parts.append(b"}")
         return b"".join(parts)
+
+
+def _folder_select(options: dict[str, str]) -> tuple[str, ...] | None:
+    """$select on folders: case-insensitive names, unknown ones ignored (``id`` always)."""
+    if "$select" not in options:
+        return None
+    names = (_FOLDER_FIELD_NAMES.get(name.lower()) for name in split_fields(options["$select"]))
+    return tuple(name for name in names if name)
+
+
+def folder_json(
+    mailbox: Mailbox, folder: Folder, select: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """A mailFolder (or mailSearchFolder) as Graph writes it."""
+    total, unread = mailbox.counts(folder)
+    full: dict[str, Any] = {
+        "id": folder.id,
+        "displayName": folder.display_name,
+        "parentFolderId": folder.parent_id,
+        "childFolderCount": len(folder.children),  # hidden children included
+        "unreadItemCount": unread,
+        "totalItemCount": total,
+        "isHidden": folder.hidden,
+    }
+    if select is not None:
+        wanted = {"id", *select}
+        full = {name: value for name, value in full.items() if name in wanted}
+    if folder.search is None:
+        return full
+    search = {
+        "isSupported": True,
+        "includeNestedFolders": folder.search.include_nested,
+        "sourceFolderIds": list(folder.search.source_ids),
+        "filterQuery": folder.search.filter_query,
+    }
+    return {"@odata.type": SEARCH_FOLDER_TYPE, **full, **({} if select else search)}

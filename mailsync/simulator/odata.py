@@ -211,3 +211,38 @@ def next_link(request: Request, pairs: list[tuple[str, str]], next_skip: int) ->
     kept.append(("$skip", str(next_skip)))
     encoded = "&".join(f"{quote(k, safe='$')}={quote(v, safe='$,()=:*')}" for k, v in kept)
     return f"{request.base_url}{request.path}?{encoded}"
+
+
+# --- the Prefer header ------------------------------------------------------------------------
+
+# Delta pages without ``odata.maxpagesize``: Graph documents no default; Corso observed 10
+# (research notes §1), which is also the listings' default. Larger asks are capped silently,
+# as a preference allows (Graph documents no maximum; 1000 is the listings' $top limit).
+DEFAULT_DELTA_PAGE_SIZE = 10
+MAX_DELTA_PAGE_SIZE = 1000
+
+
+def prefer_values(header: str | None) -> dict[str, str]:
+    """``odata.maxpagesize=50, IdType="ImmutableId"`` -> {"odata.maxpagesize": "50",
+    "idtype": "ImmutableId"}: names lower-cased, quotes stripped."""
+    values: dict[str, str] = {}
+    for part in (header or "").split(","):
+        name, _, value = part.partition("=")
+        if name.strip():
+            values[name.strip().lower()] = value.strip().strip('"')
+    return values
+
+
+def prefers_immutable_ids(header: str | None) -> bool:
+    return prefer_values(header).get("idtype", "").lower() == "immutableid"
+
+
+def max_page_size(header: str | None) -> int | None:
+    """The ``odata.maxpagesize`` asked for, capped; None if absent or not a count (a
+    preference the server cannot honour is ignored, not refused)."""
+    raw = prefer_values(header).get("odata.maxpagesize")
+    try:
+        size = int(raw) if raw is not None else 0
+    except ValueError:
+        return None
+    return min(size, MAX_DELTA_PAGE_SIZE) if size >= 1 else None

@@ -12,7 +12,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +20,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from mailsync.simulator.admin import AdminApi
-from mailsync.simulator.faults import Faults, Stats
+from mailsync.simulator.delta import DeltaApi
+from mailsync.simulator.faults import Faults
+from mailsync.simulator.folders import DEFAULT_TREE, FolderSpec
 from mailsync.simulator.generator import DEFAULT_START
 from mailsync.simulator.identity import (
     DEFAULT_AUTHORITY_HOST,
@@ -30,6 +32,8 @@ from mailsync.simulator.identity import (
     TokenStore,
 )
 from mailsync.simulator.mail import MailApi
+from mailsync.simulator.odata import prefers_immutable_ids
+from mailsync.simulator.stats import Stats, request_kind
 from mailsync.simulator.store import Mailbox
 from mailsync.simulator.wire import (
     JSON_TYPE,
@@ -171,7 +175,8 @@ class GraphSimulator:
             faults=self.faults,
             issue_token=self.issue_token,
         )
-        self._mail = MailApi(self.faults, self.stats, self.tokens)
+        self.delta = DeltaApi(self.faults, self.stats)
+        self._mail = MailApi(self.faults, self.stats, self.tokens, self.delta)
         self._admin = AdminApi(self)
         self._in_flight = InFlight()
         self._mailboxes: dict[str, Mailbox] = {}  # by lower-cased UPN and by user id
@@ -243,13 +248,26 @@ class GraphSimulator:
     def add_mailbox(
         self,
         user: str,
-        count: int,
+        count: int | None = None,
         seed: int = 0,
         folder: str = "inbox",
         *,
+        messages: int | None = None,
+        folders: Sequence[FolderSpec] | str | None = None,
         start: datetime = DEFAULT_START,
     ) -> Mailbox:
-        mailbox = Mailbox(user, count, seed=seed, folder=folder, start=start)
+        """A mailbox of ``count`` (or ``messages``) generated messages. Without ``folders``,
+        one folder named ``folder`` holds them all; with ``folders="default"``
+        (``DEFAULT_TREE``) or a sequence of ``FolderSpec``, a folder tree does, the messages
+        spread over it by weight, and ``folder`` only says where new mail arrives."""
+        if count is not None and messages is not None and count != messages:
+            raise ValueError("give the message count once: count or messages")
+        total = count if count is not None else messages or 0
+        if isinstance(folders, str):
+            if folders != "default":
+                raise ValueError(f"folders must be 'default' or folder specs, not {folders!r}")
+            folders = DEFAULT_TREE
+        mailbox = Mailbox(user, total, seed=seed, folder=folder, start=start, folders=folders)
         with self._mailboxes_lock:
             if user.lower() in self._mailboxes:
                 raise ValueError(f"mailbox {user!r} already exists")
@@ -270,7 +288,13 @@ class GraphSimulator:
         return self.tokens.issue(self.faults.token_lifetime_s)
 
     def expire_all_tokens(self) -> None:
+        """Expire every access token (the identity platform's, not delta tokens)."""
         self.tokens.expire_all()
+
+    def expire_delta_tokens(self, user: str | None = None) -> None:
+        """Kill every delta and skip token (of one mailbox, by UPN or id, or of all): their
+        next use answers 410 with ``faults.delta_expired_code``."""
+        self.delta.expire(None if user is None else self.mailbox(user).user_id)
 
     # -- dispatch
 
@@ -281,6 +305,7 @@ class GraphSimulator:
         admin = bool(segments) and segments[0] == "_sim"
         token = len(segments) >= 2 and segments[-1].lower() == "token"
         data = bool(segments) and segments[0].lower() == "v1.0"
+        kind = request_kind(segments[3:], request.query) if data else None
         try:
             response = self._route(request, segments)
         except GraphFailure as failure:
@@ -294,7 +319,7 @@ class GraphSimulator:
             "client-request-id", request.headers.get("client-request-id", request_id)
         )
         if not admin:
-            self.stats.record(response.status, token=token, data=data)
+            self.stats.record(response.status, token=token, data=data, kind=kind)
         return response
 
     def _route(self, request: Request, segments: list[str]) -> Response:
@@ -322,9 +347,9 @@ class GraphSimulator:
         self._inject_failures()
         with self._in_flight.slot(mailbox.user_id, self.faults):
             response = self._mail.route(request, mailbox, segments[2:])
-        prefer = request.headers.get("prefer", "")
-        if 'idtype="immutableid"' in prefer.lower().replace(" ", ""):
-            response.headers["Preference-Applied"] = 'IdType="ImmutableId"'
+        if prefers_immutable_ids(request.headers.get("prefer")):
+            applied = [response.headers.get("Preference-Applied"), 'IdType="ImmutableId"']
+            response.headers["Preference-Applied"] = ", ".join(a for a in applied if a)
         return response
 
     def _authenticate(self, request: Request) -> None:
@@ -369,14 +394,16 @@ def serve_forever(
     *,
     client_id: str = DEFAULT_CLIENT_ID,
     client_secret: str = DEFAULT_CLIENT_SECRET,
+    folders: str | None = None,
 ) -> None:
-    """Run a simulator in the foreground (``mailsync simulator``) until interrupted.
+    """Run a simulator in the foreground (``mailsync simulator``) until interrupted;
+    ``folders="default"`` gives each mailbox the default folder tree.
 
     Prints the base URL alone on the first stdout line, so a parent process can read it.
     """
     simulator = GraphSimulator(host, port, client_id=client_id, client_secret=client_secret)
     for user, count in (mailboxes or {}).items():
-        simulator.add_mailbox(user, count, seed)
+        simulator.add_mailbox(user, count, seed, folders=folders)
     server = simulator.bind()
     print(simulator.url, flush=True)
     try:

@@ -568,6 +568,8 @@ def test_serve_forever_runs_as_a_separate_process(http: httpx.Client) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_each_message_is_rendered_once_per_shape(
