@@ -22,6 +22,8 @@ Modules, each owning one thing:
 - ``identity``: the token and openid endpoints msal talks to
 - ``mail``: the Graph mail resources under ``/v1.0/users/{user}``
 - ``delta``: ``…/mailFolders/{id}/messages/delta``
+- ``directory``: ``GET /v1.0/users``: users, shared mailboxes, users without a mailbox
+- ``limits``: Graph's per-mailbox limits (4 in flight, a request budget), enforced and counted
 - ``admin``: the ``/_sim`` control API
 - ``wire``: requests, responses, Graph's error shape
 - ``server``: the HTTP server and ``GraphSimulator``

@@ -3,7 +3,7 @@
 It steers a simulator in another process (``mailsync simulator``, the bench) as the
 in-process attributes steer one in a test. Admin requests are never counted in the stats.
 
-- ``GET /_sim/stats``, ``POST /_sim/stats/reset``
+- ``GET /_sim/stats``, ``POST /_sim/stats/reset``; ``GET /_sim/limits``: per-mailbox usage
 - ``GET /_sim/faults``, ``POST /_sim/faults`` (an object of ``Faults`` fields),
   ``POST /_sim/faults/reset``
 - ``POST /_sim/tokens/expire``: every access token
@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 
 from mailsync.simulator.faults import Faults
 from mailsync.simulator.folders import FolderSpec
+from mailsync.simulator.limits import MailboxLimits
 from mailsync.simulator.mutations import apply, parse_mutations
 from mailsync.simulator.stats import Stats
 from mailsync.simulator.store import Mailbox
@@ -36,6 +37,7 @@ class Controls(Protocol):
 
     faults: Faults
     stats: Stats
+    limits: MailboxLimits
 
     def add_mailbox(
         self,
@@ -64,6 +66,8 @@ class AdminApi:
         """``segments`` are the path after ``/_sim``."""
         controls = self._controls
         method = request.method
+        if method == "GET" and segments == ["limits"]:  # per-mailbox usage (simulator.limits)
+            return json_response(200, controls.limits.as_dict())
         if method == "GET" and segments == ["stats"]:
             return json_response(200, controls.stats.as_dict())
         if method == "POST" and segments == ["stats", "reset"]:

@@ -96,6 +96,9 @@ class Faults:
     add_per_mutation: int = 0
     delete_per_mutation: int = 0
     max_concurrent_per_mailbox: int = 4  # 0 = unlimited
+    # Graph's request budget per mailbox (mailsync.simulator.limits); 0 = unlimited.
+    mailbox_budget_requests: int = 10_000
+    mailbox_budget_window_s: float = 600.0
     delta_quota_exceeded: bool = False
     delta_expired_code: str = SYNC_STATE_CODES[0]
     malformed_delta_page_at: int | None = None

@@ -1,8 +1,9 @@
 """The HTTP server on loopback and ``GraphSimulator``, which owns everything it serves.
 
-A request is routed to the identity platform, the Graph mail API (after the bearer token,
-the user, injected failures and the per-mailbox concurrency limit) or the admin API. A bug
-in a handler becomes a logged 500, never a dropped connection.
+A request is routed to the identity platform, the directory (``GET /v1.0/users``), the
+Graph mail API (after the bearer token, the user, injected failures and the per-mailbox
+limits of ``limits``) or the admin API. A bug in a handler becomes a logged 500, never a
+dropped connection.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import sys
 import threading
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from mailsync.simulator.admin import AdminApi
 from mailsync.simulator.delta import DeltaApi
+from mailsync.simulator.directory import Directory
 from mailsync.simulator.faults import Faults
 from mailsync.simulator.folders import DEFAULT_TREE, FolderSpec
 from mailsync.simulator.generator import DEFAULT_START
@@ -31,6 +32,7 @@ from mailsync.simulator.identity import (
     IdentityPlatform,
     TokenStore,
 )
+from mailsync.simulator.limits import MailboxLimits
 from mailsync.simulator.mail import MailApi
 from mailsync.simulator.odata import prefers_immutable_ids
 from mailsync.simulator.stats import Stats, request_kind
@@ -123,33 +125,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class InFlight:
-    """Requests in progress per mailbox, for Graph's MailboxConcurrency limit."""
-
-    def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def slot(self, mailbox_id: str, faults: Faults) -> Iterator[None]:
-        """Hold one of the mailbox's concurrent-request slots; over the limit is a 429."""
-        limit = faults.max_concurrent_per_mailbox
-        with self._lock:
-            running = self._counts[mailbox_id] = self._counts.get(mailbox_id, 0) + 1
-        try:
-            if limit > 0 and running > limit:
-                raise GraphFailure(
-                    429,
-                    "ApplicationThrottled",
-                    "Application is over its MailboxConcurrency limit.",
-                    {"Retry-After": format_seconds(faults.retry_after_s)},
-                )
-            yield
-        finally:
-            with self._lock:
-                self._counts[mailbox_id] -= 1
-
-
 class GraphSimulator:
     """The simulator; ``with GraphSimulator() as sim:`` starts it on a free loopback port."""
 
@@ -178,7 +153,8 @@ class GraphSimulator:
         self.delta = DeltaApi(self.faults, self.stats)
         self._mail = MailApi(self.faults, self.stats, self.tokens, self.delta)
         self._admin = AdminApi(self)
-        self._in_flight = InFlight()
+        self.limits = MailboxLimits()  # Graph's per-mailbox limits, counted
+        self.directory = Directory()  # GET /v1.0/users: users, shared mailboxes
         self._mailboxes: dict[str, Mailbox] = {}  # by lower-cased UPN and by user id
         self._mailboxes_lock = threading.Lock()
         self._server: _Server | None = None
@@ -337,15 +313,15 @@ class GraphSimulator:
 
     def _graph(self, request: Request, segments: list[str]) -> Response:
         self._authenticate(request)
+        if [s.lower() for s in segments] == ["users"]:
+            return self.directory.route(request, self.mailboxes())
         if len(segments) < 2 or segments[0].lower() != "users":
             raise segment_not_found(segments)
         mailbox = self._mailboxes.get(segments[1].lower())
         if mailbox is None:
-            raise GraphFailure(
-                404, "ErrorInvalidUser", f"The requested user '{segments[1]}' is invalid."
-            )
+            raise self.directory.without_mailbox(segments[1])
         self._inject_failures()
-        with self._in_flight.slot(mailbox.user_id, self.faults):
+        with self.limits.slot(mailbox.user, self.faults):
             response = self._mail.route(request, mailbox, segments[2:])
         if prefers_immutable_ids(request.headers.get("prefer")):
             applied = [response.headers.get("Preference-Applied"), 'IdType="ImmutableId"']
