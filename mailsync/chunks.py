@@ -13,12 +13,14 @@ from the newest checkpoint. The next page is fetched while the current one is wr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsync import shutdown
 from mailsync.backoff import retry_delay
 from mailsync.config import Settings
 from mailsync.db import Database, Row, Session
@@ -27,6 +29,7 @@ from mailsync.errors import (
     ChunkBusyError,
     InvalidInputError,
     LeaseLostError,
+    MailsyncError,
     category_of,
     is_retryable,
 )
@@ -34,6 +37,8 @@ from mailsync.graph import Cursor, EmailRecord, GraphClient, Page
 from mailsync.heartbeat import Heartbeat
 from mailsync.ingest import write_messages
 from mailsync.jobs import graph_time
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def claim_chunk(
     chunk_index: int,
     worker: Worker,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = shutdown.wait,
 ) -> tuple[Row, Position | None]:
     """Claim chunk ``chunk_index`` of the job: the chunk and the job's position; the
     position is None when the chunk had already finished (completed or failed).
@@ -140,6 +145,7 @@ def claim_chunk(
                 f"(held by {row['worker_id'] or 'nobody'})"
             )
         sleep(wait_s + 0.01)  # not_due, or busy with a lease about to expire
+        shutdown.check()
 
 
 @dataclass
@@ -215,6 +221,9 @@ class Attempt:
             raise  # the chunk is someone else's now: nothing of ours may be written
         except Exception as exc:
             raise self._record_failure(exc) from exc
+        except BaseException as stop:  # Ctrl-C, SIGTERM (a worker, a cancelled run)
+            self._release(stop)
+            raise
         return ChunkOutcome(
             chunk_index=self.index,
             status="completed",
@@ -229,6 +238,7 @@ class Attempt:
         raise NotImplementedError
 
     def _check_lease(self) -> None:
+        shutdown.check()  # a stop asked for: give the chunk back (run's BaseException path)
         if self.heartbeat is not None and self.heartbeat.lost.is_set():
             raise LeaseLostError(f"chunk {self.index}: lease lost to recovery")
 
@@ -318,6 +328,18 @@ class Attempt:
             category=category_of(exc),
             will_retry=status == "retrying",
         )
+
+    def _release(self, stop: BaseException) -> None:
+        """Give the chunk back at once, its attempt not counted: told to stop is not a
+        failure, and the next claim should not wait for the lease to expire."""
+        reason = f"stopped by {type(stop).__name__}: {stop}".rstrip(": ")
+        try:
+            self.db.one(
+                "release_chunk_job", self.job["business_id"], **self.fence, reason=reason,
+                api_calls=self._api_calls(), processing_time_ms=self._elapsed_ms(),
+            )  # fmt: skip
+        except MailsyncError as exc:  # the lease expires, and recovery takes it back
+            logger.warning("chunk %s: could not release it (%s)", self.index, exc)
 
     def _api_calls(self) -> int:
         return self.graph.api_calls - self.calls_before

@@ -289,3 +289,8 @@ SELECT e.business_id, e.store_id, %(job_id)s, e.parent_folder_id, e.graph_id
   JOIN mail_folders AS f ON f.store_id = e.store_id AND f.graph_id = e.parent_folder_id
  WHERE e.store_id = %(store_id)s AND e.deleted_at IS NULL AND f.deleted_at IS NOT NULL
 ON CONFLICT DO NOTHING;
+
+-- name: release_chunk_job
+-- Fenced release of a chunk whose worker was told to stop: pending, attempt not counted.
+SELECT release_chunk_job(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(reason)s,
+                         %(api_calls)s, %(processing_time_ms)s) AS released;

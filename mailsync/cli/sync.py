@@ -17,8 +17,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mailsync import validate
-from mailsync.cli.common import JsonOpt, configure_runtime, console, out, upgrade_database
+from mailsync import shutdown, validate
+from mailsync.cli.common import (
+    JsonOpt,
+    configure_runtime,
+    console,
+    out,
+    prepare_flow_run,
+    upgrade_database,
+)
 from mailsync.db import redact_url
 from mailsync.jobs import (
     SyncRequest,
@@ -29,7 +36,7 @@ from mailsync.jobs import (
     open_job,
     start_job,
 )
-from mailsync.runtime import Runtime, graph_credentials
+from mailsync.runtime import Runtime
 
 Summary = dict[str, Any]
 
@@ -55,7 +62,7 @@ def demo(
             MAILSYNC_CLIENT_SECRET=simulator.client_secret,
         )
         runtime = configure_runtime(graph_url=simulator.url, page_size=page_size)
-        upgrade_database(runtime)
+        prepare_flow_run(runtime, graph=True)
         request = SyncRequest.checked(
             business_id=default_business_id("contoso-demo"),
             mailbox=mailbox,
@@ -104,8 +111,7 @@ def sync(
         chunk_size=settings.chunk_size,
         page_size=settings.page_size,
     )
-    graph_credentials(settings)  # a missing secret fails here, before anything is written
-    upgrade_database(runtime)
+    prepare_flow_run(runtime, graph=True)
     _sync_and_report(runtime, request, as_json)
 
 
@@ -115,10 +121,11 @@ def resume(
     as_json: JsonOpt = False,
 ) -> None:
     """Continue an unfinished job from its last checkpoint."""
+    job_uuid = validate.job_id(job_id)  # a bad id fails before anything is reached
     runtime = configure_runtime(graph_url=graph_url)
-    upgrade_database(runtime)
+    prepare_flow_run(runtime, graph=True)
     started = time.perf_counter()
-    job = start_job(runtime.db, load_job(runtime.db, job_id))
+    job = start_job(runtime.db, load_job(runtime.db, job_uuid))
     summary = run_sync(runtime, str(job["id"]), quiet=as_json)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     summary["database_url"] = redact_url(runtime.db.url)
@@ -170,7 +177,10 @@ def _with_progress(
         TextColumn("{task.fields[emails]} messages"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+    with (
+        shutdown.stop_on_signals(),  # the flow's thread gives its chunk back, then ends
+        Progress(*columns, console=console, disable=quiet, transient=False) as progress,
+    ):
         bar = progress.add_task("sync", total=None, emails=0)
         while worker.is_alive():
             worker.join(0.25)

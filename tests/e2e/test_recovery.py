@@ -186,3 +186,48 @@ def test_a_sync_killed_in_a_delta_round_resumes_from_its_last_page(
     resumed_pages = total - served_before_resume
     assert resumed_pages <= total - committed["pages"] + 1
     assert resumed_pages < total - 2
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stopped_sync_releases_its_chunk_at_once_and_resumes_exactly(
+    runtime: Any, simulator: Any, database_url: str, processes: Processes, stop: signal.Signals
+) -> None:
+    """SIGTERM (a worker stopping, a flow run cancelled through its worker) or Ctrl-C: the
+    chunk is claimable again at once, its attempt not counted; the job resumes from the last
+    committed page and ends exact."""
+    from mailsync.flows.sync_mailbox import sync_mailbox
+
+    box = simulator.add_mailbox(MAILBOX, 1500, seed=43)
+    simulator.faults.latency_ms = 120
+    sync = processes.start(
+        "sync",
+        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--folder", "inbox",
+         "--graph-url", simulator.url, "--chunk-size", "500", "--page-size", "50", "--json"],
+        child_env(),
+    )  # fmt: skip
+    victim = wait_for("a chunk in processing with some progress",
+                      lambda: _processing_with_progress(database_url), timeout_s=60, every_s=0.02)  # fmt: skip
+    sync.send_signal(stop)
+    stopped_at = time.monotonic()
+
+    def released() -> dict[str, Any] | None:
+        row = query(database_url, "SELECT status, attempts, error_category, worker_id"
+                    " FROM chunked_sync_jobs WHERE id = %s", victim["id"])[0]  # fmt: skip
+        return row if row["status"] == "pending" else None
+
+    row = wait_for("the chunk to be released", released, timeout_s=30, every_s=0.01)
+    release_s = time.monotonic() - stopped_at
+    print(f"\n{stop.name} -> chunk {victim['chunk_index']} claimable again: {release_s:.3f} s")
+    sync.wait(30)
+    assert sync.returncode != 0
+    assert (row["attempts"], row["error_category"], row["worker_id"]) == (0, "cancelled", None)
+    assert release_s < 5  # not the stuck threshold (30 s by default)
+
+    simulator.faults.latency_ms = 0
+    resumed = sync_mailbox(job_id=str(victim["parent_sync_job_id"]), graph_url=simulator.url)
+    assert resumed["status"] == "completed"
+    ids = [r["graph_id"] for r in query(database_url, "SELECT graph_id FROM emails")]
+    assert len(ids) == len(set(ids)) == 1500 and set(ids) == box.ids()
+    attempts = query(database_url, "SELECT attempts FROM chunked_sync_jobs WHERE id = %s",
+                     victim["id"])[0]["attempts"]  # fmt: skip
+    assert attempts == 1  # the stopped attempt did not count
