@@ -19,6 +19,7 @@ from mailsync.config import GRAPH_URL, Settings, load_settings
 from mailsync.db import Database
 from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.graph import GraphClient
+from mailsync.limits import graph_transport
 from mailsync.pgembed import embedded_database_url
 
 SECRET_BLOCK = "mailsync-client-secret"
@@ -63,6 +64,8 @@ class Runtime:
     settings: Settings
     _db: Database | None = None
     _http: dict[str, httpx.Client] = field(default_factory=dict)
+    # Per Graph URL: its token provider and the HTTP client msal's requests go through.
+    _tokens: dict[str, tuple[TokenProvider, httpx.Client]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -89,12 +92,18 @@ class Runtime:
             )
         return url
 
+    def check_graph_access(self, graph_url: str | None = None) -> None:
+        """Get a token for the Graph host now: wrong credentials or an unreachable token
+        endpoint fail here, before anything is written. msal keeps the token for the sync."""
+        self._token_provider(self.graph_url(graph_url)).acquire()
+
     def graph(self, graph_url: str | None = None) -> GraphClient:
         """A Graph client (its own request counter) over the shared HTTP client for the URL."""
         url = self.graph_url(graph_url)
+        provider = self._token_provider(url)
         with self._lock:
             if url not in self._http:
-                self._http[url] = self._http_client(url)
+                self._http[url] = self._http_client(url, provider)
         s = self.settings
         return GraphClient(
             self._http[url],
@@ -104,23 +113,32 @@ class Runtime:
             backoff_max_s=s.http_backoff_max_s,
         )
 
-    def _http_client(self, graph_url: str) -> httpx.Client:
-        tenant_id, client_id, secret = graph_credentials(self.settings)
-        timeout = httpx.Timeout(self.settings.http_timeout_s, connect=10.0)
-        # --graph-url aims msal's token requests at the same host (a simulator, a proxy).
-        target = None if graph_url == GRAPH_URL else graph_url
-        token_http = httpx.Client(timeout=timeout)
-        provider = TokenProvider(
-            tenant_id,
-            client_id,
-            secret,
-            authority_host=self.settings.authority_host,
-            http_client=RoutedHttpClient(token_http, self.settings.authority_host, target),
-        )
+    def _token_provider(self, graph_url: str) -> TokenProvider:
+        with self._lock:
+            if graph_url not in self._tokens:
+                tenant_id, client_id, secret = graph_credentials(self.settings)
+                # --graph-url aims msal's token requests at the same host (a simulator, a proxy).
+                target = None if graph_url == GRAPH_URL else graph_url
+                token_http = httpx.Client(timeout=self._timeout())
+                provider = TokenProvider(
+                    tenant_id,
+                    client_id,
+                    secret,
+                    authority_host=self.settings.authority_host,
+                    http_client=RoutedHttpClient(token_http, self.settings.authority_host, target),
+                )
+                self._tokens[graph_url] = (provider, token_http)
+            return self._tokens[graph_url][0]
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.settings.http_timeout_s, connect=10.0)
+
+    def _http_client(self, graph_url: str, provider: TokenProvider) -> httpx.Client:
         return httpx.Client(
             auth=GraphAuth(provider, origin=graph_url),  # the token goes to this host only
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=4),  # Outlook allows 4 concurrent per mailbox
+            timeout=self._timeout(),
+            # Every request inside a slot of Graph's limits, shared by all workers.
+            transport=graph_transport(self.settings, lambda: self.db),
         )
 
     def close(self) -> None:
@@ -128,6 +146,9 @@ class Runtime:
             for client in self._http.values():
                 client.close()
             self._http.clear()
+            for _, token_http in self._tokens.values():
+                token_http.close()
+            self._tokens.clear()
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -1,12 +1,14 @@
 """The `mailsync` command: one typer app; its commands live one module per group.
 
-    common     what every command shares: the consoles, failing, the runtime
+    common     what every command shares: the consoles, errors in one line, the runtime
+    startup    the checks before a command writes: directories, Prefect, database, Graph
     sync       demo, sync, resume, status: a job's flow, run in this process
     db         db upgrade, db url, db stop
     cleanup    cleanup: the cleanup flow, run in this process
     report     report (its output: report_output)
     bench      bench, and the sync it measures (bench-child, hidden)
     simulator  simulator
+    mailbox    mailbox add|list|remove|pause|resume|discover, sync-all: many mailboxes
 
 Flows run in-process, against PREFECT_API_URL when set, else Prefect's ephemeral server.
 Library modules never import this package, and the command modules import only ``common``
@@ -27,18 +29,33 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import sys
+import warnings
+from contextlib import suppress
+from typing import Annotated
 
 import typer
 
-from mailsync.cli import bench, cleanup, db, report, simulator, sync
-from mailsync.cli.common import console
-from mailsync.errors import MailsyncError
+from mailsync.cli import bench, cleanup, db, mailbox, report, simulator, sync
+from mailsync.cli.common import options, report_error
+from mailsync.cli.startup import make_directory, prefect_home
+from mailsync.errors import ConfigError
 
 app = typer.Typer(
     help="Copy Microsoft 365 mailboxes through Microsoft Graph into Postgres, in chunks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def global_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show its traceback as well.")
+    ] = False,
+) -> None:
+    options.debug = debug
+
+
 app.command()(sync.demo)
 app.command()(sync.sync)
 app.command()(sync.resume)
@@ -49,18 +66,25 @@ app.command()(cleanup.cleanup)
 app.command()(bench.bench)
 app.command("bench-child", hidden=True)(bench.bench_child)
 app.add_typer(db.app, name="db")
+app.add_typer(mailbox.app, name="mailbox")
+app.command("sync-all")(mailbox.sync_all)
 
 
 def main() -> None:
+    # Prefect makes its home when imported, but not the home's parents. Make them here; a
+    # home that cannot be made is reported by the commands that run flows (startup).
+    with suppress(ConfigError):
+        make_directory(prefect_home(), "PREFECT_HOME")
     # Prefect leaves ~150,000 long-lived objects from its imports; the garbage collector
     # rescanned them all through a sync (~13% of its CPU). Freeze what exists by now.
     import gc
 
-    import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
+        import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
 
     gc.freeze()
     try:
         app()
-    except MailsyncError as exc:
-        console.print(f"[bold red]error ({exc.category}):[/] {exc}")
-        sys.exit(2)
+    except Exception as exc:  # typer has handled usage errors; this is the command's failure
+        sys.exit(report_error(exc))

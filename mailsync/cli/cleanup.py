@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mailsync.cli.common import JsonOpt, configure_runtime, console, fail, out, upgrade_database
+from mailsync.cli.common import JsonOpt, configure_runtime, console, fail, out, prepare_flow_run
 
 StuckAfter = Annotated[
     float | None,
@@ -31,7 +31,7 @@ def cleanup(stuck_after: StuckAfter = None, as_json: JsonOpt = False) -> None:
     if stuck_after is not None and stuck_after <= 0:
         fail(f"--stuck-after must be positive, got {stuck_after:g}")
     runtime = configure_runtime(stuck_after_s=stuck_after)
-    upgrade_database(runtime)
+    prepare_flow_run(runtime, graph=False)  # Graph only if a job is resumed: not required
     result = cleanup_flow(stuck_after_s=runtime.settings.stuck_after_s)
     if "skipped" in result:
         console.print(f"cleanup skipped: {result['skipped']}")

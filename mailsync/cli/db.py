@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mailsync.cli.common import configure_runtime, out
+from mailsync.cli.startup import database_url
 from mailsync.db import redact_url
 from mailsync.migrate import upgrade
 from mailsync.pgembed import stop_embedded
@@ -16,7 +17,7 @@ app = typer.Typer(help="Database schema.", no_args_is_help=True)
 @app.command("upgrade")
 def db_upgrade() -> None:
     """Create or update the schema (safe to run concurrently)."""
-    url = resolve_database_url(configure_runtime().settings)
+    url = database_url(configure_runtime())
     applied = upgrade(url)
     out.print(f"{redact_url(url)}: " + (", ".join(applied) if applied else "up to date"))
 
