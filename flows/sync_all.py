@@ -53,12 +53,12 @@ def sync_all(
     claims = claim_due_mailboxes(business, limit)
     overrides: dict[str, Any] = {"chunk_size": chunk_size, "page_size": page_size}
     if inside_deployment():
-        futures = [start_through_deployment.submit(c, sync_deployment, overrides) for c in claims]
+        outcomes = [start_through_deployment(c, sync_deployment, overrides) for c in claims]
     else:
         overrides["graph_url"] = runtime.settings.graph_url
         futures = [sync_in_process.submit(c, overrides) for c in claims]
-    wait(futures)
-    outcomes = [future.result() for future in futures]
+        wait(futures)
+        outcomes = [future.result() for future in futures]
     rows = _with_registry_state(business, claims, outcomes)
     _publish(rows)
     counts: dict[str, int] = {}

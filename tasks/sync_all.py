@@ -1,4 +1,4 @@
-"""Tasks of sync-all: claim the due mailboxes, then start each one's sync, one task each.
+"""Steps of sync-all: claim the due mailboxes, then start each one's sync.
 
 A claim is one statement (``claim_due_mailboxes``, sql/registry.sql) that also moves each
 mailbox's next_due_at on: it is not retried, since a retry after a claim that committed
@@ -51,12 +51,12 @@ def sync_parameters(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@task(name="start-mailbox-sync", task_run_name="start-{claim[mailbox]}", cache_policy=NO_CACHE)
 def start_through_deployment(
     claim: Claim, deployment: str, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """A flow run of the sync deployment for the mailbox, not waited for (timeout=0): any
-    worker of the pool, on any machine, takes it."""
+    worker of the pool, on any machine, takes it. Called from the flow itself, not from a
+    task: ``run_deployment`` called in a task's thread never returned here."""
     started = datetime.now(UTC)
     try:
         run = cast(

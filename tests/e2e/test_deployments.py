@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 POOL = "mailsync-local"
 DEPLOYMENTS = ("sync-mailbox/hourly", "cleanup/every-6h", "cleanup/recover-stuck",
-               "chunk-report/daily")  # fmt: skip
+               "chunk-report/daily", "sync-all/every-15m")  # fmt: skip
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -43,7 +43,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[dict[str, uuid.UUID]]:
-    """The pool and the four deployments on the session's Prefect server, schedules paused
+    """The pool and the five deployments on the session's Prefect server, schedules paused
     (their runs would compete with the tests' own); {name: deployment id}."""
     prefect = str(BIN_DIR / "prefect")
     run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
@@ -194,7 +194,7 @@ def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Clust
                                  " JOIN stores s ON s.id = c.store_id"
                                  " WHERE s.mailbox = ANY(%s)"
                                  " ORDER BY s.mailbox, c.chunk_index", list(boxes))  # fmt: skip
-    assert len(chunks) == 6 * 3
+    assert len(chunks) == 6 * (3 + 1)  # three full chunks and the delta round, per mailbox
     # Never claimed twice: one attempt each, all of a job's chunks by its one flow run.
     assert all(c["attempts"] == 1 and c["status"] == "completed" for c in chunks)
     for _, job_chunks in itertools.groupby(chunks, key=lambda c: c["mailbox"]):

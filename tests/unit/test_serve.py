@@ -37,6 +37,7 @@ def test_every_deployment_of_prefect_yaml_is_served_under_its_name(
         "chunk-report/daily",
         "cleanup/every-6h",
         "cleanup/recover-stuck",
+        "sync-all/every-15m",
         "sync-mailbox/hourly",
     ]
     assert len(built) == len(specs())
