@@ -207,7 +207,9 @@ class Attempt:
     @property
     def folder_id(self) -> str:
         # Chunks planned before folders existed (0006) name the store's one folder.
-        return str(self.chunk["folder_id"] or self.store["folder"])
+        if self.chunk["folder_id"]:
+            return str(self.chunk["folder_id"])
+        return "inbox" if self.store["folder"] == "all" else str(self.store["folder"])
 
     def run(self) -> ChunkOutcome:
         """Run the attempt to completion; or record why it failed and raise
@@ -365,7 +367,8 @@ class FullAttempt(Attempt):
             return
         # The folder's last chunk runs until the folder is exhausted, whatever the count.
         processed = self.progress.get("emails_processed", 0)
-        remaining = None if self.chunk["last_in_folder"] else self.chunk["chunk_size"] - processed
+        last = self.chunk["last_in_folder"] or self.index == self.chunk["total_chunks"]
+        remaining = None if last else self.chunk["chunk_size"] - processed
         if remaining is not None and remaining <= 0:
             self._commit(done=True)
             return
