@@ -1,8 +1,9 @@
 """Graph's delta query for one mail folder: what changed since a deltaLink.
 
 ``GET /users/{id}/mailFolders/{id}/messages/delta`` takes its options (``$select``,
-``$expand`` of the attachments' metadata) on the first request only; after that, ``@odata.nextLink`` is followed exactly as given until a page
-carries ``@odata.deltaLink``, where the next round starts. The page size is asked with the
+``$expand`` of the attachments' metadata) on the first request only; after that,
+``@odata.nextLink`` is followed exactly as given until a page carries ``@odata.deltaLink``,
+where the next round starts. The page size is asked with the
 ``Prefer: odata.maxpagesize`` header (Graph documents no ``$top`` for delta). Removed items
 come as ``{"id": …, "@removed": {"reason": …}}`` and mean "no longer in this folder": a
 deletion or a move out, which Graph does not tell apart (mailsync.rounds decides).

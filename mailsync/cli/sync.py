@@ -22,14 +22,17 @@ from mailsync.cli.common import (
     JsonOpt,
     configure_runtime,
     console,
+    error_line,
     out,
     prepare_flow_run,
     upgrade_database,
 )
 from mailsync.db import redact_url
+from mailsync.errors import SyncIncompleteError
 from mailsync.jobs import (
     SyncRequest,
     default_business_id,
+    incomplete_message,
     job_business,
     job_summary,
     load_job,
@@ -79,7 +82,15 @@ def demo(
 
 def sync(
     mailbox: Annotated[str, typer.Option(help="UPN or user id of the mailbox.")],
-    folder: Annotated[str, typer.Option(help="Folder: inbox, sentitems, … or 'all'.")] = "inbox",
+    folder: Annotated[
+        str,
+        typer.Option(
+            help="'all' (every folder), or one: inbox, sentitems, archive, … or a folder id."
+        ),
+    ] = "all",
+    full: Annotated[
+        bool, typer.Option("--full", help="List every folder in full, even those kept current.")
+    ] = False,
     sync_from: Annotated[
         str | None, typer.Option("--from", help="Only mail received on or after (ISO date).")
     ] = None,
@@ -110,6 +121,7 @@ def sync(
         sync_to=sync_to,
         chunk_size=settings.chunk_size,
         page_size=settings.page_size,
+        full=full,
     )
     prepare_flow_run(runtime, graph=True)
     _sync_and_report(runtime, request, as_json)
@@ -164,6 +176,8 @@ def _with_progress(
     def target() -> None:
         try:
             result.update(run())
+        except SyncIncompleteError as incomplete:  # the summary is shown, then exit != 0
+            result.update(incomplete.summary)
         except BaseException as exc:
             error.append(exc)
 
@@ -200,14 +214,38 @@ def _with_progress(
 
 
 def print_summary(summary: Summary, as_json: bool) -> None:
+    """The job's summary (a table, and one per folder; or one JSON line); a job that did
+    not complete then ends the command with exit code 1, after saying why in one line."""
     if as_json:
         out.print(json.dumps(summary, default=str), soft_wrap=True, highlight=False)
+    else:
+        table = Table(title=f"sync job {summary.get('job_id')}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")  # a URL must stay whole enough to copy
+        for key, value in summary.items():
+            if key != "folders":
+                table.add_row(key, "" if value is None else str(value))
+        out.print(table)
+        _print_folders(summary.get("folders") or [])
+    if summary.get("status") in ("partial_failure", "failed") or (
+        summary.get("status") in ("pending", "running") and summary.get("chunks_pending")
+    ):
+        error_line("incomplete", incomplete_message(summary))
+        raise typer.Exit(1)
+
+
+def _print_folders(folders: list[dict[str, Any]]) -> None:
+    if not folders:
         return
-    table = Table(title=f"sync job {summary.get('job_id')}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")  # a URL must stay whole enough to copy
-    for key, value in summary.items():
-        table.add_row(key, "" if value is None else str(value))
+    columns = ("folder", "sync_type", "emails_added", "emails_updated", "emails_deleted",
+               "delta_resets", "fallback", "failed_chunks", "api_calls")  # fmt: skip
+    table = Table(title="per folder")
+    for column in columns:
+        table.add_column(
+            column.replace("emails_", ""), justify="left" if column == "folder" else "right"
+        )
+    for folder in folders:
+        table.add_row(*(str(folder.get(column, "")) for column in columns))
     out.print(table)
 
 

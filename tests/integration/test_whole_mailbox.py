@@ -221,3 +221,34 @@ def test_a_malformed_delta_page_fails_that_folder_only(
     chunk = rows(database_url, "SELECT error_category FROM chunked_sync_jobs"
                                " WHERE status = 'failed'")  # fmt: skip
     assert [c["error_category"] for c in chunk] == ["bad_data"]
+
+
+def test_the_cli_syncs_every_folder_shows_them_and_exits_non_zero_when_incomplete(
+    runtime: Any, simulator: Any, box: Any, database_url: str
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mailsync.cli import app
+
+    runner = CliRunner()
+    first = runner.invoke(app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url])
+    assert first.exit_code == 0, first.output
+    assert "per folder" in first.stdout and "Inbox" in first.stdout
+    assert live(database_url) == in_mailbox(box)
+
+    box.add_messages(20, "inbox")
+    simulator.faults.malformed_delta_page_at = 1
+    broken = runner.invoke(app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url,
+                                 "--json"])  # fmt: skip
+    assert broken.exit_code == 1, broken.output
+    summary = json.loads(broken.stdout.strip().splitlines()[-1])  # still printed, as JSON
+    assert summary["status"] == "partial_failure" and summary["sync_type"] == "incremental"
+    assert "ended partial_failure" in broken.output
+
+    again = runner.invoke(app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url,
+                                "--full", "--json"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["sync_type"] == "full"
+    assert live(database_url) == in_mailbox(box)
