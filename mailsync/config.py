@@ -34,7 +34,7 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     raw = _env(name)
     if raw is None:
         return default
@@ -44,7 +44,7 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     raw = _env(name)
     if raw is None:
         return default
@@ -122,22 +122,22 @@ def load_settings() -> Settings:
         tenant_id=_env("MAILSYNC_TENANT_ID"),
         client_id=_env("MAILSYNC_CLIENT_ID"),
         client_secret=_env("MAILSYNC_CLIENT_SECRET"),
-        chunk_size=_env_int("MAILSYNC_CHUNK_SIZE", DEFAULT_CHUNK_SIZE),
-        page_size=_env_int("MAILSYNC_PAGE_SIZE", DEFAULT_PAGE_SIZE),
-        max_attempts=_env_int("MAILSYNC_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
-        heartbeat_s=_env_float("MAILSYNC_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),
-        stuck_after_s=_env_float("MAILSYNC_STUCK_AFTER_S", DEFAULT_STUCK_AFTER_S),
-        retry_base_s=_env_float("MAILSYNC_RETRY_BASE_S", 2.0),
-        retry_max_s=_env_float("MAILSYNC_RETRY_MAX_S", 120.0),
-        http_max_retries=_env_int("MAILSYNC_HTTP_MAX_RETRIES", 6),
-        http_backoff_base_s=_env_float("MAILSYNC_HTTP_BACKOFF_BASE_S", 0.5),
-        http_backoff_max_s=_env_float("MAILSYNC_HTTP_BACKOFF_MAX_S", 30.0),
-        http_timeout_s=_env_float("MAILSYNC_HTTP_TIMEOUT_S", 60.0),
+        chunk_size=env_int("MAILSYNC_CHUNK_SIZE", DEFAULT_CHUNK_SIZE),
+        page_size=env_int("MAILSYNC_PAGE_SIZE", DEFAULT_PAGE_SIZE),
+        max_attempts=env_int("MAILSYNC_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
+        heartbeat_s=env_float("MAILSYNC_HEARTBEAT_S", DEFAULT_HEARTBEAT_S),
+        stuck_after_s=env_float("MAILSYNC_STUCK_AFTER_S", DEFAULT_STUCK_AFTER_S),
+        retry_base_s=env_float("MAILSYNC_RETRY_BASE_S", 2.0),
+        retry_max_s=env_float("MAILSYNC_RETRY_MAX_S", 120.0),
+        http_max_retries=env_int("MAILSYNC_HTTP_MAX_RETRIES", 6),
+        http_backoff_base_s=env_float("MAILSYNC_HTTP_BACKOFF_BASE_S", 0.5),
+        http_backoff_max_s=env_float("MAILSYNC_HTTP_BACKOFF_MAX_S", 30.0),
+        http_timeout_s=env_float("MAILSYNC_HTTP_TIMEOUT_S", 60.0),
         graph_limits=_env_flag("MAILSYNC_GRAPH_LIMITS", True),
-        graph_mailbox_concurrency=_env_int("MAILSYNC_GRAPH_MAILBOX_CONCURRENCY", 4),
-        graph_mailbox_requests=_env_int("MAILSYNC_GRAPH_MAILBOX_REQUESTS", 10_000),
-        graph_mailbox_window_s=_env_float("MAILSYNC_GRAPH_MAILBOX_WINDOW_S", 600.0),
-        graph_app_concurrency=_env_int("MAILSYNC_GRAPH_APP_CONCURRENCY", 256),
-        graph_app_requests=_env_int("MAILSYNC_GRAPH_APP_REQUESTS", 130_000),
-        graph_app_window_s=_env_float("MAILSYNC_GRAPH_APP_WINDOW_S", 10.0),
+        graph_mailbox_concurrency=env_int("MAILSYNC_GRAPH_MAILBOX_CONCURRENCY", 4),
+        graph_mailbox_requests=env_int("MAILSYNC_GRAPH_MAILBOX_REQUESTS", 10_000),
+        graph_mailbox_window_s=env_float("MAILSYNC_GRAPH_MAILBOX_WINDOW_S", 600.0),
+        graph_app_concurrency=env_int("MAILSYNC_GRAPH_APP_CONCURRENCY", 256),
+        graph_app_requests=env_int("MAILSYNC_GRAPH_APP_REQUESTS", 130_000),
+        graph_app_window_s=env_float("MAILSYNC_GRAPH_APP_WINDOW_S", 10.0),
     )

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync.config import _env_float, _env_int
+from mailsync.config import env_float, env_int
 from mailsync.db import Database
 from mailsync.runtime import get_runtime
 from mailsync.tasks.retry import MAINTENANCE_RETRIES
@@ -39,13 +39,13 @@ class RetentionPolicy:
         """The defaults, overridden by MAILSYNC_RETAIN_* / MAILSYNC_CLEANUP_BATCH_SIZE."""
         d = cls()
         return cls(
-            completed_jobs_days=_env_float("MAILSYNC_RETAIN_COMPLETED_DAYS", d.completed_jobs_days),
-            failed_jobs_days=_env_float("MAILSYNC_RETAIN_FAILED_DAYS", d.failed_jobs_days),
-            checkpoint_grace_hours=_env_float(
+            completed_jobs_days=env_float("MAILSYNC_RETAIN_COMPLETED_DAYS", d.completed_jobs_days),
+            failed_jobs_days=env_float("MAILSYNC_RETAIN_FAILED_DAYS", d.failed_jobs_days),
+            checkpoint_grace_hours=env_float(
                 "MAILSYNC_RETAIN_CHECKPOINTS_HOURS", d.checkpoint_grace_hours),
-            orphan_attachments_hours=_env_float(
+            orphan_attachments_hours=env_float(
                 "MAILSYNC_RETAIN_ORPHAN_ATTACHMENTS_HOURS", d.orphan_attachments_hours),
-            batch_size=_env_int("MAILSYNC_CLEANUP_BATCH_SIZE", d.batch_size),
+            batch_size=env_int("MAILSYNC_CLEANUP_BATCH_SIZE", d.batch_size),
         )  # fmt: skip
 
     def with_overrides(self, **changes: float | int | None) -> RetentionPolicy:
