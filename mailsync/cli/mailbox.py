@@ -14,10 +14,19 @@ import typer
 from rich.table import Table
 
 from mailsync import validate
-from mailsync.cli.common import JsonOpt, configure_runtime, console, out, upgrade_database
+from mailsync.cli.common import (
+    JsonOpt,
+    configure_runtime,
+    console,
+    out,
+    prepare_flow_run,
+    upgrade_database,
+)
+from mailsync.errors import ConflictError, InvalidInputError
 from mailsync.jobs import default_business_id
 from mailsync.registry import (
     DEFAULT_INTERVAL_MINUTES,
+    MAX_INTERVAL_MINUTES,
     Registration,
     add_mailbox,
     describe,
@@ -165,8 +174,7 @@ def sync_all(
 
     runtime = configure_runtime(graph_url=graph_url, page_size=page_size, chunk_size=chunk_size)
     _, business_id = _business(business, runtime)
-    graph_credentials(runtime.settings)  # a missing secret fails before anything is claimed
-    upgrade_database(runtime)
+    prepare_flow_run(runtime, graph=True)  # Prefect, Graph, the database: before any claim
     # N threads: N mailboxes at a time (Prefect's own annotation is invariant in the future
     # type, hence the cast).
     runner = cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=parallel))
@@ -182,3 +190,76 @@ def sync_all(
     for row in result["mailboxes"]:
         table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
     out.print(table)
+
+
+@app.command("discover")
+def discover(
+    add: Annotated[bool, typer.Option("--add", help="Register the mailboxes found.")] = False,
+    business: BusinessOpt = None,
+    schedule_minutes: Annotated[
+        int, typer.Option(help="With --add: sync each every N minutes.")
+    ] = DEFAULT_INTERVAL_MINUTES,
+    graph_url: Annotated[
+        str | None, typer.Option(help="Another Graph host (e.g. a simulator).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the tenant's mailboxes through Graph (needs User.Read.All); --add registers them."""
+    from mailsync.discovery import discover as discover_mailboxes
+
+    runtime = configure_runtime(graph_url=graph_url)
+    _, business_id = _business(business, runtime)
+    validate.positive(schedule_minutes, "schedule (minutes)", MAX_INTERVAL_MINUTES)
+    graph_credentials(runtime.settings)
+    upgrade_database(runtime)
+    found = discover_mailboxes(runtime.graph())
+    registered = {m["mailbox"].lower() for m in list_mailboxes(runtime.db, business_id)}
+    rows = []
+    for item in found:
+        row = {**item.as_json(), "registered": item.user.upn.lower() in registered, "added": False}
+        if add and item.has_mailbox and not row["registered"]:
+            row["added"] = row["registered"] = _register_found(
+                runtime, business_id, item.user.upn, item.user.user_id, schedule_minutes
+            )
+        rows.append(row)
+    result = {
+        "business_id": business_id,
+        "users": len(rows),
+        "mailboxes": sum(r["has_mailbox"] for r in rows),
+        "added": [r["mailbox"] for r in rows if r["added"]],
+        "found": rows,
+    }
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title=f"{result['mailboxes']} mailboxes among {result['users']} users")
+    columns = (
+        "mailbox",
+        "display_name",
+        "account_enabled",
+        "has_mailbox",
+        "registered",
+        "added",
+        "reason",
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
+    out.print(table)
+
+
+def _register_found(
+    runtime: Runtime, business_id: str, upn: str, user_id: str, schedule_minutes: int
+) -> bool:
+    """Register a discovered mailbox by its UPN (by its id when the UPN is one mailsync does
+    not accept); False when it is registered already (a concurrent add)."""
+    try:
+        name = validate.mailbox(upn)
+    except InvalidInputError:
+        name = user_id
+    try:
+        add_mailbox(runtime.db, Registration.checked(business_id, name, "all", schedule_minutes))
+    except ConflictError:
+        return False
+    return True
