@@ -105,3 +105,12 @@ SELECT s.id AS store_id, s.mailbox, s.last_status, s.last_job_id, s.last_success
   LEFT JOIN sync_queue AS q ON q.id = s.last_job_id
  WHERE s.business_id = %(business_id)s
    AND s.id IN (SELECT jsonb_array_elements_text(%(store_ids)s::jsonb)::uuid);
+
+-- name: bench_jobs
+-- The business's jobs, each with its mailbox and the messages its store holds
+-- (mailsync bench --mailboxes).
+SELECT s.mailbox, q.status, q.started_at, q.completed_at,
+       (SELECT count(*) FROM emails AS e WHERE e.store_id = s.id) AS emails
+  FROM sync_queue AS q
+  JOIN stores AS s ON s.id = q.store_id
+ WHERE q.business_id = %(business_id)s;

@@ -14,10 +14,12 @@ import typer
 from rich.table import Table
 
 from mailsync.bench import BenchConfig, measure_sync, run_bench
+from mailsync.bench_many import ManyConfig, measure_sync_all, run_bench_many
 from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 CHILD = (sys.executable, "-m", "mailsync.cli", "bench-child")
+CHILD_MANY = (sys.executable, "-m", "mailsync.cli", "bench-many-child")
 
 # (key, label, unit): the rows of the table, in the order a reader asks the questions.
 _ROWS = (
@@ -56,9 +58,21 @@ def bench(
     chunk_size: ChunkSize = DEFAULT_CHUNK_SIZE,
     page_size: PageSize = DEFAULT_PAGE_SIZE,
     seed: Seed = 1,
+    mailboxes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Sync this many mailboxes (of --messages each) at once through sync-all, "
+            "against as many fetchers in parallel (mailsync.bench_many).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    if mailboxes is not None:
+        config_many = ManyConfig(mailboxes, messages, latency_ms, chunk_size, page_size, seed)
+        _bench_many(config_many, as_json)
+        return
     config = BenchConfig(messages, latency_ms, chunk_size, page_size, seed)
     if not as_json:
         console.print(
@@ -70,6 +84,31 @@ def bench(
         out.print(json.dumps(result), soft_wrap=True, highlight=False)
     else:
         out.print(result_table(result))
+
+
+def _bench_many(config: ManyConfig, as_json: bool) -> None:
+    if not as_json:
+        console.print(
+            f"bench: {config.mailboxes} mailboxes of {config.messages} messages through "
+            f"sync-all, {config.latency_ms:g} ms per page (this takes a while)"
+        )
+    result = run_bench_many(config, CHILD_MANY)
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+        return
+    table = Table(title=f"mailsync bench: {config.mailboxes} mailboxes through sync-all")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def bench_many_child(spec: Annotated[str, typer.Argument(help="What to sync (JSON).")]) -> None:
+    """The measured sync-all of `mailsync bench --mailboxes`: JSON on the last line."""
+    from mailsync.flows.sync_all import sync_all  # the flow's imports, when it runs
+
+    print(json.dumps(measure_sync_all(json.loads(spec), sync_all), default=str), flush=True)
 
 
 def bench_child(spec: Annotated[str, typer.Argument(help="What to sync (JSON).")]) -> None:
