@@ -40,10 +40,12 @@ STORM = 5  # 429s in a row: at least 10 s of that mailbox's own waiting
 def deployments() -> dict[str, uuid.UUID]:
     """sync-mailbox/hourly and sync-all/every-15m on the pool, sync-all's schedule paused."""
     prefect = str(BIN_DIR / "prefect")
-    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            child_env())  # fmt: skip
-    run_cli([prefect, "--no-prompt", "deploy", "--name", "hourly", "--name", "every-15m"],
-            child_env(), timeout_s=180)  # fmt: skip
+    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], child_env())
+    run_cli(
+        [prefect, "--no-prompt", "deploy", "--name", "hourly", "--name", "every-15m"],
+        child_env(),
+        timeout_s=180,
+    )
     ids = {}
     with get_client(sync_client=True) as client:
         for name in ("sync-mailbox/hourly", "sync-all/every-15m"):
@@ -75,15 +77,31 @@ def tenant(
         simulator.limits.storm(STORMY, 429, STORM, RETRY_AFTER_S)
         simulator.limits.storm(FLAKY, 500, 3)
         env = child_env(
-            MAILSYNC_DATABASE_URL=url, MAILSYNC_GRAPH_URL=simulator.url,
-            MAILSYNC_TENANT_ID="contoso-e2e", MAILSYNC_CLIENT_ID=simulator.client_id,
+            MAILSYNC_DATABASE_URL=url,
+            MAILSYNC_GRAPH_URL=simulator.url,
+            MAILSYNC_TENANT_ID="contoso-e2e",
+            MAILSYNC_CLIENT_ID=simulator.client_id,
             MAILSYNC_CLIENT_SECRET=simulator.client_secret,
-            MAILSYNC_GRAPH_MAILBOX_REQUESTS="120", MAILSYNC_GRAPH_MAILBOX_WINDOW_S="10",
+            MAILSYNC_GRAPH_MAILBOX_REQUESTS="120",
+            MAILSYNC_GRAPH_MAILBOX_WINDOW_S="10",
             PREFECT_WORKER_QUERY_SECONDS="1",
-        )  # fmt: skip
+        )
         for worker in WORKERS:
-            processes.start(worker, [str(BIN_DIR / "prefect"), "worker", "start", "--pool",
-                                     POOL, "--name", worker, "--limit", "4"], env)  # fmt: skip
+            processes.start(
+                worker,
+                [
+                    str(BIN_DIR / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--name",
+                    worker,
+                    "--limit",
+                    "4",
+                ],
+                env,
+            )
         yield url, simulator
 
 
@@ -98,8 +116,9 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
     deployments: dict[str, uuid.UUID], tenant: tuple[str, GraphSimulator], processes: Processes
 ) -> None:
     url, simulator = tenant
-    run_deployment("sync-all/every-15m", timeout=0,
-                   parameters={"business_id": BUSINESS, "page_size": 50})  # fmt: skip
+    run_deployment(
+        "sync-all/every-15m", timeout=0, parameters={"business_id": BUSINESS, "page_size": 50}
+    )
 
     def all_finished() -> list[FlowRun] | None:
         runs = runs_of(deployments["sync-mailbox/hourly"])
@@ -111,25 +130,35 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
     except AssertionError:
         states = [(r.name, r.state) for r in runs_of(deployments["sync-all/every-15m"])]
         logs = "\n".join(processes.log(w)[-3000:] for w in WORKERS)
-        stores = query(url, "SELECT mailbox, next_due_at, last_claimed_at, last_status,"
-                            " last_error FROM stores")  # fmt: skip
+        stores = query(
+            url, "SELECT mailbox, next_due_at, last_claimed_at, last_status, last_error FROM stores"
+        )
         raise AssertionError(f"sync-all runs: {states}\n{stores}\n{logs}") from None
 
     # Exactly once each, all completed, by runs that both workers took.
     assert sorted(r.parameters["mailbox"] for r in finished) == sorted(MAILBOXES)
     assert all(r.state and r.state.is_completed() for r in finished), [
-        (r.parameters["mailbox"], r.state) for r in finished]  # fmt: skip
+        (r.parameters["mailbox"], r.state) for r in finished
+    ]
     assert {r.labels.get("prefect.worker.name") for r in finished} == set(WORKERS)
-    jobs = {j["mailbox"]: j for j in query(
-        url, "SELECT s.mailbox, q.status, q.started_at, q.completed_at, s.last_success_at"
-             "  FROM sync_queue q JOIN stores s ON s.id = q.store_id")}  # fmt: skip
+    jobs = {
+        j["mailbox"]: j
+        for j in query(
+            url,
+            "SELECT s.mailbox, q.status, q.started_at, q.completed_at, s.last_success_at"
+            "  FROM sync_queue q JOIN stores s ON s.id = q.store_id",
+        )
+    }
     assert sorted(jobs) == sorted(MAILBOXES)
     assert {j["status"] for j in jobs.values()} == {"completed"}
     assert all(j["last_success_at"] == j["completed_at"] for j in jobs.values())
     for mailbox in MAILBOXES:
-        stored = query(url, "SELECT count(DISTINCT e.graph_id) AS n FROM emails e"
-                            " JOIN stores s ON s.id = e.store_id WHERE s.mailbox = %s",
-                       mailbox)  # fmt: skip
+        stored = query(
+            url,
+            "SELECT count(DISTINCT e.graph_id) AS n FROM emails e"
+            " JOIN stores s ON s.id = e.store_id WHERE s.mailbox = %s",
+            mailbox,
+        )
         assert stored[0]["n"] == len(simulator.mailbox(mailbox).ids()), mailbox
 
     # Graph's limits, as the simulator counted them: never more than four in flight, never
@@ -143,10 +172,11 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
 
     # The storm paused its own mailbox's limit only (every worker waited Retry-After for it,
     # no one else did), and took its own sync the storm's length; the others took less.
-    paused: Any = query(url, "SELECT key, throttled FROM graph_limits"
-                             " WHERE throttled > 0 OR paused_until IS NOT NULL")  # fmt: skip
+    paused: Any = query(
+        url,
+        "SELECT key, throttled FROM graph_limits WHERE throttled > 0 OR paused_until IS NOT NULL",
+    )
     assert len(paused) == 1 and paused[0]["throttled"] == STORM
     took = {m: (j["completed_at"] - j["started_at"]).total_seconds() for m, j in jobs.items()}
     assert took[STORMY] >= STORM * RETRY_AFTER_S
     assert max(s for m, s in took.items() if m != STORMY) < took[STORMY], took
-
