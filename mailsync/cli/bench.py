@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from mailsync.bench import BenchConfig, measure_sync, run_bench
+from mailsync.bench_incremental import IncrementalConfig, run_bench_incremental
 from mailsync.bench_many import ManyConfig, measure_sync_all, run_bench_many
 from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -66,9 +67,22 @@ def bench(
             "against as many fetchers in parallel (mailsync.bench_many).",
         ),
     ] = None,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Instead: a full sync of a mailbox with folders, then one after --changes "
+            "changes, then one with none: seconds and requests (mailsync.bench_incremental).",
+        ),
+    ] = False,
+    changes: Annotated[int, typer.Option(min=0, help="Changes before the incremental sync.")] = 500,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    if incremental:
+        config_incremental = IncrementalConfig(messages, changes, latency_ms, page_size, seed)
+        _bench_incremental(config_incremental, as_json)
+        return
     if mailboxes is not None:
         config_many = ManyConfig(mailboxes, messages, latency_ms, chunk_size, page_size, seed)
         _bench_many(config_many, as_json)
@@ -84,6 +98,26 @@ def bench(
         out.print(json.dumps(result), soft_wrap=True, highlight=False)
     else:
         out.print(result_table(result))
+
+
+def _bench_incremental(config: IncrementalConfig, as_json: bool) -> None:
+    from mailsync.flows.sync_mailbox import sync_mailbox  # runs the flow in this process
+
+    if not as_json:
+        console.print(
+            f"bench: {config.messages} messages over a folder tree; full sync, then "
+            f"{config.changes} changes, then none ({config.latency_ms:g} ms per page)"
+        )
+    result = run_bench_incremental(config, sync_mailbox)
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+        return
+    table = Table(title="incremental sync")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    out.print(table)
 
 
 def _bench_many(config: ManyConfig, as_json: bool) -> None:

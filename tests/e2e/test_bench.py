@@ -40,3 +40,22 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
     # the folder, the count, the same 4 pages, and the 4 pages of the folder's first delta
     # round (its deltaLink can only come from enumerating the folder: mailsync/rounds.py)
     assert result["api_calls"] == 10
+
+
+def test_bench_incremental_reports_what_keeping_a_mailbox_current_costs(pg_admin_url: str) -> None:
+    env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
+    done = subprocess.run(
+        [str(MAILSYNC), "bench", "--incremental", "--messages", "1200", "--changes", "40",
+         "--json"],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["exact"] is True  # live rows == the mailbox after the incremental syncs
+    assert (result["incremental_added"], result["incremental_deleted"]) == (10, 10)
+    assert result["incremental_updated"] >= 10  # moves and reads (a message may get both)
+    # one round per folder, each change page-sized: no more requests than with no changes
+    assert result["incremental_requests"] == result["no_change_requests"]
+    assert result["no_change_requests"] <= result["folders"] + 6  # + the folder listing
+    assert result["full_requests"] > result["incremental_requests"]
