@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
-from mailsync.tasks.retention import RetentionPolicy, apply_retention
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
@@ -30,6 +28,8 @@ from prefect.runtime import deployment, flow_run
 
 from mailsync.maintenance import cleanup_lock
 from mailsync.runtime import get_runtime
+from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
+from mailsync.tasks.retention import RetentionPolicy, apply_retention
 
 SYNC_DEPLOYMENT = "sync-mailbox/hourly"  # prefect.yaml's sync deployment
 SKIPPED = "another cleanup is running"
