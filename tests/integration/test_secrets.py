@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-import mailsync.flows as flows
 import psycopg
 import pytest
-from mailsync.flows.sync_mailbox import sync_mailbox
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
 
+import mailsync.flows as flows
 from mailsync.errors import AuthError, DatabaseError, InvalidInputError
+from mailsync.flows.sync_mailbox import sync_mailbox
 from mailsync.runtime import SECRET_BLOCK, reset_runtime
 from mailsync.simulator import GraphSimulator
 
