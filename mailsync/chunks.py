@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mailsync import shutdown
 from mailsync.backoff import retry_delay
@@ -39,6 +39,7 @@ from mailsync.ingest import write_messages
 from mailsync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
+P = TypeVar("P")  # a page: of a keyset listing (Page) or of a delta round (DeltaPage)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class AttemptTiming:
     fetch_wait_ms: float = 0.0  # the attempt blocked, waiting for a page
     write_ms: float = 0.0  # page transactions, committed
 
-    def fetch(self, pages: Iterator[Page]) -> Page | None:
+    def fetch(self, pages: Iterator[P]) -> P | None:
         begun = time.perf_counter()
         try:
             return next(pages, None)
@@ -171,6 +172,24 @@ class AttemptTiming:
         times = (self.fetch_ms, self.fetch_wait_ms, self.write_ms, elapsed_ms)
         names = ("fetch_ms", "fetch_wait_ms", "write_ms", "elapsed_ms")
         return {name: round(ms, 1) for name, ms in zip(names, times, strict=True)}
+
+
+def prefetched(pages: Iterator[P], timing: AttemptTiming) -> Iterator[P]:
+    """The pages, the next one requested (in a thread) while the caller writes this one.
+
+    A pager ends after its last page without another request, so nothing is fetched past
+    the end; an error of the request in flight is raised where its page is taken.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
+        upcoming: Future[P | None] = prefetch.submit(timing.fetch, pages)
+        while True:
+            waited = time.perf_counter()
+            page = upcoming.result()
+            timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
+            if page is None:
+                return
+            upcoming = prefetch.submit(timing.fetch, pages)
+            yield page
 
 
 class Attempt:
@@ -377,20 +396,9 @@ class FullAttempt(Attempt):
             since=graph_time(self.job["sync_from"]), until=graph_time(self.job["sync_to"]),
             page_size=self.job["page_size"], limit=remaining,
         )  # fmt: skip
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
-            upcoming: Future[Page | None] = prefetch.submit(self.timing.fetch, pages)
-            while True:
-                waited = time.perf_counter()
-                page = upcoming.result()
-                self.timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
-                if page is None:
-                    raise AssertionError("the page iterator ended without a last page")
-                if not page.last:  # fetch the next page while this one is written
-                    upcoming = prefetch.submit(self.timing.fetch, pages)
-                self._check_lease()
-                self._write(page)
-                if page.last:
-                    return
+        for page in prefetched(pages, self.timing):
+            self._check_lease()
+            self._write(page)
 
     def _write(self, page: Page) -> None:
         position = Position(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 
-from mailsync.chunks import Attempt
+from mailsync.chunks import Attempt, prefetched
 from mailsync.db import Session
 from mailsync.delta import DeltaPage, iter_delta
 from mailsync.errors import DeltaQuotaExceededError, GraphError, SyncStateExpiredError
@@ -65,7 +65,8 @@ class DeltaAttempt(Attempt):
     def _round(self) -> None:
         link = self.progress.get("next_link") or self.progress.get("start_link")
         mailbox, folder = self.store["mailbox"], self.folder_id
-        for page in iter_delta(self.graph, mailbox, folder, link, self.job["page_size"]):
+        pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"])
+        for page in prefetched(pages, self.timing):
             self._check_lease()
             self._write(page, from_scratch=link is None and not self.progress.get("presumed"))
             link = page.next_link
@@ -145,7 +146,7 @@ class DeltaAttempt(Attempt):
             since=graph_time(self.job["sync_from"]), until=graph_time(self.job["sync_to"]),
             page_size=self.job["page_size"],
         )  # fmt: skip
-        for page in pages:
+        for page in prefetched(pages, self.timing):
             self._check_lease()
             self._write_listing_page(page)
 
