@@ -42,6 +42,7 @@ from mailsync.bench import (
 )
 from mailsync.errors import MailsyncError
 from mailsync.prefect_server import prefect_api, stop_process
+from mailsync.registry import pool_size_for
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -162,6 +163,7 @@ def run_bench_many(config: ManyConfig, child: Sequence[str]) -> dict[str, Any]:
                 "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
                 "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
                 "MAILSYNC_GRAPH_URL": sim_url,
+                "MAILSYNC_DB_POOL_SIZE": str(pool_size_for(config.mailboxes)),
             }
             spec = {
                 "business_id": business_id,
@@ -266,6 +268,8 @@ def summarize(
         "floor_requests": floor.requests,
         "api_calls": sync_usage["stats"]["data_requests"],
         "mailbox_sync_s": sorted(round(j["completed_at"] - j["started_at"], 3) for j in jobs),
+        # when each mailbox's job started, from the flow's call: the fan-out's own cost
+        "mailbox_start_s": sorted(round(j["started_at"] - child["called_at"], 3) for j in jobs),
         "flow_return_s": round(child["returned_at"] - child["called_at"], 3),
         "prefect_server_start_s": round(prefect_start_s, 3),
         "process_start_s": round(child["process_start_s"], 3),

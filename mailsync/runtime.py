@@ -72,7 +72,8 @@ class Runtime:
     def db(self) -> Database:
         with self._lock:
             if self._db is None:
-                self._db = Database(resolve_database_url(self.settings))
+                url = resolve_database_url(self.settings)
+                self._db = Database(url, max_size=self.settings.db_pool_size)
             return self._db
 
     def graph_url(self, requested: str | None = None) -> str:

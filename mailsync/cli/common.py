@@ -68,6 +68,7 @@ def configure_runtime(
     page_size: int | None = None,
     chunk_size: int | None = None,
     stuck_after_s: float | None = None,
+    db_pool_size: int | None = None,
 ) -> Runtime:
     """The process's runtime, from the environment and the command line's overrides (None:
     not given). Flows and tasks running in this process get the same one."""
@@ -76,6 +77,7 @@ def configure_runtime(
         page_size=page_size,
         chunk_size=chunk_size,
         stuck_after_s=stuck_after_s,
+        db_pool_size=db_pool_size,
     )
     return runtime.configure(settings)
 

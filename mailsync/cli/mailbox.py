@@ -31,6 +31,7 @@ from mailsync.registry import (
     add_mailbox,
     describe,
     list_mailboxes,
+    pool_size_for,
     remove_mailbox,
     set_enabled,
 )
@@ -172,7 +173,12 @@ def sync_all(
 
     from mailsync.flows.sync_all import sync_all as sync_all_flow  # the flow's imports
 
-    runtime = configure_runtime(graph_url=graph_url, page_size=page_size, chunk_size=chunk_size)
+    runtime = configure_runtime(
+        graph_url=graph_url,
+        page_size=page_size,
+        chunk_size=chunk_size,
+        db_pool_size=pool_size_for(parallel),
+    )
     _, business_id = _business(business, runtime)
     prepare_flow_run(runtime, graph=True)  # Prefect, Graph, the database: before any claim
     # N threads: N mailboxes at a time (Prefect's own annotation is invariant in the future
