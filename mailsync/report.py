@@ -64,7 +64,8 @@ _WINDOW_FORMS = (
 
 STATUS_COLUMNS = ("status", "count", "percent")
 STORE_COLUMNS = ("store_id", "business_id", "mailbox", "folder", "chunks", "completed_chunks",
-                 "failed_chunks", "open_chunks", "emails_synced", "last_sync")  # fmt: skip
+                 "failed_chunks", "open_chunks", "emails_synced", "last_sync", "health",
+                 "consecutive_failures")  # fmt: skip
 ERROR_COLUMNS = ("error_category", "chunks", "failed_chunks", "open_chunks", "sample_message",
                  "last_seen")  # fmt: skip
 JOB_COLUMNS = ("job_id", "mailbox", "folder", "sync_type", "job_status", "chunks",
@@ -221,7 +222,8 @@ def chunk_outcomes(source: Source, scope: ReportScope) -> pd.DataFrame:
 
 
 def store_health(source: Source, scope: ReportScope) -> pd.DataFrame:
-    """Per store: chunks, failures, success rate (%), messages synced, last completed chunk."""
+    """Per store: chunks, failures, success rate (%), messages synced, last completed chunk,
+    and a registered mailbox's health (``backing_off``: a problem mailbox) and streak."""
     stores = _frame(source, "report_store_health", scope, STORE_COLUMNS)
     rate = _success_rate(stores["completed_chunks"], stores["failed_chunks"])
     stores.insert(stores.columns.get_loc("open_chunks") + 1, "success_rate", rate)

@@ -25,27 +25,34 @@ SELECT c.status,
                          c.status);
 
 -- name: report_store_health
--- Per store: chunks by outcome, messages synced, the last chunk that completed; the stores
--- with a failed chunk first.
+-- Per store: chunks by outcome, messages synced, the last chunk that completed, and, for a
+-- registered mailbox, its health in the registry (migration 0007: backing_off after three
+-- failed jobs in a row). Problem stores first: a failed chunk, or a failure streak; a
+-- registered mailbox on a streak is listed even when none of its jobs got as far as a
+-- chunk in the window (a mailbox Graph does not know fails in planning).
 SELECT s.id AS store_id,
        s.business_id,
        s.mailbox,
        s.folder,
-       count(*) AS chunks,
-       count(*) FILTER (WHERE c.status = 'completed') AS completed_chunks,
-       count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
-       count(*) FILTER (WHERE c.status NOT IN ('completed', 'failed')) AS open_chunks,
+       count(c.id) AS chunks,
+       count(c.id) FILTER (WHERE c.status = 'completed') AS completed_chunks,
+       count(c.id) FILTER (WHERE c.status = 'failed') AS failed_chunks,
+       count(c.id) FILTER (WHERE c.status NOT IN ('completed', 'failed')) AS open_chunks,
        coalesce(sum(c.emails_processed), 0) AS emails_synced,
-       max(c.completed_at) FILTER (WHERE c.status = 'completed') AS last_sync
-  FROM chunked_sync_jobs AS c
-  JOIN stores AS s ON s.id = c.store_id
- WHERE c.created_at >= %(since)s AND c.created_at < %(until)s
-   AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
+       max(c.completed_at) FILTER (WHERE c.status = 'completed') AS last_sync,
+       CASE WHEN s.registered_at IS NOT NULL THEN registry_health(s) END AS health,
+       s.consecutive_failures
+  FROM stores AS s
+  LEFT JOIN chunked_sync_jobs AS c
+    ON c.store_id = s.id AND c.created_at >= %(since)s AND c.created_at < %(until)s
+ WHERE (%(store)s::text IS NULL OR s.id::text = lower(%(store)s::text)
         OR lower(s.mailbox) = lower(%(store)s::text))
-   AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid)
+   AND (%(business)s::uuid IS NULL OR s.business_id = %(business)s::uuid)
  GROUP BY s.id
- ORDER BY count(*) FILTER (WHERE c.status = 'failed') > 0 DESC,
-          count(*) FILTER (WHERE c.status = 'failed') DESC, s.mailbox, s.folder;
+HAVING count(c.id) > 0 OR (s.registered_at IS NOT NULL AND s.consecutive_failures > 0)
+ ORDER BY (count(c.id) FILTER (WHERE c.status = 'failed') > 0 OR s.consecutive_failures > 0) DESC,
+          count(c.id) FILTER (WHERE c.status = 'failed') DESC, s.consecutive_failures DESC,
+          s.mailbox, s.folder;
 
 -- name: report_error_categories
 -- Chunks that carry an error, by category: failed for good, or still open (retrying, or

@@ -21,6 +21,8 @@ from typer.testing import CliRunner, Result
 
 from mailsync.flows.sync_all import sync_all
 from mailsync.jobs import default_business_id
+from mailsync.report import build_report
+from mailsync.runtime import get_runtime
 
 TENANT = "contoso-test"  # the simulator fixture's MAILSYNC_TENANT_ID
 BUSINESS = default_business_id(TENANT)
@@ -220,6 +222,13 @@ def test_a_failing_mailbox_backs_off_and_never_holds_up_the_others(
     assert [(m["mailbox"], m["health"]) for m in listed["mailboxes"]] == [
         ("gone@contoso.example", "backing_off"),
         ("fine@contoso.example", "ok"),
+    ]
+    # The chunk report lists it first, as a problem mailbox, though it never got a chunk.
+    report = build_report(get_runtime().db, since="1h", business=BUSINESS)
+    stores_table = report.stores.to_dict("records")
+    assert [(r["mailbox"], r["health"], r["consecutive_failures"]) for r in stores_table] == [
+        ("gone@contoso.example", "backing_off", 4),
+        ("fine@contoso.example", "ok", 0),
     ]
     # Resuming forgives it: due at once, streak forgotten.
     assert cli("mailbox", "resume", "gone@contoso.example").exit_code == 0
