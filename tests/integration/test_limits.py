@@ -18,7 +18,7 @@ import pytest
 from mailsync.config import Settings, load_settings
 from mailsync.db import Database
 from mailsync.graph import GraphClient
-from mailsync.limits import GraphLimiter, mailbox_of
+from mailsync.limits import GraphLimiter
 
 
 @pytest.fixture()
@@ -98,14 +98,6 @@ def test_a_pause_holds_back_that_mailbox_only(pools: list[Database]) -> None:
     assert throttled_s >= 0.5
     usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
     assert usage[first.mailbox_limit("throttled@contoso.example").key]["throttled"] == 1
-
-
-def test_mailbox_of_reads_the_user_segment() -> None:
-    assert mailbox_of("/v1.0/users/Ada%40contoso.example/mailFolders/inbox") == (
-        "ada@contoso.example"
-    )
-    assert mailbox_of("/v1.0/users") is None
-    assert mailbox_of("/v1.0/users/0b1c/messages") == "0b1c"
 
 
 def test_concurrent_requests_through_the_runtime_stay_within_four_per_mailbox(
