@@ -18,6 +18,7 @@ to a day; it shows as a problem mailbox (``mailsync mailbox list``, this table).
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
+from mailsync import validate
 from mailsync.flows.cleanup import inside_deployment
 from mailsync.jobs import default_business_id
 from mailsync.runtime import get_runtime
@@ -49,7 +51,9 @@ def sync_all(
     """Start (in a deployment) or run (elsewhere) the sync of each due mailbox of the
     business (default: the one of MAILSYNC_TENANT_ID). Returns each mailbox's outcome."""
     runtime = get_runtime()
-    business = business_id or default_business_id(runtime.settings.tenant_id)
+    business = str(
+        validate.business_id(business_id or default_business_id(runtime.settings.tenant_id))
+    )
     claims = claim_due_mailboxes(business, limit)
     overrides: dict[str, Any] = {"chunk_size": chunk_size, "page_size": page_size}
     if inside_deployment():
@@ -61,9 +65,7 @@ def sync_all(
         outcomes = [future.result() for future in futures]
     rows = _with_registry_state(business, claims, outcomes)
     _publish(rows)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = dict(Counter(row["status"] for row in rows))
     get_run_logger().info("sync-all: %s mailboxes: %s", len(rows), counts)
     return {"business_id": business, "mailboxes": rows, "counts": counts}
 
@@ -71,7 +73,7 @@ def sync_all(
 def _with_registry_state(
     business: str, claims: list[dict[str, Any]], outcomes: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Each outcome with what its store says now (last success, health, last job's count)."""
+    """Each outcome with what its store says now: last success, health."""
     states = {
         str(row["store_id"]): row
         for row in get_runtime().db.all(

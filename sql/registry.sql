@@ -99,10 +99,8 @@ UPDATE stores
 -- name: registered_mailbox_states
 -- sync-all's table: the stores named by %(store_ids)s (a JSON array) as they are now.
 SELECT s.id AS store_id, s.mailbox, s.last_status, s.last_job_id, s.last_success_at,
-       s.consecutive_failures, s.next_due_at, registry_health(s) AS health,
-       q.emails_processed AS last_job_emails
+       s.consecutive_failures, s.next_due_at, registry_health(s) AS health
   FROM stores AS s
-  LEFT JOIN sync_queue AS q ON q.id = s.last_job_id
  WHERE s.business_id = %(business_id)s
    AND s.id IN (SELECT jsonb_array_elements_text(%(store_ids)s::jsonb)::uuid);
 

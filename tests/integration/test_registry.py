@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.task_runners import ThreadPoolTaskRunner
 from psycopg.rows import dict_row
 from typer.testing import CliRunner, Result
@@ -173,7 +175,9 @@ def test_sync_all_syncs_the_due_mailboxes_and_records_each_outcome(
     assert cli("mailbox", "add", "paused@contoso.example").exit_code == 0
     assert cli("mailbox", "pause", "paused@contoso.example").exit_code == 0
 
-    result = run_sync_all(parallel=3)
+    flow = sync_all.with_options(task_runner=ThreadPoolTaskRunner(max_workers=3))
+    state = flow(chunk_size=200, page_size=100, return_state=True)
+    result = state.result()
 
     assert sorted(m["mailbox"] for m in result["mailboxes"]) == sorted(boxes)
     assert {m["status"] for m in result["mailboxes"]} == {"completed"}
@@ -195,8 +199,16 @@ def test_sync_all_syncs_the_due_mailboxes_and_records_each_outcome(
     assert registry["paused@contoso.example"]["last_job_id"] is None
     # Nothing is due any more: a second run starts nothing.
     assert run_sync_all()["mailboxes"] == []
-    # The artifact's rows are the outcome's.
+    # The run's table artifact: a row per mailbox, as the Prefect UI shows it.
     assert all(m["last_success"] and m["health"] == "ok" for m in result["mailboxes"])
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(flow_run_filter=run_filter)
+    table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert (artifact.key, artifact.type) == ("sync-all", "table")
+    assert sorted(row["mailbox"] for row in table) == sorted(boxes)
+    assert set(table[0]) == {"mailbox", "started", "status", "messages", "last_success", "health"}
+    assert {row["status"] for row in table} == {"completed"}
 
 
 def test_a_failing_mailbox_backs_off_and_never_holds_up_the_others(
