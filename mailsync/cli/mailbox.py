@@ -72,6 +72,16 @@ def _open(business: str | None) -> tuple[Runtime, str]:
     return runtime, business_id
 
 
+def _cell(value: Any) -> str:
+    """A table cell: times to the minute, in UTC (the JSON keeps them whole)."""
+    if value is None:
+        return ""
+    text = str(value)
+    if len(text) > 16 and text[10:11] == "T" and text.endswith("+00:00"):
+        return text[:16].replace("T", " ")
+    return text
+
+
 def _print_json(obj: dict[str, Any]) -> None:
     out.print(json.dumps(obj, default=str), soft_wrap=True, highlight=False)
 
@@ -113,7 +123,7 @@ def list_(business: BusinessOpt = None, as_json: JsonOpt = False) -> None:
     for _, label in _COLUMNS:
         table.add_column(label, overflow="fold")
     for row in rows:
-        table.add_row(*("" if row.get(key) is None else str(row[key]) for key, _ in _COLUMNS))
+        table.add_row(*(_cell(row.get(key)) for key, _ in _COLUMNS))
     out.print(table)
     if not rows:
         console.print("no mailboxes registered: `mailsync mailbox add UPN`")
