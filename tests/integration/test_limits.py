@@ -41,21 +41,24 @@ def test_the_in_flight_limit_holds_across_workers_and_per_mailbox(pools: list[Da
     peak: dict[str, int] = {"a": 0, "b": 0}
     lock = threading.Lock()
 
-    def request(worker: GraphLimiter, mailbox: str) -> None:
-        with worker.slot(f"{mailbox}@contoso.example"):
-            with lock:
-                in_flight[mailbox] += 1
-                peak[mailbox] = max(peak[mailbox], in_flight[mailbox])
-            time.sleep(0.01)  # the request's time at Graph
-            with lock:
-                in_flight[mailbox] -= 1
+    def requests(worker: GraphLimiter, mailbox: str) -> None:
+        for _ in range(6):
+            with worker.slot(f"{mailbox}@contoso.example"):
+                with lock:
+                    in_flight[mailbox] += 1
+                    peak[mailbox] = max(peak[mailbox], in_flight[mailbox])
+                time.sleep(0.05)  # the request's time at Graph
+                with lock:
+                    in_flight[mailbox] -= 1
 
-    with ThreadPoolExecutor(12) as pool:
-        jobs = [pool.submit(request, workers[i % 2], "a" if i % 3 else "b") for i in range(120)]
+    # Ten threads per mailbox, half on each worker: six of them always waiting.
+    with ThreadPoolExecutor(20) as pool:
+        jobs = [pool.submit(requests, workers[i % 2], "ab"[i // 10]) for i in range(20)]
         for job in jobs:
             job.result()
 
-    assert peak == {"a": 4, "b": 4}  # both mailboxes used their four at once, never five
+    assert max(peak.values()) == 4 and min(peak.values()) >= 2  # used, never a fifth
+    assert all(p <= 4 for p in peak.values())
 
 
 def test_the_request_budget_holds_in_every_window(pools: list[Database]) -> None:
@@ -86,7 +89,7 @@ def test_the_request_budget_holds_in_every_window(pools: list[Database]) -> None
 def test_a_pause_holds_back_that_mailbox_only(pools: list[Database]) -> None:
     first, second = limiters(pools)
     with first.slot("throttled@contoso.example") as slot:
-        slot.throttled(0.6)  # Graph's 429 with Retry-After: 0.6
+        slot.throttled(1.0)  # Graph's 429 with Retry-After: 1
 
     started = time.monotonic()
     with second.slot("other@contoso.example"):
@@ -94,8 +97,8 @@ def test_a_pause_holds_back_that_mailbox_only(pools: list[Database]) -> None:
     with second.slot("throttled@contoso.example"):
         throttled_s = time.monotonic() - started
 
-    assert other_s < 0.3
-    assert throttled_s >= 0.5
+    assert other_s < 0.5
+    assert throttled_s >= 0.9
     usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
     assert usage[first.mailbox_limit("throttled@contoso.example").key]["throttled"] == 1
 
