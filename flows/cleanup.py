@@ -34,9 +34,16 @@ from mailsync.tasks.retention import RetentionPolicy, apply_retention
 SYNC_DEPLOYMENT = "sync-mailbox/hourly"  # prefect.yaml's sync deployment
 SKIPPED = "another cleanup is running"
 COUNTS = (
-    "stuck_reset", "stuck_failed", "jobs_closed", "jobs_resumed", "jobs_resume_failed",
-    "jobs_deleted", "chunks_deleted", "checkpoints_deleted", "attachments_deleted",
-)  # fmt: skip
+    "stuck_reset",
+    "stuck_failed",
+    "jobs_closed",
+    "jobs_resumed",
+    "jobs_resume_failed",
+    "jobs_deleted",
+    "chunks_deleted",
+    "checkpoints_deleted",
+    "attachments_deleted",
+)
 
 
 @flow(name="cleanup", log_prints=False)
@@ -61,10 +68,12 @@ def cleanup(
     logger = get_run_logger()
     stuck_after = stuck_after_s or runtime.settings.stuck_after_s
     policy = RetentionPolicy.from_env().with_overrides(
-        completed_jobs_days=completed_jobs_days, failed_jobs_days=failed_jobs_days,
+        completed_jobs_days=completed_jobs_days,
+        failed_jobs_days=failed_jobs_days,
         checkpoint_grace_hours=checkpoint_grace_hours,
-        orphan_attachments_hours=orphan_attachments_hours, batch_size=batch_size,
-    )  # fmt: skip
+        orphan_attachments_hours=orphan_attachments_hours,
+        batch_size=batch_size,
+    )
     result: dict[str, Any] = dict.fromkeys(COUNTS, 0)
     with cleanup_lock(runtime.db) as held:
         if not held:
@@ -74,15 +83,19 @@ def cleanup(
         closed = close_finished_jobs()
         to_resume = (
             claim_jobs_to_resume(recovered["job_ids"], stuck_after, _requested_by())
-            if resume else []
-        )  # fmt: skip
+            if resume
+            else []
+        )
         if retention:
             result.update(apply_retention(policy))
     started, failed = resume_jobs([job["job_id"] for job in to_resume], sync_deployment)
     result.update(
-        stuck_reset=recovered["stuck_reset"], stuck_failed=recovered["stuck_failed"],
-        jobs_closed=len(closed), jobs_resumed=len(started), jobs_resume_failed=len(failed),
-    )  # fmt: skip
+        stuck_reset=recovered["stuck_reset"],
+        stuck_failed=recovered["stuck_failed"],
+        jobs_closed=len(closed),
+        jobs_resumed=len(started),
+        jobs_resume_failed=len(failed),
+    )
     logger.info("cleanup: %s", result)
     if retention or any(result.values()):  # frequent recovery-only runs publish news only
         _publish(result, stuck_after, policy if retention else None, closed, started, failed)
@@ -145,9 +158,13 @@ def _resume_in_process(job_ids: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _publish(
-    result: dict[str, Any], stuck_after_s: float, policy: RetentionPolicy | None,
-    closed: list[dict[str, str]], started: list[str], failed: list[str],
-) -> None:  # fmt: skip
+    result: dict[str, Any],
+    stuck_after_s: float,
+    policy: RetentionPolicy | None,
+    closed: list[dict[str, str]],
+    started: list[str],
+    failed: list[str],
+) -> None:
     """The counts as a markdown artifact (key ``cleanup``: one version per run)."""
     lines = ["# Cleanup", "", "| what | rows |", "| --- | ---: |"]
     lines += [f"| {name} | {result[name]} |" for name in COUNTS]

@@ -35,12 +35,14 @@ def report(
     # Empty tables are published too: a newer, empty version must replace stale numbers.
     for name, frame in chunk_report.tables().items():
         create_table_artifact(
-            table=records(frame), key=f"{prefix}-{name}",
+            table=records(frame),
+            key=f"{prefix}-{name}",
             description=f"{TABLE_TITLES[name]}, {scope}",
-        )  # fmt: skip
+        )
     create_markdown_artifact(
-        markdown=report_markdown(chunk_report), key=f"{prefix}-summary",
+        markdown=report_markdown(chunk_report),
+        key=f"{prefix}-summary",
         description=f"Chunk report, {scope}",
-    )  # fmt: skip
+    )
     get_run_logger().info("chunk report, %s\n%s", scope, summary_text(chunk_report))
     return chunk_report.to_dict()

@@ -40,10 +40,18 @@ def sync_mailbox(
     runtime = get_runtime()
     runtime.graph_url(graph_url)  # another Graph host is refused before anything is written
     job, resumed = begin_job(
-        runtime.db, runtime.settings, mailbox=mailbox, folder=folder, business_id=business_id,
-        sync_from=sync_from, sync_to=sync_to, chunk_size=chunk_size, page_size=page_size,
-        job_id=job_id, full=full,
-    )  # fmt: skip
+        runtime.db,
+        runtime.settings,
+        mailbox=mailbox,
+        folder=folder,
+        business_id=business_id,
+        sync_from=sync_from,
+        sync_to=sync_to,
+        chunk_size=chunk_size,
+        page_size=page_size,
+        job_id=job_id,
+        full=full,
+    )
     job_id = str(job["id"])
     get_run_logger().info("%s job %s", "resuming" if resumed else "starting", job_id)
     try:
@@ -74,8 +82,10 @@ def _outcome(index: int, state: State[Any]) -> dict[str, Any]:
     error = state.result(raise_on_failure=False)
     recorded = isinstance(error, ChunkAttemptError)  # the row says failed (no retry left)
     get_run_logger().warning(
-        "chunk %s %s: %s", index, "failed for good" if recorded else "left unfinished",
+        "chunk %s %s: %s",
+        index,
+        "failed for good" if recorded else "left unfinished",
         state.message,
-    )  # fmt: skip
+    )
     status = "failed" if recorded else "unfinished"
     return {"chunk_index": index, "status": status, "error_message": state.message}

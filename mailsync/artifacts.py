@@ -13,9 +13,15 @@ from prefect.artifacts import (
 )
 
 CHUNK_COLUMNS = (
-    "chunk_index", "status", "attempt", "emails_processed", "emails_failed", "api_calls",
-    "processing_time_ms", "error_category",
-)  # fmt: skip
+    "chunk_index",
+    "status",
+    "attempt",
+    "emails_processed",
+    "emails_failed",
+    "api_calls",
+    "processing_time_ms",
+    "error_category",
+)
 
 
 class ChunkProgress:

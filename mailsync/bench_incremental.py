@@ -40,20 +40,25 @@ def run_bench_incremental(config: IncrementalConfig, sync_mailbox: SyncFlow) -> 
     mailbox = "bench-incremental@contoso.example"
     with prefect_api() as (api_url, _, _), GraphSimulator() as simulator, fresh_database() as url:
         os.environ.update(
-            PREFECT_API_URL=api_url, MAILSYNC_DATABASE_URL=url, MAILSYNC_TENANT_ID=TENANT,
+            PREFECT_API_URL=api_url,
+            MAILSYNC_DATABASE_URL=url,
+            MAILSYNC_TENANT_ID=TENANT,
             MAILSYNC_CLIENT_ID=simulator.client_id,
-            MAILSYNC_CLIENT_SECRET=simulator.client_secret, MAILSYNC_GRAPH_URL=simulator.url,
-        )  # fmt: skip
+            MAILSYNC_CLIENT_SECRET=simulator.client_secret,
+            MAILSYNC_GRAPH_URL=simulator.url,
+        )
         reset_runtime()
-        box = simulator.add_mailbox(mailbox, config.messages, seed=config.seed,
-                                    folders=DEFAULT_TREE)  # fmt: skip
+        box = simulator.add_mailbox(
+            mailbox, config.messages, seed=config.seed, folders=DEFAULT_TREE
+        )
         simulator.faults.latency_ms = config.latency_ms
 
         def timed() -> dict[str, Any]:
             before = simulator.stats.as_dict()["data_requests"]
             started = time.perf_counter()
-            summary = sync_mailbox(mailbox=mailbox, folder="all", page_size=config.page_size,
-                                   graph_url=simulator.url)  # fmt: skip
+            summary = sync_mailbox(
+                mailbox=mailbox, folder="all", page_size=config.page_size, graph_url=simulator.url
+            )
             return {
                 "s": round(time.perf_counter() - started, 3),
                 "requests": simulator.stats.as_dict()["data_requests"] - before,

@@ -194,8 +194,9 @@ def measure_sync_all(spec: dict[str, Any], sync_all: Flow[..., dict[str, Any]]) 
     from mailsync.runtime import get_runtime
 
     runtime = get_runtime()
-    runtime.db.all("list_registered_mailboxes", spec["business_id"],
-                   business_id=spec["business_id"])  # fmt: skip  # connecting: start-up
+    runtime.db.all(
+        "list_registered_mailboxes", spec["business_id"], business_id=spec["business_id"]
+    )  # connecting: start-up
     # A process's first flow run pays Prefect's one-off costs: start-up, not sync.
     prefect_flow(name="mailsync-bench-warm-up", log_prints=False)(_nothing)()
     runner = cast(

@@ -98,9 +98,12 @@ class Worker:
     @classmethod
     def of(cls, settings: Settings, worker_id: str) -> Worker:
         return cls(
-            worker_id, settings.heartbeat_s, settings.stuck_after_s, settings.retry_base_s,
+            worker_id,
+            settings.heartbeat_s,
+            settings.stuck_after_s,
+            settings.retry_base_s,
             settings.retry_max_s,
-        )  # fmt: skip
+        )
 
 
 def claim_chunk(
@@ -122,9 +125,12 @@ def claim_chunk(
     while True:
         with db.transaction(job["business_id"]) as session:
             row = session.one(
-                "claim_chunk", job_id=job["id"], chunk_index=chunk_index,
-                worker_id=worker.worker_id, stuck_after_s=worker.stuck_after_s,
-            )  # fmt: skip
+                "claim_chunk",
+                job_id=job["id"],
+                chunk_index=chunk_index,
+                worker_id=worker.worker_id,
+                stuck_after_s=worker.stuck_after_s,
+            )
             claimed = row is not None and row["outcome"] == "claimed"
             position = (
                 session.one("latest_checkpoint", job_id=job["id"], folder_id=row["folder_id"])
@@ -138,9 +144,7 @@ def claim_chunk(
             return row, Position.of_row(position)
         if outcome == "finished":
             return row, None
-        if outcome == "blocked" or (
-            outcome == "busy" and time.monotonic() + wait_s > patience
-        ):
+        if outcome == "blocked" or (outcome == "busy" and time.monotonic() + wait_s > patience):
             raise ChunkBusyError(
                 f"chunk {chunk_index} of job {job['id']} is not claimable: {outcome} "
                 f"(held by {row['worker_id'] or 'nobody'})"
@@ -206,17 +210,24 @@ class Attempt:
     counts_unchanged = True
 
     def __init__(
-        self, db: Database, graph: GraphClient, job: Row, store: Row, worker: Worker,
+        self,
+        db: Database,
+        graph: GraphClient,
+        job: Row,
+        store: Row,
+        worker: Worker,
         chunk: Row,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.db, self.graph, self.job, self.store, self.worker = db, graph, job, store, worker
         self.chunk = chunk
         self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
         self.timing = AttemptTiming(time.perf_counter())
         self.calls_before = graph.api_calls
         self.fence = {
-            "chunk_id": chunk["id"], "worker_id": worker.worker_id, "attempt": chunk["attempts"]
-        }  # fmt: skip
+            "chunk_id": chunk["id"],
+            "worker_id": worker.worker_id,
+            "attempt": chunk["attempts"],
+        }
         self.heartbeat: Heartbeat | None = None
 
     @property
@@ -292,9 +303,12 @@ class Attempt:
             if first is not None:
                 first(session)
             written = write_messages(
-                session, business_id=job["business_id"], store_id=job["store_id"],
-                job_id=job["id"], messages=list(messages),
-            )  # fmt: skip
+                session,
+                business_id=job["business_id"],
+                store_id=job["store_id"],
+                job_id=job["id"],
+                messages=list(messages),
+            )
             progress["emails_added"] = before.get("emails_added", 0) + written.inserted
             progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
             if not self.counts_unchanged:
@@ -304,24 +318,29 @@ class Attempt:
             # (After the rows, so the lock is held for the least time; a refusal rolls the
             # whole transaction back, rows included.)
             fenced = session.one(
-                "record_chunk_progress", **self.fence, checkpoint_data=progress,
+                "record_chunk_progress",
+                **self.fence,
+                checkpoint_data=progress,
                 emails_processed=progress["emails_processed"],
                 emails_failed=progress["emails_failed"],
                 emails_added=progress["emails_added"],
                 emails_updated=progress["emails_updated"],
                 delta_resets=progress.get("delta_resets", 0),
-            )  # fmt: skip
+            )
             if fenced is None:
                 raise LeaseLostError(f"chunk {self.index}: claim lost before writing")
             if also is not None:
                 also(session)
             if done:
                 completed = session.one(
-                    "complete_chunk_job", **self.fence,
+                    "complete_chunk_job",
+                    **self.fence,
                     emails_processed=progress["emails_processed"],
-                    emails_failed=progress["emails_failed"], api_calls=self._api_calls(),
-                    processing_time_ms=self._elapsed_ms(), exhausted=exhausted,
-                )  # fmt: skip
+                    emails_failed=progress["emails_failed"],
+                    api_calls=self._api_calls(),
+                    processing_time_ms=self._elapsed_ms(),
+                    exhausted=exhausted,
+                )
                 if not completed or not completed["completed"]:
                     raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
         self.timing.write_ms += (time.perf_counter() - write_started) * 1000
@@ -333,13 +352,18 @@ class Attempt:
         message = str(exc) or type(exc).__name__
         retry_after = getattr(exc, "retry_after_s", None)
         row = self.db.one(
-            "fail_chunk_job", self.job["business_id"], **self.fence, error_message=message,
-            error_category=category_of(exc), retryable=is_retryable(exc),
+            "fail_chunk_job",
+            self.job["business_id"],
+            **self.fence,
+            error_message=message,
+            error_category=category_of(exc),
+            retryable=is_retryable(exc),
             retry_delay_s=retry_delay(
                 attempt - 1, self.worker.retry_base_s, self.worker.retry_max_s, retry_after
             ),
-            api_calls=self._api_calls(), processing_time_ms=self._elapsed_ms(),
-        )  # fmt: skip
+            api_calls=self._api_calls(),
+            processing_time_ms=self._elapsed_ms(),
+        )
         status = row["status"] if row else None
         if status is None:
             raise LeaseLostError(f"chunk {self.index}: claim lost before recording: {message}")
@@ -356,9 +380,13 @@ class Attempt:
         reason = f"stopped by {type(stop).__name__}: {stop}".rstrip(": ")
         try:
             self.db.one(
-                "release_chunk_job", self.job["business_id"], **self.fence, reason=reason,
-                api_calls=self._api_calls(), processing_time_ms=self._elapsed_ms(),
-            )  # fmt: skip
+                "release_chunk_job",
+                self.job["business_id"],
+                **self.fence,
+                reason=reason,
+                api_calls=self._api_calls(),
+                processing_time_ms=self._elapsed_ms(),
+            )
         except MailsyncError as exc:  # the lease expires, and recovery takes it back
             logger.warning("chunk %s: could not release it (%s)", self.index, exc)
 
@@ -374,9 +402,15 @@ class FullAttempt(Attempt):
     the job's position in that folder (its newest checkpoint there)."""
 
     def __init__(
-        self, db: Database, graph: GraphClient, job: Row, store: Row, worker: Worker,
-        chunk: Row, position: Position,
-    ) -> None:  # fmt: skip
+        self,
+        db: Database,
+        graph: GraphClient,
+        job: Row,
+        store: Row,
+        worker: Worker,
+        chunk: Row,
+        position: Position,
+    ) -> None:
         super().__init__(db, graph, job, store, worker, chunk)
         self.position = position
 
@@ -392,10 +426,14 @@ class FullAttempt(Attempt):
             self._commit(done=True)
             return
         pages = self.graph.iter_pages(
-            self.store["mailbox"], self.folder_id, cursor=self.position.cursor,
-            since=graph_time(self.job["sync_from"]), until=graph_time(self.job["sync_to"]),
-            page_size=self.job["page_size"], limit=remaining,
-        )  # fmt: skip
+            self.store["mailbox"],
+            self.folder_id,
+            cursor=self.position.cursor,
+            since=graph_time(self.job["sync_from"]),
+            until=graph_time(self.job["sync_to"]),
+            page_size=self.job["page_size"],
+            limit=remaining,
+        )
         for page in prefetched(pages, self.timing):
             self._check_lease()
             self._write(page)
@@ -408,15 +446,24 @@ class FullAttempt(Attempt):
 
         def checkpoint(session: Session) -> None:
             session.execute(
-                "insert_checkpoint", business_id=job["business_id"], store_id=job["store_id"],
-                job_id=job["id"], chunk_id=self.chunk["id"], chunk_index=self.index,
-                folder_id=self.chunk["folder_id"], cursor=position.cursor.to_json(),
-                emails_processed=position.emails_processed, exhausted=position.exhausted,
-            )  # fmt: skip
+                "insert_checkpoint",
+                business_id=job["business_id"],
+                store_id=job["store_id"],
+                job_id=job["id"],
+                chunk_id=self.chunk["id"],
+                chunk_index=self.index,
+                folder_id=self.chunk["folder_id"],
+                cursor=position.cursor.to_json(),
+                emails_processed=position.emails_processed,
+                exhausted=position.exhausted,
+            )
 
         self._commit(
-            messages=page.messages, failed=len(page.failed_ids),
-            checkpoint={"cursor": position.cursor.to_json()}, also=checkpoint,
-            done=page.last, exhausted=position.exhausted,
-        )  # fmt: skip
+            messages=page.messages,
+            failed=len(page.failed_ids),
+            checkpoint={"cursor": position.cursor.to_json()},
+            also=checkpoint,
+            done=page.last,
+            exhausted=position.exhausted,
+        )
         self.position = position

@@ -123,9 +123,13 @@ class Database:
     login that bypasses row-level security (mailsync.roles, docs/security.md)."""
 
     def __init__(
-        self, url: str, *, max_size: int = 4, connect_timeout_s: int = 10,
+        self,
+        url: str,
+        *,
+        max_size: int = 4,
+        connect_timeout_s: int = 10,
         role: str | None = roles.WORKER,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.url = url
         with connect(url, connect_timeout_s, autocommit=True) as conn:
             try:

@@ -59,8 +59,10 @@ def _folder(raw: Any, parent_path: str | None, well_known: str | None = None) ->
 def _pages(graph: GraphClient, url: str) -> Iterator[dict[str, Any]]:
     """Every folder object of a folder list, following nextLink exactly as given."""
     params: dict[str, str] | None = {
-        "includeHiddenFolders": "true", "$top": str(LIST_PAGE_SIZE), "$select": FOLDER_FIELDS,
-    }  # fmt: skip
+        "includeHiddenFolders": "true",
+        "$top": str(LIST_PAGE_SIZE),
+        "$select": FOLDER_FIELDS,
+    }
     link: str | None = url
     while link:
         body = graph.get_json(link, params)

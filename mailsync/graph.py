@@ -53,9 +53,12 @@ EPOCH = "1900-01-01T00:00:00Z"
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 # A delta or skip token Graph no longer honours: that folder's round restarts from scratch.
 SYNC_STATE_EXPIRED_CODES = {
-    "SyncStateNotFound", "syncStateNotFound", "resyncRequired", "SyncStateInvalid",
+    "SyncStateNotFound",
+    "syncStateNotFound",
+    "resyncRequired",
+    "SyncStateInvalid",
     "syncStateInvalid",
-}  # fmt: skip
+}
 MAX_TOP = 1_000  # Graph's limit for $top on messages
 
 
@@ -113,11 +116,27 @@ class EmailRecord:
     attachments: tuple[Attachment, ...] = field(default=(), compare=False)
 
     COLUMNS = (
-        "graph_id", "internet_message_id", "conversation_id", "subject", "sender_name",
-        "sender_address", "from_address", "to_recipients", "cc_recipients", "received_at",
-        "sent_at", "body_content_type", "body", "body_preview", "has_attachments", "is_read",
-        "importance", "parent_folder_id", "categories", "content_hash",
-    )  # fmt: skip
+        "graph_id",
+        "internet_message_id",
+        "conversation_id",
+        "subject",
+        "sender_name",
+        "sender_address",
+        "from_address",
+        "to_recipients",
+        "cc_recipients",
+        "received_at",
+        "sent_at",
+        "body_content_type",
+        "body",
+        "body_preview",
+        "has_attachments",
+        "is_read",
+        "importance",
+        "parent_folder_id",
+        "categories",
+        "content_hash",
+    )
 
     def row(self) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in self.COLUMNS)
@@ -202,12 +221,26 @@ def parse_message(raw: Any) -> EmailRecord:
     to_json = _recipients_json(get("toRecipients"), "toRecipients")
     cc_json = _recipients_json(get("ccRecipients"), "ccRecipients")
     fields = (
-        graph_id, get("internetMessageId"), get("conversationId"), get("subject"),
-        sender_name, sender_address, from_address, to_json, cc_json, received_raw, sent_raw,
-        body.get("contentType"), body.get("content"), get("bodyPreview"),
-        bool(get("hasAttachments")), get("isRead"), get("importance"), get("parentFolderId"),
+        graph_id,
+        get("internetMessageId"),
+        get("conversationId"),
+        get("subject"),
+        sender_name,
+        sender_address,
+        from_address,
+        to_json,
+        cc_json,
+        received_raw,
+        sent_raw,
+        body.get("contentType"),
+        body.get("content"),
+        get("bodyPreview"),
+        bool(get("hasAttachments")),
+        get("isRead"),
+        get("importance"),
+        get("parentFolderId"),
         _categories_json(get("categories")),
-    )  # fmt: skip
+    )
     # Hash of what we store, so an unchanged message costs no write on replay. orjson: the
     # body is most of a message, and escaping it to ASCII (json.dumps) cost more than the
     # rest of the parse together; SHA-256 runs in hardware. 128 bits of it are plenty.
@@ -346,9 +379,13 @@ class GraphClient:
         status = response.status_code
         text = f"Graph answered {status} {code or ''}: {message}".strip()
         kinds: dict[int, type[GraphError]] = {
-            400: BadRequestError, 401: AuthError, 403: PermissionDeniedError, 404: NotFoundError,
-            410: SyncStateExpiredError, 429: ThrottledError,
-        }  # fmt: skip
+            400: BadRequestError,
+            401: AuthError,
+            403: PermissionDeniedError,
+            404: NotFoundError,
+            410: SyncStateExpiredError,
+            429: ThrottledError,
+        }
         kind = kinds.get(status) or (GraphServerError if status >= 500 else GraphError)
         if code in SYNC_STATE_EXPIRED_CODES:
             kind = SyncStateExpiredError  # some answers say so with a 400 or a 404

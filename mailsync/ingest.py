@@ -16,13 +16,27 @@ from mailsync.graph import EmailRecord
 # The staging table's column types (sql/queries.sql, create_email_staging), for the binary
 # COPY: nothing to escape here, nothing to unescape in the server.
 STAGING_TYPES = {
-    "graph_id": "text", "internet_message_id": "text", "conversation_id": "text",
-    "subject": "text", "sender_name": "text", "sender_address": "text", "from_address": "text",
-    "to_recipients": "text", "cc_recipients": "text", "received_at": "timestamptz",
-    "sent_at": "timestamptz", "body_content_type": "text", "body": "text",
-    "body_preview": "text", "has_attachments": "bool", "is_read": "bool", "importance": "text",
-    "parent_folder_id": "text", "categories": "text", "content_hash": "text",
-}  # fmt: skip
+    "graph_id": "text",
+    "internet_message_id": "text",
+    "conversation_id": "text",
+    "subject": "text",
+    "sender_name": "text",
+    "sender_address": "text",
+    "from_address": "text",
+    "to_recipients": "text",
+    "cc_recipients": "text",
+    "received_at": "timestamptz",
+    "sent_at": "timestamptz",
+    "body_content_type": "text",
+    "body": "text",
+    "body_preview": "text",
+    "has_attachments": "bool",
+    "is_read": "bool",
+    "importance": "text",
+    "parent_folder_id": "text",
+    "categories": "text",
+    "content_hash": "text",
+}
 _STAGING_COLUMN_TYPES = [STAGING_TYPES[c] for c in EmailRecord.COLUMNS]
 
 
@@ -34,9 +48,13 @@ class WriteResult:
 
 
 def write_messages(
-    session: Session, *, business_id: UUID, store_id: UUID, job_id: UUID,
+    session: Session,
+    *,
+    business_id: UUID,
+    store_id: UUID,
+    job_id: UUID,
     messages: list[EmailRecord],
-) -> WriteResult:  # fmt: skip
+) -> WriteResult:
     if not messages:
         return WriteResult(0, 0, 0)
     session.execute("create_email_staging")
@@ -51,9 +69,11 @@ def write_messages(
     attachments = _attachment_rows(messages)
     if attachments:
         session.execute(
-            "upsert_attachments", business_id=business_id, store_id=store_id,
+            "upsert_attachments",
+            business_id=business_id,
+            store_id=store_id,
             attachments=attachments,
-        )  # fmt: skip
+        )
     distinct = len({m.graph_id for m in messages})
     return WriteResult(inserted, written - inserted, distinct - written)
 

@@ -29,10 +29,17 @@ class SyncRequest:
 
     @classmethod
     def checked(
-        cls, *, business_id: str | UUID, mailbox: str, folder: str,
-        sync_from: str | datetime | None, sync_to: str | datetime | None,
-        chunk_size: int, page_size: int, full: bool = False,
-    ) -> SyncRequest:  # fmt: skip
+        cls,
+        *,
+        business_id: str | UUID,
+        mailbox: str,
+        folder: str,
+        sync_from: str | datetime | None,
+        sync_to: str | datetime | None,
+        chunk_size: int,
+        page_size: int,
+        full: bool = False,
+    ) -> SyncRequest:
         """Every argument validated, with a message that says what is wrong."""
         start, end = validate.date_range(sync_from, sync_to)
         return cls(
@@ -108,10 +115,19 @@ def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
 
 
 def begin_job(
-    db: Database, settings: Settings, *, mailbox: str | None, folder: str,
-    business_id: str | None, sync_from: str | None, sync_to: str | None,
-    chunk_size: int | None, page_size: int | None, job_id: str | None, full: bool = False,
-) -> tuple[Row, bool]:  # fmt: skip
+    db: Database,
+    settings: Settings,
+    *,
+    mailbox: str | None,
+    folder: str,
+    business_id: str | None,
+    sync_from: str | None,
+    sync_to: str | None,
+    chunk_size: int | None,
+    page_size: int | None,
+    job_id: str | None,
+    full: bool = False,
+) -> tuple[Row, bool]:
     """The running job of a sync: the store's new job, its unfinished one (resumed), or
     ``job_id`` resumed. True when it was resumed. Every argument is checked first."""
     if job_id is None:
@@ -174,9 +190,12 @@ def start_job(db: Database, job: Row) -> Row:
 
 def fail_job(db: Database, job: Row, message: str, category: str) -> None:
     db.one(
-        "fail_sync_job", job["business_id"], job_id=job["id"],
-        error_message=message, error_category=category,
-    )  # fmt: skip
+        "fail_sync_job",
+        job["business_id"],
+        job_id=job["id"],
+        error_message=message,
+        error_category=category,
+    )
 
 
 def finish_job(db: Database, job: Row) -> dict[str, Any]:

@@ -64,8 +64,12 @@ class Limit:
     def as_json(self) -> dict[str, Any]:
         capacity = max(1, self.requests // 50)
         refill = (self.requests - capacity) / (self.window_s + ARRIVAL_HEADROOM_S)
-        return {"key": self.key, "max_in_flight": self.max_in_flight,
-                "capacity": float(capacity), "refill_per_s": max(refill, 1e-6)}  # fmt: skip
+        return {
+            "key": self.key,
+            "max_in_flight": self.max_in_flight,
+            "capacity": float(capacity),
+            "refill_per_s": max(refill, 1e-6),
+        }
 
 
 def _digest(*parts: str) -> str:
@@ -76,17 +80,22 @@ class GraphLimiter:
     """Slots of the shared limits of one app (client id) in one tenant."""
 
     def __init__(
-        self, db: Callable[[], Database], settings: Settings, *,
+        self,
+        db: Callable[[], Database],
+        settings: Settings,
+        *,
         sleep: Callable[[float], None] = time.sleep,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._db = db
         self._settings = settings
         self._sleep = sleep
         self._app = f"{settings.tenant_id or ''}\x00{settings.client_id or ''}"
         self.app_limit = Limit(
-            f"app:{_digest(settings.client_id or '')}", settings.graph_app_concurrency,
-            settings.graph_app_requests, settings.graph_app_window_s,
-        )  # fmt: skip
+            f"app:{_digest(settings.client_id or '')}",
+            settings.graph_app_concurrency,
+            settings.graph_app_requests,
+            settings.graph_app_window_s,
+        )
         self.lease_s = settings.http_timeout_s + LEASE_GRACE_S
         self.waited_s = 0.0  # time this process spent waiting for slots
 
@@ -94,9 +103,12 @@ class GraphLimiter:
         """The limit of one mailbox: Graph's is per app and mailbox. The key is a digest, so
         the shared table holds no mailbox names (no tenant data)."""
         s = self._settings
-        return Limit(f"mailbox:{_digest(self._app, mailbox.lower())}",
-                     s.graph_mailbox_concurrency, s.graph_mailbox_requests,
-                     s.graph_mailbox_window_s)  # fmt: skip
+        return Limit(
+            f"mailbox:{_digest(self._app, mailbox.lower())}",
+            s.graph_mailbox_concurrency,
+            s.graph_mailbox_requests,
+            s.graph_mailbox_window_s,
+        )
 
     @contextmanager
     def slot(self, mailbox: str | None) -> Iterator[Slot]:

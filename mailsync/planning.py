@@ -47,10 +47,16 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
     with db.transaction(job["business_id"]) as session:
         _presume_removed(session, job, plans)
         session.execute(
-            "plan_sync_job", job_id=job["id"], estimated_emails=sum(p.estimated for p in plans),
-            total_chunks=len(chunks), folders=len(plans), sync_type=_sync_type(job, plans),
-            max_attempts=max_attempts, api_calls=graph.api_calls - calls_before, chunks=chunks,
-        )  # fmt: skip
+            "plan_sync_job",
+            job_id=job["id"],
+            estimated_emails=sum(p.estimated for p in plans),
+            total_chunks=len(chunks),
+            folders=len(plans),
+            sync_type=_sync_type(job, plans),
+            max_attempts=max_attempts,
+            api_calls=graph.api_calls - calls_before,
+            chunks=chunks,
+        )
         planned = session.one("get_sync_job", job_id=job["id"])
     assert planned is not None
     return {**planned, "max_attempts": max_attempts}
@@ -69,14 +75,17 @@ def _record_folders(db: Database, job: Row, folders: list[Folder]) -> list[Row]:
     """Upsert the listed folders; with a whole-mailbox listing, tombstone the missing."""
     with db.transaction(job["business_id"]) as session:
         rows = session.all(
-            "upsert_mail_folders", business_id=job["business_id"], store_id=job["store_id"],
+            "upsert_mail_folders",
+            business_id=job["business_id"],
+            store_id=job["store_id"],
             folders=[f.as_json() for f in folders],
-        )  # fmt: skip
+        )
         if job["folder"].lower() == "all":
             session.all(
-                "tombstone_missing_folders", store_id=job["store_id"],
+                "tombstone_missing_folders",
+                store_id=job["store_id"],
                 seen=[f.graph_id for f in folders],
-            )  # fmt: skip
+            )
     order = {f.graph_id: i for i, f in enumerate(folders)}
     return sorted(rows, key=lambda row: order[row["graph_id"]])
 
@@ -110,16 +119,25 @@ def chunk_rows(plans: list[FolderPlan], chunk_size: int, *, windowed: bool) -> l
         count = max(1, math.ceil(plan.estimated / chunk_size))
         for i in range(count):
             estimated = chunk_size if i < count - 1 else plan.estimated - chunk_size * i
-            add(kind="full", folder_id=plan.folder_id, estimated_emails=max(estimated, 0),
-                last_in_folder=i == count - 1)  # fmt: skip
+            add(
+                kind="full",
+                folder_id=plan.folder_id,
+                estimated_emails=max(estimated, 0),
+                last_in_folder=i == count - 1,
+            )
     if not windowed:
         for plan in plans:
             state = {
                 "start_link": plan.start_link,
                 "mode": "initial" if plan.full else "incremental",
             }
-            add(kind="delta", folder_id=plan.folder_id, estimated_emails=0,
-                last_in_folder=True, checkpoint_data=state)  # fmt: skip
+            add(
+                kind="delta",
+                folder_id=plan.folder_id,
+                estimated_emails=0,
+                last_in_folder=True,
+                checkpoint_data=state,
+            )
     return chunks
 
 
@@ -127,9 +145,13 @@ def _presume_removed(session: Session, job: Row, plans: list[FolderPlan]) -> Non
     for plan in plans:
         if plan.full:
             session.execute(
-                "presume_folder_removed", job_id=job["id"], store_id=job["store_id"],
-                folder_id=plan.folder_id, since=job["sync_from"], until=job["sync_to"],
-            )  # fmt: skip
+                "presume_folder_removed",
+                job_id=job["id"],
+                store_id=job["store_id"],
+                folder_id=plan.folder_id,
+                since=job["sync_from"],
+                until=job["sync_to"],
+            )
     if job["folder"].lower() == "all":
         session.execute("presume_tombstoned_removed", job_id=job["id"], store_id=job["store_id"])
 

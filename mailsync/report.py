@@ -63,17 +63,54 @@ _WINDOW_FORMS = (
 )
 
 STATUS_COLUMNS = ("status", "count", "percent")
-STORE_COLUMNS = ("store_id", "business_id", "mailbox", "folder", "chunks", "completed_chunks",
-                 "failed_chunks", "open_chunks", "emails_synced", "last_sync", "health",
-                 "consecutive_failures")  # fmt: skip
-ERROR_COLUMNS = ("error_category", "chunks", "failed_chunks", "open_chunks", "sample_message",
-                 "last_seen")  # fmt: skip
-JOB_COLUMNS = ("job_id", "mailbox", "folder", "sync_type", "job_status", "chunks",
-               "failed_chunks", "emails", "emails_added", "emails_updated", "emails_deleted",
-               "delta_resets", "api_calls", "processing_time_ms", "started_at",
-               "completed_at")  # fmt: skip
-CHUNK_COLUMNS = ("status", "attempts", "processing_time_ms", "emails_processed",
-                 "api_calls_made", "created_at")  # fmt: skip
+STORE_COLUMNS = (
+    "store_id",
+    "business_id",
+    "mailbox",
+    "folder",
+    "chunks",
+    "completed_chunks",
+    "failed_chunks",
+    "open_chunks",
+    "emails_synced",
+    "last_sync",
+    "health",
+    "consecutive_failures",
+)
+ERROR_COLUMNS = (
+    "error_category",
+    "chunks",
+    "failed_chunks",
+    "open_chunks",
+    "sample_message",
+    "last_seen",
+)
+JOB_COLUMNS = (
+    "job_id",
+    "mailbox",
+    "folder",
+    "sync_type",
+    "job_status",
+    "chunks",
+    "failed_chunks",
+    "emails",
+    "emails_added",
+    "emails_updated",
+    "emails_deleted",
+    "delta_resets",
+    "api_calls",
+    "processing_time_ms",
+    "started_at",
+    "completed_at",
+)
+CHUNK_COLUMNS = (
+    "status",
+    "attempts",
+    "processing_time_ms",
+    "emails_processed",
+    "api_calls_made",
+    "created_at",
+)
 DURATION_COLUMNS = ("outcome", "chunks", "p50_ms", "p95_ms", "p99_ms", "max_ms")
 ATTEMPT_COLUMNS = ("attempts", "chunks", "completed", "failed", "percent")
 TREND_COLUMNS = ("bucket", "chunks", "completed", "failed", "open", "success_rate")
@@ -144,16 +181,25 @@ class ReportScope:
 
     @classmethod
     def parse(
-        cls, since: str = "24h", until: str | None = None, store: str | None = None,
-        business: str | UUID | None = None, *, now: datetime | None = None,
-    ) -> ReportScope:  # fmt: skip
+        cls,
+        since: str = "24h",
+        until: str | None = None,
+        store: str | None = None,
+        business: str | UUID | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> ReportScope:
         window = parse_window(since, until, now=now)
         business_id = validate.business_id(business) if business else None
         return cls(window, (store or "").strip() or None, business_id)
 
     def params(self) -> dict[str, Any]:
-        return {"since": self.window.since, "until": self.window.until,
-                "store": self.store, "business": self.business}  # fmt: skip
+        return {
+            "since": self.window.since,
+            "until": self.window.until,
+            "store": self.store,
+            "business": self.business,
+        }
 
     def describe(self) -> str:
         text = f"{_utc(self.window.since)} to {_utc(self.window.until)} UTC"
@@ -184,8 +230,11 @@ def _session(source: Source, business: UUID | None = None) -> Iterator[Session]:
         return
     database = Database(source, max_size=1) if isinstance(source, str) else source
     try:
-        with (database.reporting_transaction(business) if business
-              else database.maintenance_transaction()) as session:  # fmt: skip
+        with (
+            database.reporting_transaction(business)
+            if business
+            else database.maintenance_transaction()
+        ) as session:
             session.execute("report_snapshot")  # SET ROLE/tenant took no snapshot: still first
             yield session
     finally:
@@ -257,14 +306,25 @@ def chunk_durations(chunks: pd.DataFrame) -> pd.DataFrame:
     """p50/p95/p99/max of ``processing_time_ms``: all finished chunks, completed, failed."""
     ran = _ran(chunks)
     rows = []
-    for outcome, subset in (("finished", ran), ("completed", ran[ran["status"] == "completed"]),
-                            ("failed", ran[ran["status"] == "failed"])):  # fmt: skip
+    for outcome, subset in (
+        ("finished", ran),
+        ("completed", ran[ran["status"] == "completed"]),
+        ("failed", ran[ran["status"] == "failed"]),
+    ):
         if subset.empty:
             continue
         millis = subset["processing_time_ms"].astype(float)
         p50, p95, p99 = (round(float(q), 1) for q in millis.quantile([0.5, 0.95, 0.99]))
-        rows.append({"outcome": outcome, "chunks": len(subset), "p50_ms": p50, "p95_ms": p95,
-                     "p99_ms": p99, "max_ms": int(millis.max())})  # fmt: skip
+        rows.append(
+            {
+                "outcome": outcome,
+                "chunks": len(subset),
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "p99_ms": p99,
+                "max_ms": int(millis.max()),
+            }
+        )
     return pd.DataFrame(rows, columns=list(DURATION_COLUMNS))
 
 
@@ -291,12 +351,14 @@ def success_trend(chunks: pd.DataFrame, bucket: str) -> pd.DataFrame:
     counts = pd.crosstab(starts, chunks["status"]).reindex(columns=list(STATUSES), fill_value=0)
     every_step = pd.date_range(counts.index.min(), counts.index.max(), freq=step)
     counts = counts.reindex(every_step, fill_value=0)
-    trend = pd.DataFrame({
-        "bucket": counts.index,
-        "chunks": counts.sum(axis=1).to_numpy(),
-        "completed": counts["completed"].to_numpy(),
-        "failed": counts["failed"].to_numpy(),
-    })  # fmt: skip
+    trend = pd.DataFrame(
+        {
+            "bucket": counts.index,
+            "chunks": counts.sum(axis=1).to_numpy(),
+            "completed": counts["completed"].to_numpy(),
+            "failed": counts["failed"].to_numpy(),
+        }
+    )
     trend["open"] = trend["chunks"] - trend["completed"] - trend["failed"]
     trend["success_rate"] = _success_rate(trend["completed"], trend["failed"])
     return trend
@@ -338,9 +400,14 @@ class ChunkReport:
 
 
 def build_report(
-    source: Source, since: str = "24h", until: str | None = None, store: str | None = None,
-    business: str | UUID | None = None, *, now: datetime | None = None,
-) -> ChunkReport:  # fmt: skip
+    source: Source,
+    since: str = "24h",
+    until: str | None = None,
+    store: str | None = None,
+    business: str | UUID | None = None,
+    *,
+    now: datetime | None = None,
+) -> ChunkReport:
     """The report of one window and filter (see the module doc); bad input: InvalidInputError."""
     return report_for(source, ReportScope.parse(since, until, store, business, now=now))
 
@@ -354,15 +421,26 @@ def report_for(source: Source, scope: ReportScope) -> ChunkReport:
         chunks = chunk_rows(session, scope)
     durations = chunk_durations(chunks)
     summary = _summary(scope, status, chunks, durations, errors)
-    return ChunkReport(scope, status, stores, errors, throughput, durations,
-                       attempts_distribution(chunks), success_trend(chunks, scope.window.bucket),
-                       summary)  # fmt: skip
+    return ChunkReport(
+        scope,
+        status,
+        stores,
+        errors,
+        throughput,
+        durations,
+        attempts_distribution(chunks),
+        success_trend(chunks, scope.window.bucket),
+        summary,
+    )
 
 
 def _summary(
-    scope: ReportScope, status: pd.DataFrame, chunks: pd.DataFrame, durations: pd.DataFrame,
+    scope: ReportScope,
+    status: pd.DataFrame,
+    chunks: pd.DataFrame,
+    durations: pd.DataFrame,
     errors: pd.DataFrame,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     counts = {row["status"]: int(row["count"]) for row in status.to_dict("records")}
     total = sum(counts.values())
     completed, failed = counts.get("completed", 0), counts.get("failed", 0)
@@ -451,11 +529,13 @@ def summary_text(report: ChunkReport) -> str:
     rate = "—" if s["success_rate"] is None else f"{s['success_rate']:.2f}%"
     p95 = "—" if s["p95_ms"] is None else f"{s['p95_ms'] / 1000:,.2f} s"
     errors = ", ".join(f"{category} {n:,}" for category, n in s["errors"].items()) or "none"
-    return "\n".join((
-        f"chunks {s['chunks']:,}: {by_status}",
-        f"success rate {rate} ({s['recovered']:,} recovered after a retry) · p95 chunk {p95}",
-        f"errors: {errors}",
-    ))  # fmt: skip
+    return "\n".join(
+        (
+            f"chunks {s['chunks']:,}: {by_status}",
+            f"success rate {rate} ({s['recovered']:,} recovered after a retry) · p95 chunk {p95}",
+            f"errors: {errors}",
+        )
+    )
 
 
 def short_report(db: Source, store_id: str | None = None, since: str = "24h") -> str:

@@ -77,14 +77,20 @@ class DeltaAttempt(Attempt):
         def removals_and_link(session: Session) -> None:
             if page.removed_ids:
                 session.execute(
-                    "insert_removals", business_id=job["business_id"], store_id=job["store_id"],
-                    job_id=job["id"], folder_id=folder, graph_ids=page.removed_ids,
-                )  # fmt: skip
+                    "insert_removals",
+                    business_id=job["business_id"],
+                    store_id=job["store_id"],
+                    job_id=job["id"],
+                    folder_id=folder,
+                    graph_ids=page.removed_ids,
+                )
             if page.delta_link is not None:
                 session.execute(
-                    "set_folder_delta_link", store_id=job["store_id"], folder_id=folder,
+                    "set_folder_delta_link",
+                    store_id=job["store_id"],
+                    folder_id=folder,
                     delta_link=page.delta_link,
-                )  # fmt: skip
+                )
 
         checkpoint = {
             "next_link": page.next_link,
@@ -93,17 +99,24 @@ class DeltaAttempt(Attempt):
         if from_scratch:
             checkpoint["presumed"] = True
         self._commit(
-            messages=page.messages, failed=len(page.failed_ids), checkpoint=checkpoint,
+            messages=page.messages,
+            failed=len(page.failed_ids),
+            checkpoint=checkpoint,
             first=self._presume_folder_removed if from_scratch else None,
-            also=removals_and_link, done=page.delta_link is not None,
-        )  # fmt: skip
+            also=removals_and_link,
+            done=page.delta_link is not None,
+        )
 
     def _presume_folder_removed(self, session: Session) -> None:
         job = self.job
         session.execute(
-            "presume_folder_removed", job_id=job["id"], store_id=job["store_id"],
-            folder_id=self.folder_id, since=None, until=None,
-        )  # fmt: skip
+            "presume_folder_removed",
+            job_id=job["id"],
+            store_id=job["store_id"],
+            folder_id=self.folder_id,
+            since=None,
+            until=None,
+        )
 
     def _restart(self, exc: GraphError) -> None:
         resets = self.progress.get("delta_resets", 0) + 1
@@ -111,54 +124,73 @@ class DeltaAttempt(Attempt):
             raise exc
         logger.warning(
             "folder %s of %s: delta state expired (%s); restarting its round from scratch "
-            "and reconciling (reset %s)", self.folder_id, self.store["mailbox"], exc, resets,
-        )  # fmt: skip
+            "and reconciling (reset %s)",
+            self.folder_id,
+            self.store["mailbox"],
+            exc,
+            resets,
+        )
         self._commit(
-            checkpoint={"mode": "reset", "next_link": None, "start_link": None,
-                        "presumed": False, "delta_resets": resets,
-                        "reset_reason": exc.code or str(exc.status)},
-        )  # fmt: skip
+            checkpoint={
+                "mode": "reset",
+                "next_link": None,
+                "start_link": None,
+                "presumed": False,
+                "delta_resets": resets,
+                "reset_reason": exc.code or str(exc.status),
+            },
+        )
 
     def _fall_back(self, exc: GraphError) -> None:
         if self.progress.get("mode") == "initial" and not self.progress.get("presumed"):
             logger.warning(
                 "folder %s of %s: no delta state to be had (%s); its full listing in this job "
                 "stands, and its next job lists it in full again",
-                self.folder_id, self.store["mailbox"], exc,
-            )  # fmt: skip
+                self.folder_id,
+                self.store["mailbox"],
+                exc,
+            )
             self._commit(checkpoint={"fallback": exc.code or "quota"}, done=True)
             return
         logger.warning(
-            "folder %s of %s: no delta state to be had (%s); listing it in full and "
-            "reconciling", self.folder_id, self.store["mailbox"], exc,
-        )  # fmt: skip
+            "folder %s of %s: no delta state to be had (%s); listing it in full and reconciling",
+            self.folder_id,
+            self.store["mailbox"],
+            exc,
+        )
         self._commit(
-            checkpoint={"fallback": exc.code or "quota", "fallback_cursor": None,
-                        "presumed": True},
+            checkpoint={"fallback": exc.code or "quota", "fallback_cursor": None, "presumed": True},
             first=self._presume_folder_removed,
-        )  # fmt: skip
+        )
         self._listing(Cursor())
 
     def _listing(self, cursor: Cursor) -> None:
         """The fallback: every message of the folder by keyset pages, checkpointed."""
         pages = self.graph.iter_pages(
-            self.store["mailbox"], self.folder_id, cursor=cursor,
-            since=graph_time(self.job["sync_from"]), until=graph_time(self.job["sync_to"]),
+            self.store["mailbox"],
+            self.folder_id,
+            cursor=cursor,
+            since=graph_time(self.job["sync_from"]),
+            until=graph_time(self.job["sync_to"]),
             page_size=self.job["page_size"],
-        )  # fmt: skip
+        )
         for page in prefetched(pages, self.timing):
             self._check_lease()
             self._write_listing_page(page)
 
     def _write_listing_page(self, page: Page) -> None:
         self._commit(
-            messages=page.messages, failed=len(page.failed_ids),
-            checkpoint={"fallback_cursor": page.cursor.to_json()}, done=page.last,
-        )  # fmt: skip
+            messages=page.messages,
+            failed=len(page.failed_ids),
+            checkpoint={"fallback_cursor": page.cursor.to_json()},
+            done=page.last,
+        )
 
     def _full_copy_failed(self) -> bool:
         row = self.db.one(
-            "folder_full_chunks_failed", self.job["business_id"], job_id=self.job["id"],
+            "folder_full_chunks_failed",
+            self.job["business_id"],
+            job_id=self.job["id"],
             folder_id=self.folder_id,
-        )  # fmt: skip
+        )
         return bool(row and row["failed"])

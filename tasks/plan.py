@@ -25,9 +25,13 @@ def plan_chunks(job_id: str, graph_url: str | None = None) -> dict[str, Any]:
     )
     get_run_logger().info(
         "job %s (%s): %s folders, %s messages to list in full, %s chunks, up to %s attempts each",
-        job_id, planned["sync_type"], planned["folders"], planned["estimated_emails"],
-        planned["total_chunks"], planned["max_attempts"],
-    )  # fmt: skip
+        job_id,
+        planned["sync_type"],
+        planned["folders"],
+        planned["estimated_emails"],
+        planned["total_chunks"],
+        planned["max_attempts"],
+    )
     return {
         "total_chunks": planned["total_chunks"],
         "estimated_emails": planned["estimated_emails"],

@@ -33,8 +33,10 @@ def reset_stuck_chunks(stuck_after_s: float) -> dict[str, Any]:
     if rows:
         get_run_logger().warning(
             "stuck chunks (no heartbeat for %ss): %s put back, %s failed for good",
-            stuck_after_s, len(reset), len(failed),
-        )  # fmt: skip
+            stuck_after_s,
+            len(reset),
+            len(failed),
+        )
     return {
         "stuck_reset": len(reset),
         "stuck_failed": len(failed),
@@ -64,10 +66,13 @@ def claim_jobs_to_resume(
     """
     with get_runtime().db.maintenance_transaction() as session:
         rows = session.all(
-            "jobs_to_resume", recovered_job_ids=recovered_job_ids, idle_after_s=idle_after_s,
+            "jobs_to_resume",
+            recovered_job_ids=recovered_job_ids,
+            idle_after_s=idle_after_s,
             resume_grace_s=max(RESUME_GRACE_S, idle_after_s),
-        )  # fmt: skip
+        )
         for row in rows:
-            session.execute("mark_resume_requested", job_id=row["job_id"],
-                            requested_by=requested_by)  # fmt: skip
+            session.execute(
+                "mark_resume_requested", job_id=row["job_id"], requested_by=requested_by
+            )
     return [{"job_id": str(r["job_id"]), "open_chunks": int(r["open_chunks"])} for r in rows]

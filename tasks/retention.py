@@ -42,11 +42,13 @@ class RetentionPolicy:
             completed_jobs_days=env_float("MAILSYNC_RETAIN_COMPLETED_DAYS", d.completed_jobs_days),
             failed_jobs_days=env_float("MAILSYNC_RETAIN_FAILED_DAYS", d.failed_jobs_days),
             checkpoint_grace_hours=env_float(
-                "MAILSYNC_RETAIN_CHECKPOINTS_HOURS", d.checkpoint_grace_hours),
+                "MAILSYNC_RETAIN_CHECKPOINTS_HOURS", d.checkpoint_grace_hours
+            ),
             orphan_attachments_hours=env_float(
-                "MAILSYNC_RETAIN_ORPHAN_ATTACHMENTS_HOURS", d.orphan_attachments_hours),
+                "MAILSYNC_RETAIN_ORPHAN_ATTACHMENTS_HOURS", d.orphan_attachments_hours
+            ),
             batch_size=env_int("MAILSYNC_CLEANUP_BATCH_SIZE", d.batch_size),
-        )  # fmt: skip
+        )
 
     def with_overrides(self, **changes: float | int | None) -> RetentionPolicy:
         """This policy with the given (non-None) fields replaced; flow parameters use it."""

@@ -35,15 +35,22 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         return asdict(ChunkOutcome.of_row(chunk))
     logger = get_run_logger()
     logger.info(
-        "chunk %s/%s (%s, folder %s): attempt %s", chunk_index, chunk["total_chunks"],
-        chunk["kind"], chunk["folder_id"], chunk["attempts"],
-    )  # fmt: skip
+        "chunk %s/%s (%s, folder %s): attempt %s",
+        chunk_index,
+        chunk["total_chunks"],
+        chunk["kind"],
+        chunk["folder_id"],
+        chunk["attempts"],
+    )
     parts = (runtime.db, runtime.graph(graph_url), job, load_store(runtime.db, job), worker, chunk)
     attempt = DeltaAttempt(*parts) if chunk["kind"] == "delta" else FullAttempt(*parts, position)
     outcome = attempt.run()
     logger.info(
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",
-        chunk_index, outcome.emails_processed, outcome.emails_failed, outcome.api_calls,
+        chunk_index,
+        outcome.emails_processed,
+        outcome.emails_failed,
+        outcome.api_calls,
         outcome.processing_time_ms,
-    )  # fmt: skip
+    )
     return asdict(outcome)

@@ -237,8 +237,17 @@ def print_summary(summary: Summary, as_json: bool) -> None:
 def _print_folders(folders: list[dict[str, Any]]) -> None:
     if not folders:
         return
-    columns = ("folder", "sync_type", "emails_added", "emails_updated", "emails_deleted",
-               "delta_resets", "fallback", "failed_chunks", "api_calls")  # fmt: skip
+    columns = (
+        "folder",
+        "sync_type",
+        "emails_added",
+        "emails_updated",
+        "emails_deleted",
+        "delta_resets",
+        "fallback",
+        "failed_chunks",
+        "api_calls",
+    )
     table = Table(title="per folder")
     for column in columns:
         table.add_column(

@@ -47,8 +47,14 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "wb") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                args,
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started.append(proc)
         return proc
 
@@ -78,8 +84,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 120) -> str:
     """Run a command to completion; its output, or a failure that shows it."""
-    done = subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)  # fmt: skip
+    done = subprocess.run(
+        args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
     if done.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"

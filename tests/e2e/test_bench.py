@@ -22,15 +22,29 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
     env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
     done = subprocess.run(
         [str(MAILSYNC), "bench", "--messages", "2000", "--chunk-size", "1000", "--json"],
-        env=env, capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
 
     # two full chunks, then the folder's first delta round (mailsync/rounds.py)
     assert result["messages"] == 2000 and result["chunks"] == 3
-    for key in ("floor_s", "sync_s", "ratio", "msgs_per_s", "floor_msgs_per_s", "peak_rss_mb",
-                "per_chunk_overhead_ms", "startup_s", "fetch_wait_s", "write_s"):  # fmt: skip
+    for key in (
+        "floor_s",
+        "sync_s",
+        "ratio",
+        "msgs_per_s",
+        "floor_msgs_per_s",
+        "peak_rss_mb",
+        "per_chunk_overhead_ms",
+        "startup_s",
+        "fetch_wait_s",
+        "write_s",
+    ):
         assert isinstance(result[key], int | float), key
     assert result["floor_s"] > 0 and result["sync_s"] > 0
     assert result["ratio"] == pytest.approx(result["sync_s"] / result["floor_s"], rel=0.01)
@@ -45,10 +59,22 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
 def test_bench_incremental_reports_what_keeping_a_mailbox_current_costs(pg_admin_url: str) -> None:
     env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
     done = subprocess.run(
-        [str(MAILSYNC), "bench", "--incremental", "--messages", "1200", "--changes", "40",
-         "--json"],
-        env=env, capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
+        [
+            str(MAILSYNC),
+            "bench",
+            "--incremental",
+            "--messages",
+            "1200",
+            "--changes",
+            "40",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -29,8 +29,13 @@ from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wai
 pytestmark = pytest.mark.e2e
 
 POOL = "mailsync-local"
-DEPLOYMENTS = ("sync-mailbox/hourly", "cleanup/every-6h", "cleanup/recover-stuck",
-               "chunk-report/daily", "sync-all/every-15m")  # fmt: skip
+DEPLOYMENTS = (
+    "sync-mailbox/hourly",
+    "cleanup/every-6h",
+    "cleanup/recover-stuck",
+    "chunk-report/daily",
+    "sync-all/every-15m",
+)
 WORKERS = ("worker-1", "worker-2")
 
 
@@ -46,8 +51,7 @@ def deployed() -> Iterator[dict[str, uuid.UUID]]:
     """The pool and the five deployments on the session's Prefect server, schedules paused
     (their runs would compete with the tests' own); {name: deployment id}."""
     prefect = str(BIN_DIR / "prefect")
-    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            child_env())  # fmt: skip
+    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], child_env())
     output = run_cli([prefect, "--no-prompt", "deploy", "--all"], child_env(), timeout_s=180)
     ids: dict[str, uuid.UUID] = {}
     with get_client(sync_client=True) as client:
@@ -61,9 +65,11 @@ def deployed() -> Iterator[dict[str, uuid.UUID]]:
 
 @pytest.fixture(scope="module")
 def cluster(
-    deployed: dict[str, uuid.UUID], pg_admin_url: str, template_db: str,
+    deployed: dict[str, uuid.UUID],
+    pg_admin_url: str,
+    template_db: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:  # fmt: skip
+) -> Iterator[Cluster]:
     """A fresh database, a simulator, and two workers (3 flow runs at a time each) whose
     environment points at both, as a user would start them."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -75,14 +81,29 @@ def cluster(
     processes = Processes(Path(tmp_path_factory.mktemp("workers")))
     with GraphSimulator() as simulator:
         env = child_env(
-            MAILSYNC_DATABASE_URL=url, MAILSYNC_GRAPH_URL=simulator.url,
-            MAILSYNC_TENANT_ID="contoso-e2e", MAILSYNC_CLIENT_ID=simulator.client_id,
+            MAILSYNC_DATABASE_URL=url,
+            MAILSYNC_GRAPH_URL=simulator.url,
+            MAILSYNC_TENANT_ID="contoso-e2e",
+            MAILSYNC_CLIENT_ID=simulator.client_id,
             MAILSYNC_CLIENT_SECRET=simulator.client_secret,
             PREFECT_WORKER_QUERY_SECONDS="1",  # poll often: the tests wait on the workers
-        )  # fmt: skip
+        )
         for worker in WORKERS:
-            processes.start(worker, [str(BIN_DIR / "prefect"), "worker", "start", "--pool",
-                                     POOL, "--name", worker, "--limit", "3"], env)  # fmt: skip
+            processes.start(
+                worker,
+                [
+                    str(BIN_DIR / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--name",
+                    worker,
+                    "--limit",
+                    "3",
+                ],
+                env,
+            )
         try:
             yield Cluster(url, simulator, processes)
         finally:
@@ -107,32 +128,48 @@ def assert_completed(run: FlowRun, processes: Processes) -> None:
 
 
 def stored_ids(url: str, mailbox: str) -> list[str]:
-    found = query(url, "SELECT e.graph_id FROM emails e JOIN stores s ON s.id = e.store_id"
-                       " WHERE s.mailbox = %s", mailbox)  # fmt: skip
+    found = query(
+        url,
+        "SELECT e.graph_id FROM emails e JOIN stores s ON s.id = e.store_id WHERE s.mailbox = %s",
+        mailbox,
+    )
     return [r["graph_id"] for r in found]
 
 
 def seed_interrupted_job(url: str, mailbox: str) -> Any:
     """A job whose worker died in chunk 1 of 2 an hour ago (its store, chunks)."""
-    store = query(url, "INSERT INTO stores (business_id, name, mailbox) VALUES"
-                       " (gen_random_uuid(), %s, %s) RETURNING id, business_id",
-                  mailbox, mailbox)[0]  # fmt: skip
-    job = query(url, "INSERT INTO sync_queue (business_id, store_id, sync_type, status,"
-                     " chunk_size, page_size, estimated_emails, total_chunks, updated_at)"
-                     " VALUES (%s, %s, 'full', 'running', 300, 100, 600, 2,"
-                     "         now() - interval '1 hour') RETURNING id",
-                store["business_id"], store["id"])[0]["id"]  # fmt: skip
-    query(url, "INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id,"
-               " chunk_index, total_chunks, chunk_size, estimated_emails, status, attempts,"
-               " worker_id, heartbeat_at, updated_at)"
-               " SELECT %s, %s, %s, i, 2, 300, 300,"
-               "        CASE i WHEN 1 THEN 'processing' ELSE 'pending' END,"
-               "        CASE i WHEN 1 THEN 1 ELSE 0 END,"
-               "        CASE i WHEN 1 THEN 'gone:1:x' END,"
-               "        CASE i WHEN 1 THEN now() - interval '1 hour' END,"
-               "        now() - interval '1 hour'"
-               "   FROM generate_series(1, 2) AS i RETURNING id",
-          job, store["business_id"], store["id"])  # fmt: skip
+    store = query(
+        url,
+        "INSERT INTO stores (business_id, name, mailbox) VALUES"
+        " (gen_random_uuid(), %s, %s) RETURNING id, business_id",
+        mailbox,
+        mailbox,
+    )[0]
+    job = query(
+        url,
+        "INSERT INTO sync_queue (business_id, store_id, sync_type, status,"
+        " chunk_size, page_size, estimated_emails, total_chunks, updated_at)"
+        " VALUES (%s, %s, 'full', 'running', 300, 100, 600, 2,"
+        "         now() - interval '1 hour') RETURNING id",
+        store["business_id"],
+        store["id"],
+    )[0]["id"]
+    query(
+        url,
+        "INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id,"
+        " chunk_index, total_chunks, chunk_size, estimated_emails, status, attempts,"
+        " worker_id, heartbeat_at, updated_at)"
+        " SELECT %s, %s, %s, i, 2, 300, 300,"
+        "        CASE i WHEN 1 THEN 'processing' ELSE 'pending' END,"
+        "        CASE i WHEN 1 THEN 1 ELSE 0 END,"
+        "        CASE i WHEN 1 THEN 'gone:1:x' END,"
+        "        CASE i WHEN 1 THEN now() - interval '1 hour' END,"
+        "        now() - interval '1 hour'"
+        "   FROM generate_series(1, 2) AS i RETURNING id",
+        job,
+        store["business_id"],
+        store["id"],
+    )
     return job
 
 
@@ -145,9 +182,10 @@ def test_workers_run_the_deployed_sync_and_cleanup_and_the_resumed_sync(
     interrupted_job = seed_interrupted_job(database_url, "interrupted@contoso.example")
 
     sync_run = run_deployment(
-        "sync-mailbox/hourly", timeout=0,
+        "sync-mailbox/hourly",
+        timeout=0,
         parameters={"mailbox": "fresh@contoso.example", "chunk_size": 200, "page_size": 100},
-    )  # fmt: skip
+    )
     cleanup_run = run_deployment("cleanup/every-6h", parameters={"stuck_after_s": 5}, timeout=0)
 
     assert_completed(finished_run(sync_run.id, 120), processes)
@@ -155,16 +193,22 @@ def test_workers_run_the_deployed_sync_and_cleanup_and_the_resumed_sync(
     assert set(stored_ids(database_url, "fresh@contoso.example")) == fresh.ids()
     # The cleanup, running in a deployment, resumed the job through the sync deployment.
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
-            id=DeploymentFilterId(any_=[deployed["sync-mailbox/hourly"]])))  # fmt: skip
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployed["sync-mailbox/hourly"]])
+            )
+        )
     resumed = [r for r in runs if r.parameters.get("job_id") == str(interrupted_job)]
     assert len(resumed) == 1
     assert_completed(finished_run(resumed[0].id, 120), processes)
     job = query(database_url, "SELECT * FROM sync_queue WHERE id = %s", interrupted_job)[0]
-    chunks = query(database_url, "SELECT chunk_index, status, attempts, error_category,"
-                                 " error_message FROM chunked_sync_jobs"
-                                 " WHERE parent_sync_job_id = %s ORDER BY chunk_index",
-                   interrupted_job)  # fmt: skip
+    chunks = query(
+        database_url,
+        "SELECT chunk_index, status, attempts, error_category,"
+        " error_message FROM chunked_sync_jobs"
+        " WHERE parent_sync_job_id = %s ORDER BY chunk_index",
+        interrupted_job,
+    )
     assert job["status"] == "completed", chunks
     ids = stored_ids(database_url, "interrupted@contoso.example")
     assert len(ids) == len(set(ids)) and set(ids) == interrupted.ids()
@@ -173,14 +217,20 @@ def test_workers_run_the_deployed_sync_and_cleanup_and_the_resumed_sync(
 def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Cluster) -> None:
     database_url = cluster.database_url
     cluster.simulator.faults.latency_ms = 20
-    boxes = {f"team{i}@contoso.example": cluster.simulator.add_mailbox(
-                 f"team{i}@contoso.example", 600, seed=50 + i)
-             for i in range(6)}  # fmt: skip
+    boxes = {
+        f"team{i}@contoso.example": cluster.simulator.add_mailbox(
+            f"team{i}@contoso.example", 600, seed=50 + i
+        )
+        for i in range(6)
+    }
     runs = [
-        run_deployment("sync-mailbox/hourly", timeout=0,
-                       parameters={"mailbox": mailbox, "chunk_size": 200, "page_size": 100})
+        run_deployment(
+            "sync-mailbox/hourly",
+            timeout=0,
+            parameters={"mailbox": mailbox, "chunk_size": 200, "page_size": 100},
+        )
         for mailbox in boxes
-    ]  # fmt: skip
+    ]
 
     finished = [finished_run(run.id, 150) for run in runs]
     for run in finished:
@@ -190,10 +240,14 @@ def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Clust
     for mailbox, box in boxes.items():
         ids = stored_ids(database_url, mailbox)
         assert len(ids) == len(set(ids)) and set(ids) == box.ids(), mailbox
-    chunks = query(database_url, "SELECT c.*, s.mailbox FROM chunked_sync_jobs c"
-                                 " JOIN stores s ON s.id = c.store_id"
-                                 " WHERE s.mailbox = ANY(%s)"
-                                 " ORDER BY s.mailbox, c.chunk_index", list(boxes))  # fmt: skip
+    chunks = query(
+        database_url,
+        "SELECT c.*, s.mailbox FROM chunked_sync_jobs c"
+        " JOIN stores s ON s.id = c.store_id"
+        " WHERE s.mailbox = ANY(%s)"
+        " ORDER BY s.mailbox, c.chunk_index",
+        list(boxes),
+    )
     assert len(chunks) == 6 * (3 + 1)  # three full chunks and the delta round, per mailbox
     # Never claimed twice: one attempt each, all of a job's chunks by its one flow run.
     assert all(c["attempts"] == 1 and c["status"] == "completed" for c in chunks)
@@ -203,9 +257,15 @@ def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Clust
         for before, after in itertools.pairwise(ordered):  # each mailbox's chunks in order
             assert before["completed_at"] <= after["started_at"]
     assert len({c["worker_id"] for c in chunks}) == 6  # six flow-run processes
-    jobs = query(database_url, "SELECT q.started_at, q.completed_at FROM sync_queue q"
-                               " JOIN stores s ON s.id = q.store_id WHERE s.mailbox = ANY(%s)",
-                 list(boxes))  # fmt: skip
-    overlapping = [(a, b) for a, b in itertools.combinations(jobs, 2)
-                   if a["started_at"] < b["completed_at"] and b["started_at"] < a["completed_at"]]  # fmt: skip
+    jobs = query(
+        database_url,
+        "SELECT q.started_at, q.completed_at FROM sync_queue q"
+        " JOIN stores s ON s.id = q.store_id WHERE s.mailbox = ANY(%s)",
+        list(boxes),
+    )
+    overlapping = [
+        (a, b)
+        for a, b in itertools.combinations(jobs, 2)
+        if a["started_at"] < b["completed_at"] and b["started_at"] < a["completed_at"]
+    ]
     assert overlapping, "no two mailboxes synced at the same time"

@@ -50,16 +50,32 @@ def report(row: str, outcome: str, recovery: str) -> None:
 def start_sync(run: Run, processes: Processes, name: str = "sync", **env: str) -> None:
     run.proc = processes.start(
         name,
-        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--folder", "inbox",
-         "--graph-url", run.simulator.url, "--chunk-size", "300", "--page-size", "50", "--json"],
+        [
+            str(BIN_DIR / "mailsync"),
+            "sync",
+            "--mailbox",
+            MAILBOX,
+            "--folder",
+            "inbox",
+            "--graph-url",
+            run.simulator.url,
+            "--chunk-size",
+            "300",
+            "--page-size",
+            "50",
+            "--json",
+        ],
         child_env(**LEASES, **env),
-    )  # fmt: skip
+    )
 
 
 def mid_chunk(url: str) -> dict[str, Any] | None:
-    found = query(url, "SELECT id, chunk_index, emails_processed FROM chunked_sync_jobs"
-                       " WHERE status = 'processing' AND emails_processed > 0"
-                       "   AND emails_processed < chunk_size")  # fmt: skip
+    found = query(
+        url,
+        "SELECT id, chunk_index, emails_processed FROM chunked_sync_jobs"
+        " WHERE status = 'processing' AND emails_processed > 0"
+        "   AND emails_processed < chunk_size",
+    )
     return found[0] if found else None
 
 
@@ -71,14 +87,19 @@ def committed_pages(url: str) -> int:
 
 def assert_exact(run: Run) -> list[dict[str, Any]]:
     """Every message of the mailbox stored once, nothing else; the job completed. Its chunks."""
-    ids = [r["graph_id"] for r in query(run.database_url, "SELECT graph_id FROM emails"
-                                        " WHERE deleted_at IS NULL")]  # fmt: skip
+    ids = [
+        r["graph_id"]
+        for r in query(run.database_url, "SELECT graph_id FROM emails WHERE deleted_at IS NULL")
+    ]
     assert len(ids) == len(set(ids)), "a message stored twice"
     assert set(ids) == run.box.ids(), "messages lost or extra"
     jobs = query(run.database_url, "SELECT status FROM sync_queue ORDER BY created_at")
     assert jobs[-1]["status"] == "completed", jobs
-    return query(run.database_url, "SELECT chunk_index, kind, status, attempts, error_category"
-                                   " FROM chunked_sync_jobs ORDER BY chunk_index")  # fmt: skip
+    return query(
+        run.database_url,
+        "SELECT chunk_index, kind, status, attempts, error_category"
+        " FROM chunked_sync_jobs ORDER BY chunk_index",
+    )
 
 
 def finish(run: Run, timeout_s: float = 60) -> float:
@@ -106,8 +127,17 @@ def pg_ctl_restart(admin_url: str) -> None:
         pytest.skip("the test PostgreSQL is not local: set no DATABASE_URL to run this row")
     owner = pwd.getpwuid(pgdata.stat().st_uid).pw_name
     pg_ctl = Path(postgres).with_name("pg_ctl")
-    command = [str(pg_ctl), "-w", "-D", str(pgdata), "-m", "fast", "-l", str(pgdata / "log"),
-               "restart"]  # fmt: skip
+    command = [
+        str(pg_ctl),
+        "-w",
+        "-D",
+        str(pgdata),
+        "-m",
+        "fast",
+        "-l",
+        str(pgdata / "log"),
+        "restart",
+    ]
     user = owner if os.geteuid() == 0 and owner != "root" else None
     subprocess.run(command, check=True, capture_output=True, timeout=60, user=user)
 
@@ -116,9 +146,11 @@ def terminate_backends(admin_url: str, database_url: str) -> int:
     """pg_terminate_backend on every connection to the test's database; how many."""
     dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = %s AND pid <> pg_backend_pid()",
-                            (dbname,)).fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchall()
     return len(rows)
 
 
@@ -130,9 +162,13 @@ DB_FAULTS: dict[str, Callable[[str, str], object]] = {
 
 @pytest.mark.parametrize("fault", list(DB_FAULTS))
 def test_a_database_lost_mid_chunk_is_survived_exactly(
-    fault: str, runtime: Any, simulator: GraphSimulator, database_url: str, pg_admin_url: str,
+    fault: str,
+    runtime: Any,
+    simulator: GraphSimulator,
+    database_url: str,
+    pg_admin_url: str,
     processes: Processes,
-) -> None:  # fmt: skip
+) -> None:
     """The worker's connections die in the middle of a chunk: the page in flight rolls
     back, the attempt fails as `db` and is retried from the last committed page."""
     run = Run(database_url, simulator, simulator.add_mailbox(MAILBOX, 900, seed=61))
@@ -143,16 +179,23 @@ def test_a_database_lost_mid_chunk_is_survived_exactly(
     hit = time.monotonic()
     DB_FAULTS[fault](pg_admin_url, database_url)
     faulted = time.monotonic()
-    wait_for("a page committed after the fault",
-             lambda: committed_pages(database_url) > before, timeout_s=60, every_s=0.02)  # fmt: skip
+    wait_for(
+        "a page committed after the fault",
+        lambda: committed_pages(database_url) > before,
+        timeout_s=60,
+        every_s=0.02,
+    )
     resumed = time.monotonic()
     done = finish(run)
     chunks = assert_exact(run)
     retried = [c for c in chunks if c["attempts"] > 1]
     assert len(retried) <= 1 and all(c["status"] == "completed" for c in chunks)
-    report(fault, f"completed exact, {len(retried)} chunk retried",
-           f"fault took {faulted - hit:.2f} s; first commit after it +{resumed - faulted:.2f} s;"
-           f" sync done +{done - faulted:.2f} s")  # fmt: skip
+    report(
+        fault,
+        f"completed exact, {len(retried)} chunk retried",
+        f"fault took {faulted - hit:.2f} s; first commit after it +{resumed - faulted:.2f} s;"
+        f" sync done +{done - faulted:.2f} s",
+    )
 
 
 # -- Graph faults --------------------------------------------------------------------------
@@ -172,11 +215,18 @@ def test_a_long_retry_after_is_waited_once_with_the_lease_kept(
     throttled = time.monotonic()
     # One sync asks one request at a time: the next 200 is the retry after the wait.
     answered = simulator.stats.by_status.get(200, 0)
-    wait_for("the retried request answered",
-             lambda: simulator.stats.by_status.get(200, 0) > answered, timeout_s=60, every_s=0.05)  # fmt: skip
+    wait_for(
+        "the retried request answered",
+        lambda: simulator.stats.by_status.get(200, 0) > answered,
+        timeout_s=60,
+        every_s=0.05,
+    )
     waited = time.monotonic() - throttled
-    stale = query(database_url, "SELECT count(*) AS n FROM chunked_sync_jobs WHERE status ="
-                  " 'processing' AND heartbeat_at < now() - interval '5 seconds'")[0]["n"]  # fmt: skip
+    stale = query(
+        database_url,
+        "SELECT count(*) AS n FROM chunked_sync_jobs WHERE status ="
+        " 'processing' AND heartbeat_at < now() - interval '5 seconds'",
+    )[0]["n"]
     done = finish(run, 90)
     chunks = assert_exact(run)
     assert simulator.stats.throttled == 1 and stale == 0
@@ -202,8 +252,9 @@ def test_a_5xx_storm_is_retried_through(
     simulator.faults.server_error_burst = 10
     simulator.faults.server_error_after_pages = 3
     start = time.monotonic()
-    summary = sync_mailbox(mailbox=MAILBOX, folder="inbox", chunk_size=300, page_size=50,
-                           graph_url=simulator.url)  # fmt: skip
+    summary = sync_mailbox(
+        mailbox=MAILBOX, folder="inbox", chunk_size=300, page_size=50, graph_url=simulator.url
+    )
     took = time.monotonic() - start
     assert summary["status"] == "completed"
     assert simulator.stats.by_status.get(status, 0) == 10
@@ -227,20 +278,30 @@ def test_a_graph_that_stops_answering_times_out_and_recovers(
     wait_for("a chunk part-way", lambda: mid_chunk(database_url), timeout_s=60, every_s=0.02)
     served = simulator.stats.data_requests
     simulator.faults.latency_ms = 1000  # more than three times the timeout
-    wait_for("three requests timed out",
-             lambda: simulator.stats.data_requests >= served + 3, timeout_s=30, every_s=0.05)  # fmt: skip
+    wait_for(
+        "three requests timed out",
+        lambda: simulator.stats.data_requests >= served + 3,
+        timeout_s=30,
+        every_s=0.05,
+    )
     simulator.faults.latency_ms = 0
     answering = time.monotonic()
     before = committed_pages(database_url)
-    wait_for("a commit once Graph answers", lambda: committed_pages(database_url) > before,
-             timeout_s=60, every_s=0.02)  # fmt: skip
+    wait_for(
+        "a commit once Graph answers",
+        lambda: committed_pages(database_url) > before,
+        timeout_s=60,
+        every_s=0.02,
+    )
     resumed = time.monotonic()
     done = finish(run)
     chunks = assert_exact(run)
-    report("Graph stops answering (timeouts)",
-           f"completed exact, attempts {[c['attempts'] for c in chunks]}",
-           f"first commit +{resumed - answering:.2f} s after Graph answers again;"
-           f" sync done +{done - answering:.2f} s")  # fmt: skip
+    report(
+        "Graph stops answering (timeouts)",
+        f"completed exact, attempts {[c['attempts'] for c in chunks]}",
+        f"first commit +{resumed - answering:.2f} s after Graph answers again;"
+        f" sync done +{done - answering:.2f} s",
+    )
 
 
 def test_two_workers_racing_for_one_mailbox_store_it_once(
@@ -292,29 +353,41 @@ def test_a_run_cancelled_from_the_api_releases_its_chunk_and_resumes_exactly(
 
     run = Run(database_url, simulator, simulator.add_mailbox(MAILBOX, 900, seed=83))
     prefect = str(BIN_DIR / "prefect")
-    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            child_env())  # fmt: skip
+    run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], child_env())
     source = flow.from_source(str(REPO_ROOT), "flows/sync_mailbox.py:sync_mailbox")
     deployment_id = source.deploy(
         name="fault-matrix", work_pool_name=POOL, print_next_steps=False, ignore_warnings=True
     )
-    processes.start("worker", [prefect, "worker", "start", "--pool", POOL, "--limit", "1"],
-                    child_env(**LEASES, PREFECT_WORKER_QUERY_SECONDS="1"))  # fmt: skip
+    processes.start(
+        "worker",
+        [prefect, "worker", "start", "--pool", POOL, "--limit", "1"],
+        child_env(**LEASES, PREFECT_WORKER_QUERY_SECONDS="1"),
+    )
     simulator.faults.latency_ms = 60
     flow_run = run_deployment(
-        deployment_id, timeout=0,
-        parameters={"mailbox": MAILBOX, "folder": "inbox", "chunk_size": 300, "page_size": 50,
-                    "graph_url": simulator.url},
-    )  # fmt: skip
-    victim = wait_for("a chunk part-way", lambda: mid_chunk(database_url), timeout_s=90,
-                      every_s=0.02)  # fmt: skip
+        deployment_id,
+        timeout=0,
+        parameters={
+            "mailbox": MAILBOX,
+            "folder": "inbox",
+            "chunk_size": 300,
+            "page_size": 50,
+            "graph_url": simulator.url,
+        },
+    )
+    victim = wait_for(
+        "a chunk part-way", lambda: mid_chunk(database_url), timeout_s=90, every_s=0.02
+    )
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
     cancelled = time.monotonic()
 
     def released() -> dict[str, Any] | None:
-        row = query(database_url, "SELECT status, attempts, error_category FROM"
-                    " chunked_sync_jobs WHERE id = %s", victim["id"])[0]  # fmt: skip
+        row = query(
+            database_url,
+            "SELECT status, attempts, error_category FROM chunked_sync_jobs WHERE id = %s",
+            victim["id"],
+        )[0]
         return row if row["status"] == "pending" else None
 
     row = wait_for("the chunk given back", released, timeout_s=60, every_s=0.02)
@@ -333,9 +406,11 @@ def test_a_run_cancelled_from_the_api_releases_its_chunk_and_resumes_exactly(
     resumed = sync_mailbox(job_id=str(job_id), graph_url=simulator.url)
     assert resumed["status"] == "completed"
     assert_exact(run)
-    report("cancelled from the API (worker, process pool)",
-           f"run {state}, chunk pending (attempt not counted), resumed exact",
-           f"cancel -> chunk claimable {release_s:.2f} s")  # fmt: skip
+    report(
+        "cancelled from the API (worker, process pool)",
+        f"run {state}, chunk pending (attempt not counted), resumed exact",
+        f"cancel -> chunk claimable {release_s:.2f} s",
+    )
 
 
 # -- mail that changes while it is paged ---------------------------------------------------
@@ -364,13 +439,19 @@ def test_mail_added_deleted_and_moved_while_paging_is_exact_after_the_next_sync(
     simulator.faults.mutate_after_delta_pages = 2
 
     def live() -> dict[str, str]:
-        found = query(database_url, "SELECT graph_id, parent_folder_id FROM emails"
-                      " WHERE deleted_at IS NULL")  # fmt: skip
+        found = query(
+            database_url, "SELECT graph_id, parent_folder_id FROM emails WHERE deleted_at IS NULL"
+        )
         assert len(found) == len({r["graph_id"] for r in found}), "a message stored twice"
         return {r["graph_id"]: r["parent_folder_id"] for r in found}
 
-    options = {"mailbox": MAILBOX, "folder": "all", "chunk_size": 200, "page_size": 50,
-               "graph_url": simulator.url}  # fmt: skip
+    options = {
+        "mailbox": MAILBOX,
+        "folder": "all",
+        "chunk_size": 200,
+        "page_size": 50,
+        "graph_url": simulator.url,
+    }
     first = sync_mailbox(**options)
     assert simulator.faults.mutate_after_delta_pages is None  # the moves landed mid-round
     assert first["status"] == "completed" and box.added_ids and box.deleted_ids
@@ -381,6 +462,8 @@ def test_mail_added_deleted_and_moved_while_paging_is_exact_after_the_next_sync(
     took = time.monotonic() - start
     assert second["status"] == "completed" and second["sync_type"] == "incremental"
     assert live() == {m.id: m.parentFolderId for m in box.messages()}
-    report("mail added, deleted, moved while paging",
-           "no duplicate at any point; exact after the next incremental sync",
-           f"the incremental sync took {took:.2f} s")  # fmt: skip
+    report(
+        "mail added, deleted, moved while paging",
+        "no duplicate at any point; exact after the next incremental sync",
+        f"the incremental sync took {took:.2f} s",
+    )

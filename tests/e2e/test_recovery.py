@@ -63,12 +63,27 @@ def test_a_sync_killed_mid_chunk_is_recovered_and_completes_exactly(
     simulator.faults.latency_ms = 120  # ~1.2 s a chunk of 10 pages: time to kill inside one
     sync = processes.start(
         "sync",
-        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--graph-url", simulator.url,
-         "--chunk-size", "500", "--page-size", "50", "--json"],
+        [
+            str(BIN_DIR / "mailsync"),
+            "sync",
+            "--mailbox",
+            MAILBOX,
+            "--graph-url",
+            simulator.url,
+            "--chunk-size",
+            "500",
+            "--page-size",
+            "50",
+            "--json",
+        ],
         child_env(MAILSYNC_HEARTBEAT_S=str(HEARTBEAT_S)),
-    )  # fmt: skip
-    victim = wait_for("a chunk in processing with some progress",
-                      lambda: _processing_with_progress(database_url), timeout_s=60, every_s=0.02)  # fmt: skip
+    )
+    victim = wait_for(
+        "a chunk in processing with some progress",
+        lambda: _processing_with_progress(database_url),
+        timeout_s=60,
+        every_s=0.02,
+    )
     sync.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     sync.wait(10)
@@ -85,18 +100,23 @@ def test_a_sync_killed_mid_chunk_is_recovered_and_completes_exactly(
 
     assert claimed_at, "the chunk was never claimed again"
     reclaim_s = claimed_at[0] - killed_at
-    print(f"\nSIGKILL -> chunk {victim['chunk_index']} claimed again: {reclaim_s:.2f} s "
-          f"(stuck after {STUCK_AFTER_S:g} s, heartbeat {HEARTBEAT_S:g} s)")  # fmt: skip
+    print(
+        f"\nSIGKILL -> chunk {victim['chunk_index']} claimed again: {reclaim_s:.2f} s "
+        f"(stuck after {STUCK_AFTER_S:g} s, heartbeat {HEARTBEAT_S:g} s)"
+    )
     assert reclaim_s <= 2 * STUCK_AFTER_S
     assert result["stuck_reset"] == 1 and result["jobs_resumed"] == 1
-    job = query(database_url, "SELECT * FROM sync_queue WHERE id = %s",
-                victim["parent_sync_job_id"])[0]  # fmt: skip
+    job = query(
+        database_url, "SELECT * FROM sync_queue WHERE id = %s", victim["parent_sync_job_id"]
+    )[0]
     assert job["status"] == "completed"
     ids = [r["graph_id"] for r in query(database_url, "SELECT graph_id FROM emails")]
     assert len(ids) == len(set(ids)) == len(box.ids()) == 1500
     assert set(ids) == box.ids()
-    chunks = query(database_url, "SELECT chunk_index, attempts, status FROM chunked_sync_jobs"
-                   " ORDER BY chunk_index")  # fmt: skip
+    chunks = query(
+        database_url,
+        "SELECT chunk_index, attempts, status FROM chunked_sync_jobs ORDER BY chunk_index",
+    )
     assert [c["status"] for c in chunks] == ["completed"] * 4  # 3 full + the delta round
     assert {c["chunk_index"]: c["attempts"] for c in chunks if c["attempts"] != 1} == {
         victim["chunk_index"]: 2
@@ -108,17 +128,21 @@ def test_a_second_cleanup_process_exits_cleanly_while_one_runs(database_url: str
     with psycopg.connect(database_url, autocommit=True) as conn:
         store = conn.execute(
             "INSERT INTO stores (business_id, name, mailbox) VALUES (gen_random_uuid(), 'x',"
-            " 'x@contoso.example') RETURNING id, business_id").fetchone()  # fmt: skip
+            " 'x@contoso.example') RETURNING id, business_id"
+        ).fetchone()
         job = conn.execute(
             "INSERT INTO sync_queue (business_id, store_id, sync_type, status, chunk_size,"
             " page_size, total_chunks) VALUES (%s, %s, 'full', 'running', 100, 50, 1)"
-            " RETURNING id", (store[1], store[0])).fetchone()[0]  # fmt: skip
+            " RETURNING id",
+            (store[1], store[0]),
+        ).fetchone()[0]
         conn.execute(
             "INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id,"
             " chunk_index, total_chunks, chunk_size, estimated_emails, status, attempts,"
             " max_attempts, worker_id, heartbeat_at) VALUES (%s, %s, %s, 1, 1, 100, 100,"
             " 'processing', 3, 3, 'gone:1:x', now() - interval '1 minute')",
-            (job, store[1], store[0]))  # fmt: skip
+            (job, store[1], store[0]),
+        )
         assert conn.execute("SELECT pg_try_advisory_lock(%s)", (CLEANUP_LOCK_KEY,)).fetchone()[0]
         command = [str(BIN_DIR / "mailsync"), "cleanup", "--stuck-after", "5", "--json"]
         skipped = json.loads(run_cli(command, child_env()).strip().splitlines()[-1])
@@ -148,33 +172,52 @@ def test_a_sync_killed_in_a_delta_round_resumes_from_its_last_page(
     pages_before = simulator.stats.delta_pages
     sync = processes.start(
         "sync",
-        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--folder", "inbox",
-         "--graph-url", simulator.url, "--page-size", "20", "--json"],
+        [
+            str(BIN_DIR / "mailsync"),
+            "sync",
+            "--mailbox",
+            MAILBOX,
+            "--folder",
+            "inbox",
+            "--graph-url",
+            simulator.url,
+            "--page-size",
+            "20",
+            "--json",
+        ],
         child_env(MAILSYNC_HEARTBEAT_S=str(HEARTBEAT_S)),
-    )  # fmt: skip
+    )
 
     def round_under_way() -> dict[str, Any] | None:
-        found = query(database_url, "SELECT id, parent_sync_job_id, checkpoint_data"
-                      " FROM chunked_sync_jobs WHERE kind = 'delta' AND status = 'processing'"
-                      "  AND (checkpoint_data ->> 'pages')::int >= 3")  # fmt: skip
+        found = query(
+            database_url,
+            "SELECT id, parent_sync_job_id, checkpoint_data"
+            " FROM chunked_sync_jobs WHERE kind = 'delta' AND status = 'processing'"
+            "  AND (checkpoint_data ->> 'pages')::int >= 3",
+        )
         return found[0] if found else None
 
     victim = wait_for("a delta round three pages in", round_under_way, timeout_s=60, every_s=0.02)
     sync.send_signal(signal.SIGKILL)
     sync.wait(10)
-    committed = query(database_url, "SELECT checkpoint_data FROM chunked_sync_jobs WHERE id = %s",
-                      victim["id"])[0]["checkpoint_data"]  # fmt: skip
+    committed = query(
+        database_url, "SELECT checkpoint_data FROM chunked_sync_jobs WHERE id = %s", victim["id"]
+    )[0]["checkpoint_data"]
     assert committed["next_link"], "the round's position is committed"
     simulator.faults.latency_ms = 0
     served_before_resume = simulator.stats.delta_pages - pages_before
 
-    result = wait_for("the cleanup to resume the job",
-                      lambda: cleanup(stuck_after_s=STUCK_AFTER_S, retention=False)["jobs_resumed"],
-                      timeout_s=60, every_s=0.2)  # fmt: skip
+    result = wait_for(
+        "the cleanup to resume the job",
+        lambda: cleanup(stuck_after_s=STUCK_AFTER_S, retention=False)["jobs_resumed"],
+        timeout_s=60,
+        every_s=0.2,
+    )
 
     assert result == 1
-    job = query(database_url, "SELECT * FROM sync_queue WHERE id = %s",
-                victim["parent_sync_job_id"])[0]  # fmt: skip
+    job = query(
+        database_url, "SELECT * FROM sync_queue WHERE id = %s", victim["parent_sync_job_id"]
+    )[0]
     assert job["status"] == "completed" and job["sync_type"] == "incremental"
     live = query(database_url, "SELECT graph_id, is_read FROM emails WHERE deleted_at IS NULL")
     assert len(live) == len({r["graph_id"] for r in live}) == len(box.ids())
@@ -201,18 +244,39 @@ def test_a_stopped_sync_releases_its_chunk_at_once_and_resumes_exactly(
     simulator.faults.latency_ms = 120
     sync = processes.start(
         "sync",
-        [str(BIN_DIR / "mailsync"), "sync", "--mailbox", MAILBOX, "--folder", "inbox",
-         "--graph-url", simulator.url, "--chunk-size", "500", "--page-size", "50", "--json"],
+        [
+            str(BIN_DIR / "mailsync"),
+            "sync",
+            "--mailbox",
+            MAILBOX,
+            "--folder",
+            "inbox",
+            "--graph-url",
+            simulator.url,
+            "--chunk-size",
+            "500",
+            "--page-size",
+            "50",
+            "--json",
+        ],
         child_env(),
-    )  # fmt: skip
-    victim = wait_for("a chunk in processing with some progress",
-                      lambda: _processing_with_progress(database_url), timeout_s=60, every_s=0.02)  # fmt: skip
+    )
+    victim = wait_for(
+        "a chunk in processing with some progress",
+        lambda: _processing_with_progress(database_url),
+        timeout_s=60,
+        every_s=0.02,
+    )
     sync.send_signal(stop)
     stopped_at = time.monotonic()
 
     def released() -> dict[str, Any] | None:
-        row = query(database_url, "SELECT status, attempts, error_category, worker_id"
-                    " FROM chunked_sync_jobs WHERE id = %s", victim["id"])[0]  # fmt: skip
+        row = query(
+            database_url,
+            "SELECT status, attempts, error_category, worker_id"
+            " FROM chunked_sync_jobs WHERE id = %s",
+            victim["id"],
+        )[0]
         return row if row["status"] == "pending" else None
 
     row = wait_for("the chunk to be released", released, timeout_s=30, every_s=0.01)
@@ -228,6 +292,7 @@ def test_a_stopped_sync_releases_its_chunk_at_once_and_resumes_exactly(
     assert resumed["status"] == "completed"
     ids = [r["graph_id"] for r in query(database_url, "SELECT graph_id FROM emails")]
     assert len(ids) == len(set(ids)) == 1500 and set(ids) == box.ids()
-    attempts = query(database_url, "SELECT attempts FROM chunked_sync_jobs WHERE id = %s",
-                     victim["id"])[0]["attempts"]  # fmt: skip
+    attempts = query(
+        database_url, "SELECT attempts FROM chunked_sync_jobs WHERE id = %s", victim["id"]
+    )[0]["attempts"]
     assert attempts == 1  # the stopped attempt did not count

@@ -26,14 +26,15 @@ DEPLOYMENTS = (
 
 
 def served_deployments() -> dict[str, DeploymentResponse] | None:
-    """The four deployments, once all are registered by the serving process (no pool: a
-    deployment left by `prefect deploy` in another test has one until serve replaces it)."""
+    """The four deployments, once the serving process has registered all of them: their
+    entrypoints are modules (`prefect deploy`, in another test, registers files)."""
     with get_client(sync_client=True) as client:
         try:
             found = {name: client.read_deployment_by_name(name) for name in DEPLOYMENTS}
         except ObjectNotFound:
             return None
-    return found if all(d.work_pool_name is None for d in found.values()) else None
+    served = all(":" not in (d.entrypoint or ":") for d in found.values())
+    return found if served else None
 
 
 def test_serve_registers_runs_and_on_stop_pauses_the_deployments(
@@ -42,7 +43,13 @@ def test_serve_registers_runs_and_on_stop_pauses_the_deployments(
     serving = processes.start(
         "serve", [sys.executable, "-m", "mailsync.deployments.serve", "--limit", "2"], child_env()
     )
-    deployments = wait_for("the served deployments", served_deployments, timeout_s=90)
+
+    def registered() -> dict[str, DeploymentResponse] | None:
+        if serving.poll() is not None:
+            raise AssertionError(f"serve exited {serving.returncode}\n{processes.log('serve')}")
+        return served_deployments()
+
+    deployments = wait_for("the served deployments", registered, timeout_s=90)
     assert not any(d.paused for d in deployments.values())
     [six_hourly] = deployments["cleanup/every-6h"].schedules
     assert six_hourly.schedule.cron == "0 */6 * * *"

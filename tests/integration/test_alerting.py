@@ -81,9 +81,10 @@ def test_the_automation_file_creates_an_alert_on_failed_sync_runs(
     prefect_api_url: str, receiver: Receiver, tmp_path: Path, runtime: Any, simulator: Any
 ) -> None:
     block = CustomWebhookNotificationBlock(
-        name="mailsync-test", url=receiver.url,
+        name="mailsync-test",
+        url=receiver.url,
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
-    )  # fmt: skip
+    )
     block_id = block.save(f"mailsync-alerts-{uuid.uuid4().hex[:8]}")
     name = create_from_file(prefect_api_url, block_id, tmp_path)
 
@@ -106,8 +107,13 @@ def test_the_automation_file_creates_an_alert_on_failed_sync_runs(
     simulator.add_mailbox("alert@contoso.example", 300, seed=5)
     simulator.faults.malformed_page_at = 4
     with pytest.raises(SyncIncompleteError):
-        sync_mailbox(mailbox="alert@contoso.example", folder="inbox", chunk_size=100,
-                     page_size=50, graph_url=simulator.url)  # fmt: skip
+        sync_mailbox(
+            mailbox="alert@contoso.example",
+            folder="inbox",
+            chunk_size=100,
+            page_size=50,
+            graph_url=simulator.url,
+        )
     notice = wait_for("the automation's notification", lambda: receiver.bodies, timeout_s=60)[0]
     assert "sync-mailbox" in notice["subject"] and "failed" in notice["subject"]
     assert "partial_failure" in notice["body"]

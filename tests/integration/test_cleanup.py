@@ -69,20 +69,44 @@ def seed_job(
         " VALUES (%s, %s, 'full', %s, 100, 50, %s, %s, now() - %s::interval - interval '1 hour',"
         "         now() - %s::interval, now() - %s::interval)"
         " RETURNING id",
-        (business, store_id, status, 100 * len(chunk_statuses),
-         total_chunks or len(chunk_statuses) or None, finished or idle, finished, finished or idle),
-    ).fetchone()["id"]  # fmt: skip
+        (
+            business,
+            store_id,
+            status,
+            100 * len(chunk_statuses),
+            total_chunks or len(chunk_statuses) or None,
+            finished or idle,
+            finished,
+            finished or idle,
+        ),
+    ).fetchone()["id"]
     for index, chunk_status in enumerate(chunk_statuses, start=1):
-        seed_chunk(conn, job_id, index, total_chunks or len(chunk_statuses), chunk_status,
-                   age=finished or idle, business=business, store_id=store_id)  # fmt: skip
+        seed_chunk(
+            conn,
+            job_id,
+            index,
+            total_chunks or len(chunk_statuses),
+            chunk_status,
+            age=finished or idle,
+            business=business,
+            store_id=store_id,
+        )
     return job_id
 
 
 def seed_chunk(
-    conn: psycopg.Connection[Any], job_id: Any, index: int, total: int, status: str, *,
-    age: timedelta, business: uuid.UUID, store_id: Any, attempts: int | None = None,
+    conn: psycopg.Connection[Any],
+    job_id: Any,
+    index: int,
+    total: int,
+    status: str,
+    *,
+    age: timedelta,
+    business: uuid.UUID,
+    store_id: Any,
+    attempts: int | None = None,
     heartbeat: timedelta = timedelta(0),
-) -> Any:  # fmt: skip
+) -> Any:
     processing = status == "processing"
     finished = status in ("completed", "failed")
     attempts = attempts if attempts is not None else (1 if processing or finished else 0)
@@ -93,10 +117,22 @@ def seed_chunk(
         " VALUES (%s, %s, %s, %s, %s, 100, 100, %s, %s, 3, %s, now() - %s::interval, now() - %s::interval,"
         "         now() - %s::interval, now() - %s::interval, %s)"
         " RETURNING id",
-        (job_id, business, store_id, index, total, status, attempts,
-         "dead-worker:1:abc" if processing else None, heartbeat if processing else None,
-         age, age if finished else None, age, "bad_data" if status == "failed" else None),
-    ).fetchone()["id"]  # fmt: skip
+        (
+            job_id,
+            business,
+            store_id,
+            index,
+            total,
+            status,
+            attempts,
+            "dead-worker:1:abc" if processing else None,
+            heartbeat if processing else None,
+            age,
+            age if finished else None,
+            age,
+            "bad_data" if status == "failed" else None,
+        ),
+    ).fetchone()["id"]
 
 
 def seed_checkpoint(conn: psycopg.Connection[Any], job_id: Any, index: int = 1) -> None:
@@ -117,9 +153,12 @@ def rows(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[dict[s
 def chunk_states(conn: psycopg.Connection[Any], job_id: Any) -> list[tuple[str, int, str | None]]:
     return [
         (r["status"], r["attempts"], r["error_category"])
-        for r in rows(conn, "SELECT * FROM chunked_sync_jobs WHERE parent_sync_job_id = %s"
-                            " ORDER BY chunk_index", job_id)
-    ]  # fmt: skip
+        for r in rows(
+            conn,
+            "SELECT * FROM chunked_sync_jobs WHERE parent_sync_job_id = %s ORDER BY chunk_index",
+            job_id,
+        )
+    ]
 
 
 def job_status(conn: psycopg.Connection[Any], job_id: Any) -> str:
@@ -134,13 +173,31 @@ def test_a_stuck_chunk_goes_back_to_pending_and_a_live_one_is_left_alone(
 ) -> None:
     store = seed_store(conn, MAILBOX)
     stuck_job = seed_job(conn, store, "running", ["completed"], total_chunks=3)
-    stuck = seed_chunk(conn, stuck_job, 2, 3, "processing", age=ago(), business=BUSINESS,
-                       store_id=store, heartbeat=ago(seconds=45))  # fmt: skip
+    stuck = seed_chunk(
+        conn,
+        stuck_job,
+        2,
+        3,
+        "processing",
+        age=ago(),
+        business=BUSINESS,
+        store_id=store,
+        heartbeat=ago(seconds=45),
+    )
     seed_chunk(conn, stuck_job, 3, 3, "pending", age=ago(), business=BUSINESS, store_id=store)
     live_store = seed_store(conn, "live@contoso.example", OTHER_BUSINESS)
     live_job = seed_job(conn, live_store, "running", [], business=OTHER_BUSINESS, total_chunks=1)
-    seed_chunk(conn, live_job, 1, 1, "processing", age=ago(), business=OTHER_BUSINESS,
-               store_id=live_store, heartbeat=ago(seconds=5))  # fmt: skip
+    seed_chunk(
+        conn,
+        live_job,
+        1,
+        1,
+        "processing",
+        age=ago(),
+        business=OTHER_BUSINESS,
+        store_id=live_store,
+        heartbeat=ago(seconds=5),
+    )
 
     result = cleanup(stuck_after_s=30, resume=False, **NO_RETENTION)
 
@@ -158,8 +215,18 @@ def test_a_stuck_chunk_out_of_attempts_fails_as_stuck_and_its_job_partially(
 ) -> None:
     store = seed_store(conn, MAILBOX)
     job = seed_job(conn, store, "running", ["completed"], total_chunks=2)
-    seed_chunk(conn, job, 2, 2, "processing", age=ago(), business=BUSINESS, store_id=store,
-               attempts=3, heartbeat=ago(minutes=5))  # fmt: skip
+    seed_chunk(
+        conn,
+        job,
+        2,
+        2,
+        "processing",
+        age=ago(),
+        business=BUSINESS,
+        store_id=store,
+        attempts=3,
+        heartbeat=ago(minutes=5),
+    )
 
     result = cleanup(stuck_after_s=30, **NO_RETENTION)
 
@@ -188,18 +255,32 @@ def test_jobs_to_resume_are_the_idle_ones_and_are_not_requested_twice(
 ) -> None:
     store = seed_store(conn, MAILBOX)
     idle = seed_job(conn, store, "running", ["completed", "pending"], idle=ago(minutes=5))
-    _busy = seed_job(conn, seed_store(conn, "b@contoso.example"), "running",
-                    ["completed", "pending"], idle=ago(seconds=5))  # fmt: skip
-    waiting = seed_job(conn, seed_store(conn, "w@contoso.example"), "running",
-                       ["completed", "retrying"], idle=ago(minutes=5))  # fmt: skip
-    conn.execute("UPDATE chunked_sync_jobs SET next_attempt_at = now() + interval '1 minute'"
-                 " WHERE parent_sync_job_id = %s AND status = 'retrying'", (waiting,))  # fmt: skip
+    _busy = seed_job(
+        conn,
+        seed_store(conn, "b@contoso.example"),
+        "running",
+        ["completed", "pending"],
+        idle=ago(seconds=5),
+    )
+    waiting = seed_job(
+        conn,
+        seed_store(conn, "w@contoso.example"),
+        "running",
+        ["completed", "retrying"],
+        idle=ago(minutes=5),
+    )
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET next_attempt_at = now() + interval '1 minute'"
+        " WHERE parent_sync_job_id = %s AND status = 'retrying'",
+        (waiting,),
+    )
     db = db_runtime.db
 
     def pick() -> list[str]:
         with db.maintenance_transaction() as session:
-            found = session.all("jobs_to_resume", recovered_job_ids=[], idle_after_s=30,
-                                resume_grace_s=600)  # fmt: skip
+            found = session.all(
+                "jobs_to_resume", recovered_job_ids=[], idle_after_s=30, resume_grace_s=600
+            )
             for row in found:
                 session.execute("mark_resume_requested", job_id=row["job_id"], requested_by="t")
         return [str(r["job_id"]) for r in found]
@@ -209,7 +290,9 @@ def test_jobs_to_resume_are_the_idle_ones_and_are_not_requested_twice(
             "UPDATE sync_queue SET updated_at = now() - %s::interval,"
             " metadata = jsonb_set(metadata, '{resume_requested_at}',"
             "                      to_jsonb(now() - %s::interval))"
-            " WHERE id = %s", (updated, requested, idle))  # fmt: skip
+            " WHERE id = %s",
+            (updated, requested, idle),
+        )
 
     assert pick() == [str(idle)]  # busy worked 5 s ago; waiting has a retry due
     assert pick() == []  # requested, its run has not started: not again within the grace
@@ -229,30 +312,45 @@ def test_the_cleanup_resumes_an_interrupted_job_here_until_it_completes(
     job = first["job_id"]
     # Rewind to "killed in chunk 2, after its first page": chunk 2 processing by a dead
     # worker, chunk 3 pending, the job's position where chunk 2's first page ended.
-    conn.execute("DELETE FROM sync_state_checkpoints WHERE sync_job_id = %s"
-                 " AND (chunk_index = 3 OR (chunk_index = 2 AND id NOT IN ("
-                 "   SELECT min(id) FROM sync_state_checkpoints WHERE sync_job_id = %s"
-                 "      AND chunk_index = 2)))", (job, job))  # fmt: skip
-    conn.execute("DELETE FROM emails WHERE graph_id NOT IN (SELECT graph_id FROM emails"
-                 " ORDER BY received_at LIMIT 400)")  # fmt: skip
+    conn.execute(
+        "DELETE FROM sync_state_checkpoints WHERE sync_job_id = %s"
+        " AND (chunk_index = 3 OR (chunk_index = 2 AND id NOT IN ("
+        "   SELECT min(id) FROM sync_state_checkpoints WHERE sync_job_id = %s"
+        "      AND chunk_index = 2)))",
+        (job, job),
+    )
+    conn.execute(
+        "DELETE FROM emails WHERE graph_id NOT IN (SELECT graph_id FROM emails"
+        " ORDER BY received_at LIMIT 400)"
+    )
     conn.execute(
         "UPDATE chunked_sync_jobs SET status = 'processing', worker_id = 'dead:1:x',"
         " heartbeat_at = now() - interval '1 minute', completed_at = NULL,"
         " checkpoint_data = jsonb_build_object('emails_processed', 100)"
-        " WHERE parent_sync_job_id = %s AND chunk_index = 2", (job,))  # fmt: skip
-    conn.execute("UPDATE chunked_sync_jobs SET status = 'pending', attempts = 0,"
-                 " completed_at = NULL, checkpoint_data = '{}'"
-                 " WHERE parent_sync_job_id = %s AND chunk_index = 3", (job,))  # fmt: skip
-    conn.execute("UPDATE sync_queue SET status = 'running', completed_at = NULL WHERE id = %s",
-                 (job,))  # fmt: skip
+        " WHERE parent_sync_job_id = %s AND chunk_index = 2",
+        (job,),
+    )
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET status = 'pending', attempts = 0,"
+        " completed_at = NULL, checkpoint_data = '{}'"
+        " WHERE parent_sync_job_id = %s AND chunk_index = 3",
+        (job,),
+    )
+    conn.execute(
+        "UPDATE sync_queue SET status = 'running', completed_at = NULL WHERE id = %s", (job,)
+    )
 
     result = cleanup(stuck_after_s=30, **NO_RETENTION)
 
     assert (result["stuck_reset"], result["jobs_resumed"]) == (1, 1)
     assert job_status(conn, job) == "completed"
     # the three full chunks, then the folder's delta round (done before the rewind)
-    assert chunk_states(conn, job) == [("completed", 1, None), ("completed", 2, None),
-                                       ("completed", 1, None), ("completed", 1, None)]  # fmt: skip
+    assert chunk_states(conn, job) == [
+        ("completed", 1, None),
+        ("completed", 2, None),
+        ("completed", 1, None),
+        ("completed", 1, None),
+    ]
     ids = [r["graph_id"] for r in rows(conn, "SELECT graph_id FROM emails")]
     assert len(ids) == len(set(ids)) == 900 and set(ids) == box.ids()
     mark = rows(conn, "SELECT metadata FROM sync_queue WHERE id = %s", job)[0]["metadata"]
@@ -289,23 +387,40 @@ def test_retention_deletes_exactly_the_rows_past_their_age(db_runtime: Any, conn
     store = seed_store(conn, MAILBOX)
     other = seed_store(conn, "other@contoso.example", OTHER_BUSINESS)
     jobs = {
-        "completed_31d": seed_job(conn, store, "completed", ["completed"] * 3, finished=ago(days=31)),
-        "completed_29d": seed_job(conn, store, "completed", ["completed"] * 2, finished=ago(days=29)),
-        "failed_8d": seed_job(conn, other, "failed", [], finished=ago(days=8), business=OTHER_BUSINESS),
-        "partial_8d": seed_job(conn, store, "partial_failure", ["completed", "failed"], finished=ago(days=8)),
+        "completed_31d": seed_job(
+            conn, store, "completed", ["completed"] * 3, finished=ago(days=31)
+        ),
+        "completed_29d": seed_job(
+            conn, store, "completed", ["completed"] * 2, finished=ago(days=29)
+        ),
+        "failed_8d": seed_job(
+            conn, other, "failed", [], finished=ago(days=8), business=OTHER_BUSINESS
+        ),
+        "partial_8d": seed_job(
+            conn, store, "partial_failure", ["completed", "failed"], finished=ago(days=8)
+        ),
         "partial_6d": seed_job(conn, store, "partial_failure", ["failed"], finished=ago(days=6)),
-        "finished_2d": seed_job(conn, other, "completed", ["completed"], finished=ago(days=2), business=OTHER_BUSINESS),
+        "finished_2d": seed_job(
+            conn, other, "completed", ["completed"], finished=ago(days=2), business=OTHER_BUSINESS
+        ),
         "finished_12h": seed_job(conn, store, "completed", ["completed"], finished=ago(hours=12)),
-    }  # fmt: skip
-    running_old = seed_job(conn, seed_store(conn, "slow@contoso.example"), "running",
-                           ["completed", "processing"], idle=ago(days=40))  # fmt: skip
+    }
+    running_old = seed_job(
+        conn,
+        seed_store(conn, "slow@contoso.example"),
+        "running",
+        ["completed", "processing"],
+        idle=ago(days=40),
+    )
     for name in ("completed_31d", "partial_8d", "finished_2d", "finished_12h"):
         seed_checkpoint(conn, jobs[name])
     seed_checkpoint(conn, running_old)
     # Emails and attachments: some attachments lost their email, at various ages.
     conn.execute(
         "INSERT INTO emails (business_id, store_id, graph_id, received_at, content_hash)"
-        " SELECT %s, %s, 'm' || i, now(), 'h' FROM generate_series(1, 5) AS i", (BUSINESS, store))  # fmt: skip
+        " SELECT %s, %s, 'm' || i, now(), 'h' FROM generate_series(1, 5) AS i",
+        (BUSINESS, store),
+    )
     attachments = {
         "live_old": ("m1", ago(days=3)),
         "orphan_25h": ("gone1", ago(hours=25)),
@@ -316,14 +431,20 @@ def test_retention_deletes_exactly_the_rows_past_their_age(db_runtime: Any, conn
         conn.execute(
             "INSERT INTO email_attachments (business_id, store_id, email_graph_id,"
             " graph_attachment_id, name, created_at) VALUES (%s, %s, %s, %s, %s, now() - %s::interval)",
-            (BUSINESS, store, graph_id, name, name, age))  # fmt: skip
+            (BUSINESS, store, graph_id, name, name, age),
+        )
     before_emails = rows(conn, "SELECT count(*) AS n FROM emails")[0]["n"]
 
     result = cleanup(batch_size=2, resume=False)  # batches of 2: the loops are exercised
 
     kept_jobs = {r["id"] for r in rows(conn, "SELECT id FROM sync_queue")}
-    assert kept_jobs == {jobs["completed_29d"], jobs["partial_6d"], jobs["finished_2d"],
-                         jobs["finished_12h"], running_old}  # fmt: skip
+    assert kept_jobs == {
+        jobs["completed_29d"],
+        jobs["partial_6d"],
+        jobs["finished_2d"],
+        jobs["finished_12h"],
+        running_old,
+    }
     assert result["jobs_deleted"] == 3
     assert result["chunks_deleted"] == 3 + 0 + 2
     kept_checkpoints = {
@@ -339,8 +460,10 @@ def test_retention_deletes_exactly_the_rows_past_their_age(db_runtime: Any, conn
     assert result["stuck_reset"] == result["stuck_failed"] == 0
 
     again = cleanup(batch_size=2, resume=False)  # nothing is left to delete
-    assert all(again[k] == 0 for k in ("jobs_deleted", "chunks_deleted", "checkpoints_deleted",
-                                        "attachments_deleted"))  # fmt: skip
+    assert all(
+        again[k] == 0
+        for k in ("jobs_deleted", "chunks_deleted", "checkpoints_deleted", "attachments_deleted")
+    )
 
 
 def test_retention_ages_come_from_the_environment(
@@ -363,8 +486,17 @@ def test_a_second_cleanup_skips_while_one_holds_the_lock(
 ) -> None:
     store = seed_store(conn, MAILBOX)
     job = seed_job(conn, store, "running", [], total_chunks=1)
-    seed_chunk(conn, job, 1, 1, "processing", age=ago(), business=BUSINESS, store_id=store,
-               heartbeat=ago(minutes=5))  # fmt: skip
+    seed_chunk(
+        conn,
+        job,
+        1,
+        1,
+        "processing",
+        age=ago(),
+        business=BUSINESS,
+        store_id=store,
+        heartbeat=ago(minutes=5),
+    )
     with psycopg.connect(database_url, autocommit=True) as holder:
         assert holder.execute("SELECT pg_try_advisory_lock(%s)", (CLEANUP_LOCK_KEY,)).fetchone()[0]
         skipped = cleanup(stuck_after_s=30)

@@ -28,19 +28,49 @@ ADA, BOB, CY = "ada@contoso.example", "bob@contoso.example", "cy@fabrikam.exampl
 # (mailbox, business, age, job status, chunks as
 #  (status, attempts, processing_time_ms, emails_processed, api_calls_made, error_category))
 SEED: list[tuple[str, UUID, str, str, list[tuple[Any, ...]]]] = [
-    (ADA, ACME, "2 hours", "partial_failure", [
-        ("completed", 1, 1200, 500, 6, None), ("completed", 2, 3400, 500, 9, None),
-        ("failed", 1, 800, 200, 3, "bad_data"), ("completed", 0, 0, 0, 0, None)]),
-    (BOB, ACME, "20 minutes", "running", [
-        ("completed", 1, 900, 400, 5, None), ("retrying", 1, 150, 0, 4, "throttled"),
-        ("pending", 0, 0, 0, 0, None)]),
-    (ADA, ACME, "30 hours", "partial_failure", [
-        ("completed", 1, 2000, 500, 5, None), ("completed", 1, 2500, 500, 5, None),
-        ("failed", 3, 4100, 0, 12, "throttled")]),
-    (CY, FABRIKAM, "5 days", "completed", [
-        ("completed", 1, 700, 300, 3, None), ("completed", 3, 5200, 300, 14, None)]),
+    (
+        ADA,
+        ACME,
+        "2 hours",
+        "partial_failure",
+        [
+            ("completed", 1, 1200, 500, 6, None),
+            ("completed", 2, 3400, 500, 9, None),
+            ("failed", 1, 800, 200, 3, "bad_data"),
+            ("completed", 0, 0, 0, 0, None),
+        ],
+    ),
+    (
+        BOB,
+        ACME,
+        "20 minutes",
+        "running",
+        [
+            ("completed", 1, 900, 400, 5, None),
+            ("retrying", 1, 150, 0, 4, "throttled"),
+            ("pending", 0, 0, 0, 0, None),
+        ],
+    ),
+    (
+        ADA,
+        ACME,
+        "30 hours",
+        "partial_failure",
+        [
+            ("completed", 1, 2000, 500, 5, None),
+            ("completed", 1, 2500, 500, 5, None),
+            ("failed", 3, 4100, 0, 12, "throttled"),
+        ],
+    ),
+    (
+        CY,
+        FABRIKAM,
+        "5 days",
+        "completed",
+        [("completed", 1, 700, 300, 3, None), ("completed", 3, 5200, 300, 14, None)],
+    ),
     (CY, FABRIKAM, "10 days", "partial_failure", [("failed", 2, 600, 0, 2, "auth")]),
-]  # fmt: skip
+]
 
 INSERT_CHUNK = """
 INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id, chunk_index,
@@ -64,8 +94,9 @@ def seed(url: str) -> None:
             store = conn.execute(
                 "INSERT INTO stores (business_id, name, mailbox) VALUES (%s, %s, %s)"
                 " ON CONFLICT (business_id, mailbox) DO UPDATE SET name = stores.name"
-                " RETURNING id", (business, mailbox, mailbox),
-            ).fetchone()[0]  # fmt: skip
+                " RETURNING id",
+                (business, mailbox, mailbox),
+            ).fetchone()[0]
             job = conn.execute(
                 "INSERT INTO sync_queue (business_id, store_id, sync_type, status, chunk_size,"
                 " page_size, total_chunks, created_at)"
@@ -74,12 +105,24 @@ def seed(url: str) -> None:
             ).fetchone()[0]
             for index, (status, attempts, ms, emails, api_calls, category) in enumerate(chunks, 1):
                 message = f"{category}: chunk {index} of the job {age} ago" if category else None
-                conn.execute(INSERT_CHUNK, {
-                    "job": job, "business": business, "store": store, "index": index,
-                    "total": len(chunks), "status": status, "attempts": attempts, "ms": ms,
-                    "emails": emails, "api_calls": api_calls, "category": category,
-                    "message": message, "age": age,
-                })  # fmt: skip
+                conn.execute(
+                    INSERT_CHUNK,
+                    {
+                        "job": job,
+                        "business": business,
+                        "store": store,
+                        "index": index,
+                        "total": len(chunks),
+                        "status": status,
+                        "attempts": attempts,
+                        "ms": ms,
+                        "emails": emails,
+                        "api_calls": api_calls,
+                        "category": category,
+                        "message": message,
+                        "age": age,
+                    },
+                )
 
 
 # -- the same numbers, counted by SQL written here ----------------------------------------
@@ -91,8 +134,10 @@ class Recount:
     def __init__(self, url: str, window_sql: str, where: str = "true", **params: Any) -> None:
         self.conn = psycopg.connect(url, row_factory=dict_row, autocommit=True)
         self.params = params
-        self.chunks_sql = (f"FROM chunked_sync_jobs c JOIN stores s ON s.id = c.store_id"
-                           f" WHERE ({window_sql}) AND ({where})")  # fmt: skip
+        self.chunks_sql = (
+            f"FROM chunked_sync_jobs c JOIN stores s ON s.id = c.store_id"
+            f" WHERE ({window_sql}) AND ({where})"
+        )
 
     def __enter__(self) -> Recount:
         return self
@@ -145,7 +190,11 @@ def _check_status_and_summary(report: ChunkReport, recount: Recount) -> None:
     summary = report.summary
     completed, failed = by_status["completed"], by_status["failed"]
     assert (summary["chunks"], summary["completed"], summary["failed"], summary["open"]) == (
-        total, completed, failed, total - completed - failed)  # fmt: skip
+        total,
+        completed,
+        failed,
+        total - completed - failed,
+    )
     assert_rounded(summary["success_rate"], rate(completed, failed), 2)
     assert summary["recovered"] == recount.count("c.status = 'completed' AND c.attempts >= 2")
     assert summary["emails_synced"] == recount.value("coalesce(sum(c.emails_processed), 0)")
@@ -168,26 +217,33 @@ def _check_stores(report: ChunkReport, recount: Recount) -> None:
         assert row["open_chunks"] == row["chunks"] - completed - failed
         assert_rounded(row["success_rate"], rate(completed, failed), 2)
         assert row["emails_synced"] == recount.value(
-            "sum(c.emails_processed)", of_store, store_id=sid)  # fmt: skip
-        last = recount.value("max(c.completed_at)", f"{of_store} AND c.status = 'completed'",
-                             store_id=sid)  # fmt: skip
+            "sum(c.emails_processed)", of_store, store_id=sid
+        )
+        last = recount.value(
+            "max(c.completed_at)", f"{of_store} AND c.status = 'completed'", store_id=sid
+        )
         assert row["last_sync"] == (last.astimezone(UTC).isoformat() if last else None)
 
 
 def _check_errors(report: ChunkReport, recount: Recount) -> None:
     rows = {r["error_category"]: r for r in records(report.errors)}
-    expected = recount.rows("DISTINCT c.error_category AS category",
-                            "AND c.error_category IS NOT NULL")  # fmt: skip
+    expected = recount.rows(
+        "DISTINCT c.error_category AS category", "AND c.error_category IS NOT NULL"
+    )
     assert set(rows) == {r["category"] for r in expected}
     assert report.summary["errors"] == {name: row["chunks"] for name, row in rows.items()}
     for category, row in rows.items():
         of_category = "c.error_category = %(category)s"
         assert row["chunks"] == recount.count(of_category, category=category)
         assert row["failed_chunks"] == recount.count(
-            f"{of_category} AND c.status = 'failed'", category=category)  # fmt: skip
+            f"{of_category} AND c.status = 'failed'", category=category
+        )
         assert row["open_chunks"] == row["chunks"] - row["failed_chunks"]
-        newest = recount.rows("c.error_message", f"AND {of_category} ORDER BY c.updated_at DESC"
-                              " LIMIT 1", category=category)  # fmt: skip
+        newest = recount.rows(
+            "c.error_message",
+            f"AND {of_category} ORDER BY c.updated_at DESC LIMIT 1",
+            category=category,
+        )
         assert row["sample_message"] == newest[0]["error_message"]
 
 
@@ -201,7 +257,10 @@ def _check_throughput(report: ChunkReport, recount: Recount) -> None:
         api_calls = recount.value("sum(c.api_calls_made)", of_job, job=row["job_id"])
         millis = recount.value("sum(c.processing_time_ms)", of_job, job=row["job_id"])
         assert (row["emails"], row["api_calls"], row["processing_time_ms"]) == (
-            emails, api_calls, millis)  # fmt: skip
+            emails,
+            api_calls,
+            millis,
+        )
         assert_rounded(row["emails_per_s"], emails * 1000 / millis if millis else None, 1)
         assert_rounded(row["api_calls_per_email"], api_calls / emails if emails else None, 3)
 
@@ -209,8 +268,11 @@ def _check_throughput(report: ChunkReport, recount: Recount) -> None:
 def _check_durations_and_attempts(report: ChunkReport, recount: Recount) -> None:
     ran = "c.status IN ('completed', 'failed') AND c.attempts >= 1"
     durations = {r["outcome"]: r for r in records(report.durations)}
-    outcomes = (("finished", ran), ("completed", f"{ran} AND c.status = 'completed'"),
-                ("failed", f"{ran} AND c.status = 'failed'"))  # fmt: skip
+    outcomes = (
+        ("finished", ran),
+        ("completed", f"{ran} AND c.status = 'completed'"),
+        ("failed", f"{ran} AND c.status = 'failed'"),
+    )
     for outcome, condition in outcomes:
         n = recount.count(condition)
         if n == 0:
@@ -218,18 +280,23 @@ def _check_durations_and_attempts(report: ChunkReport, recount: Recount) -> None
             continue
         exact = recount.rows(
             "percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY c.processing_time_ms)"
-            " AS p, max(c.processing_time_ms) AS top", f"AND {condition}")[0]  # fmt: skip
+            " AS p, max(c.processing_time_ms) AS top",
+            f"AND {condition}",
+        )[0]
         row = durations[outcome]
         assert (row["chunks"], row["max_ms"]) == (n, exact["top"])
         for key, value in zip(("p50_ms", "p95_ms", "p99_ms"), exact["p"], strict=True):
             assert_rounded(row[key], value, 1)
-    per_attempt = recount.rows("c.attempts, c.status, count(*) AS n",
-                               f"AND {ran} GROUP BY c.attempts, c.status")  # fmt: skip
+    per_attempt = recount.rows(
+        "c.attempts, c.status, count(*) AS n", f"AND {ran} GROUP BY c.attempts, c.status"
+    )
     expected: dict[int, dict[str, int]] = {}
     for r in per_attempt:
         expected.setdefault(r["attempts"], {"completed": 0, "failed": 0})[r["status"]] = r["n"]
-    assert {r["attempts"]: {"completed": r["completed"], "failed": r["failed"]}
-            for r in records(report.attempts)} == expected  # fmt: skip
+    assert {
+        r["attempts"]: {"completed": r["completed"], "failed": r["failed"]}
+        for r in records(report.attempts)
+    } == expected
     finished = recount.count(ran)
     for row in records(report.attempts):
         assert row["chunks"] == row["completed"] + row["failed"]
@@ -242,14 +309,19 @@ def _check_trend(report: ChunkReport, recount: Recount) -> None:
         "date_trunc(%(bucket)s, c.created_at AT TIME ZONE 'UTC') AS start, count(*) AS n,"
         " count(*) FILTER (WHERE c.status = 'completed') AS completed,"
         " count(*) FILTER (WHERE c.status = 'failed') AS failed",
-        "GROUP BY 1 ORDER BY 1", bucket=bucket)  # fmt: skip
+        "GROUP BY 1 ORDER BY 1",
+        bucket=bucket,
+    )
     trend = records(report.trend)
     shown = {datetime.fromisoformat(r["bucket"]).replace(tzinfo=None): r for r in trend}
     assert {b["start"] for b in busy} == {start for start, r in shown.items() if r["chunks"]}
     for b in busy:
         row = shown[b["start"]]
         assert (row["chunks"], row["completed"], row["failed"]) == (
-            b["n"], b["completed"], b["failed"])  # fmt: skip
+            b["n"],
+            b["completed"],
+            b["failed"],
+        )
         assert_rounded(row["success_rate"], rate(b["completed"], b["failed"]), 2)
     if busy:  # every step from the first busy one to the last, quiet ones included
         step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
@@ -287,14 +359,20 @@ def run_report(database_url: str) -> Iterator[Callable[..., Result]]:
 
 @pytest.mark.parametrize(
     ("since", "until", "window_sql", "expected_chunks"),
-    [("24h", None, "c.created_at > now() - interval '24 hours'", 7),
-     ("48h", None, "c.created_at > now() - interval '48 hours'", 10),
-     ("7d", None, "c.created_at > now() - interval '7 days'", 12),
-     ("30d", None, "c.created_at > now() - interval '30 days'", 13),
-     ("7d", "1h", "c.created_at > now() - interval '7 days'"
-                  " AND c.created_at < now() - interval '1 hour'", 9),
-     ("90m", None, "c.created_at > now() - interval '90 minutes'", 3)],
-)  # fmt: skip
+    [
+        ("24h", None, "c.created_at > now() - interval '24 hours'", 7),
+        ("48h", None, "c.created_at > now() - interval '48 hours'", 10),
+        ("7d", None, "c.created_at > now() - interval '7 days'", 12),
+        ("30d", None, "c.created_at > now() - interval '30 days'", 13),
+        (
+            "7d",
+            "1h",
+            "c.created_at > now() - interval '7 days' AND c.created_at < now() - interval '1 hour'",
+            9,
+        ),
+        ("90m", None, "c.created_at > now() - interval '90 minutes'", 3),
+    ],
+)
 def test_every_number_matches_sql_in_each_window(
     seeded: str, db: Database, since: str, until: str | None, window_sql: str, expected_chunks: int
 ) -> None:
@@ -321,12 +399,15 @@ def test_the_last_24_hours_by_hand(seeded: str, db: Database) -> None:
 
 def test_iso_bounds_select_exactly_the_chunks_between_them(seeded: str, db: Database) -> None:
     now = datetime.now(UTC)
-    since, until = (now - timedelta(days=3)).isoformat(), (now - timedelta(hours=25)).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")  # fmt: skip
+    since, until = (
+        (now - timedelta(days=3)).isoformat(),
+        (now - timedelta(hours=25)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
     report = build_report(db, since=since, until=until)
     assert report.summary["chunks"] == 3 and report.summary["bucket"] == "hour"  # the 30 h job
-    between = ("c.created_at > now() - interval '3 days'"
-               " AND c.created_at < now() - interval '25 hours'")  # fmt: skip
+    between = (
+        "c.created_at > now() - interval '3 days' AND c.created_at < now() - interval '25 hours'"
+    )
     assert_matches_sql(report, Recount(seeded, between))
     date_only = build_report(db, since=(now - timedelta(days=40)).date().isoformat())
     assert date_only.summary["chunks"] == 13 and date_only.summary["bucket"] == "day"
@@ -334,10 +415,12 @@ def test_iso_bounds_select_exactly_the_chunks_between_them(seeded: str, db: Data
 
 @pytest.mark.parametrize(
     ("store", "business", "where"),
-    [("ADA@contoso.example", None, "s.mailbox = 'ada@contoso.example'"),
-     (None, str(FABRIKAM), f"c.business_id = '{FABRIKAM}'"),
-     ("bob@contoso.example", str(ACME), "s.mailbox = 'bob@contoso.example'")],
-)  # fmt: skip
+    [
+        ("ADA@contoso.example", None, "s.mailbox = 'ada@contoso.example'"),
+        (None, str(FABRIKAM), f"c.business_id = '{FABRIKAM}'"),
+        ("bob@contoso.example", str(ACME), "s.mailbox = 'bob@contoso.example'"),
+    ],
+)
 def test_store_and_business_filters(
     seeded: str, db: Database, store: str | None, business: str | None, where: str
 ) -> None:
@@ -401,8 +484,14 @@ def test_table_csv_and_markdown_outputs(
 ) -> None:
     table = run_report("--since", "48h", "--store", ADA)
     assert table.exit_code == 0, table.output
-    for text in ("Chunk outcomes", "success rate 71.43%", "bad_data", "throttled", ADA,
-                 "Attempts per finished chunk"):  # fmt: skip
+    for text in (
+        "Chunk outcomes",
+        "success rate 71.43%",
+        "bad_data",
+        "throttled",
+        ADA,
+        "Attempts per finished chunk",
+    ):
         assert text in table.stdout, text
 
     report = build_report(db, since="48h", store=ADA)
@@ -413,7 +502,8 @@ def test_table_csv_and_markdown_outputs(
     stores = pd.read_csv(tmp_path / "chunk-report-stores.csv")
     assert stores["failed_chunks"].tolist() == [2] and stores["chunks"].tolist() == [7]
     assert sorted(p.name for p in tmp_path.glob("*.csv")) == sorted(
-        f"chunk-report-{name}.csv" for name in TABLES)  # fmt: skip
+        f"chunk-report-{name}.csv" for name in TABLES
+    )
 
     markdown_dir = tmp_path / "md"
     md = run_report("--since", "48h", "--format", "markdown", "--out", str(markdown_dir))
@@ -435,9 +525,11 @@ def test_png_chart_is_a_real_png(
 
 
 def test_bad_input_is_a_clear_error(run_report: Callable[..., Result]) -> None:
-    for args, message in ((["--since", "yesterday"], "invalid --since 'yesterday'"),
-                          (["--since", "1h", "--until", "2h"], "is not before --until"),
-                          (["--business", "acme"], "invalid business id 'acme'")):  # fmt: skip
+    for args, message in (
+        (["--since", "yesterday"], "invalid --since 'yesterday'"),
+        (["--since", "1h", "--until", "2h"], "is not before --until"),
+        (["--business", "acme"], "invalid business id 'acme'"),
+    ):
         result = run_report(*args)
         assert result.exit_code == 2 and message in " ".join(result.stderr.split()), result.output
         assert "Traceback" not in result.output

@@ -121,14 +121,18 @@ def leaks(texts: list[str], needles: list[str]) -> list[str]:
 
 
 def test_a_sync_leaks_neither_the_secret_nor_a_token(
-    sim: RecordingSimulator, secret: str, database_url: str, caplog: pytest.LogCaptureFixture,
+    sim: RecordingSimulator,
+    secret: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     capture_everything(caplog)
     sim.add_mailbox(MAILBOX, 900, seed=43)
     sim.faults.expire_tokens_after_pages = 4  # the run needs a second token
-    state = sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=sim.url,
-                         return_state=True)  # fmt: skip
+    state = sync_mailbox(
+        mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=sim.url, return_state=True
+    )
     summary = state.result()
     assert summary["status"] == "completed" and summary["emails_stored"] == 900
     assert len(sim.issued) >= 2 and sim.stats.by_status.get(401, 0) >= 1  # a refresh happened
@@ -145,9 +149,13 @@ def test_a_sync_leaks_neither_the_secret_nor_a_token(
 
 
 def test_a_refused_secret_fails_clearly_without_being_echoed(
-    sim: RecordingSimulator, secret: str, database_url: str, caplog: pytest.LogCaptureFixture,
-    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    sim: RecordingSimulator,
+    secret: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     wrong = f"Wrong.{secrets.token_urlsafe(24)}~"
     monkeypatch.setenv("MAILSYNC_CLIENT_SECRET", wrong)
     reset_runtime()
@@ -168,7 +176,8 @@ def test_a_refused_secret_fails_clearly_without_being_echoed(
     assert database_leaks(database_url, needles) == []
     with psycopg.connect(database_url) as conn:  # the job says why it failed, in its words
         status, category, message = conn.execute(
-            "SELECT status, error_category, error_message FROM sync_queue").fetchone()  # fmt: skip
+            "SELECT status, error_category, error_message FROM sync_queue"
+        ).fetchone()
     assert (status, category) == ("failed", "auth") and "invalid_client" in message
 
 

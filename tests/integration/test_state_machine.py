@@ -181,7 +181,9 @@ def test_claim_chunk_waits_for_next_attempt_at_and_says_how_long(conn: Any) -> N
     )
     outcome, wait_s, row = claim_at(conn, job, 1, "w1")
     assert outcome == "not_due" and 100 < wait_s <= 120 and row["status"] == "retrying"
-    conn.execute("UPDATE chunked_sync_jobs SET next_attempt_at = now() WHERE id = %s", (chunk["id"],))
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET next_attempt_at = now() WHERE id = %s", (chunk["id"],)
+    )
     outcome, _, row = claim_at(conn, job, 1, "w1")
     assert outcome == "claimed" and row["attempts"] == 2
 

@@ -110,12 +110,13 @@ def test_a_changed_message_is_updated_not_duplicated(
     sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url)
     target = box.messages()[10]
     with psycopg.connect(database_url) as conn:  # our copy goes stale: Graph's differs now
-        conn.execute("UPDATE emails SET subject = 'stale', content_hash = 'old' WHERE graph_id = %s",
-                     (target.id,))  # fmt: skip
+        conn.execute(
+            "UPDATE emails SET subject = 'stale', content_hash = 'old' WHERE graph_id = %s",
+            (target.id,),
+        )
     # A full re-sync lists every message again (an incremental one would ask Graph only what
     # changed, and Graph's copy did not change).
-    sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url,
-                 full=True)  # fmt: skip
+    sync_mailbox(mailbox=MAILBOX, chunk_size=300, page_size=100, graph_url=simulator.url, full=True)
     assert len(stored_ids(database_url)) == 300
     subject = scalar(database_url, "SELECT subject FROM emails WHERE graph_id = %s", target.id)
     assert subject == target.subject != "stale"
@@ -177,8 +178,14 @@ def test_a_date_range_sync_stores_only_its_window(
     box = simulator.add_mailbox(MAILBOX, 2000, seed=19)
     times = sorted(m.receivedDateTime for m in box.messages())
     start, end = times[500], times[1500]
-    summary = sync_mailbox(mailbox=MAILBOX, sync_from=start, sync_to=end, chunk_size=300,
-                           page_size=100, graph_url=simulator.url)  # fmt: skip
+    summary = sync_mailbox(
+        mailbox=MAILBOX,
+        sync_from=start,
+        sync_to=end,
+        chunk_size=300,
+        page_size=100,
+        graph_url=simulator.url,
+    )
     expected = {m.id for m in box.messages() if start <= m.receivedDateTime < end}
     assert summary["status"] == "completed" and summary["sync_type"] == "date_range"
     assert set(stored_ids(database_url)) == expected
@@ -203,8 +210,9 @@ def test_an_invalid_date_range_writes_nothing(
 ) -> None:
     simulator.add_mailbox(MAILBOX, 10)
     with pytest.raises(InvalidInputError, match="not before"):
-        sync_mailbox(mailbox=MAILBOX, sync_from="2024-05-01", sync_to="2024-04-01",
-                     graph_url=simulator.url)  # fmt: skip
+        sync_mailbox(
+            mailbox=MAILBOX, sync_from="2024-05-01", sync_to="2024-04-01", graph_url=simulator.url
+        )
     assert scalar(database_url, "SELECT count(*) FROM sync_queue") == 0
     assert scalar(database_url, "SELECT count(*) FROM stores") == 0
 

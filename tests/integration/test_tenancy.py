@@ -30,8 +30,14 @@ from mailsync.roles import MAINTENANCE, REPORTING, WORKER
 ACME = UUID("00000000-0000-4000-8000-0000000000a1")
 GLOBEX = UUID("00000000-0000-4000-8000-0000000000b2")
 ADA, BOB = "ada@acme.example", "bob@globex.example"
-TENANT_TABLES = ("stores", "sync_queue", "chunked_sync_jobs", "sync_state_checkpoints",
-                 "emails", "email_attachments")  # fmt: skip
+TENANT_TABLES = (
+    "stores",
+    "sync_queue",
+    "chunked_sync_jobs",
+    "sync_state_checkpoints",
+    "emails",
+    "email_attachments",
+)
 RELATIONS = (*TENANT_TABLES, "chunk_processing_status")
 OTHER = {ACME: GLOBEX, GLOBEX: ACME}
 
@@ -42,10 +48,15 @@ def two_tenants(runtime: Any, simulator: Any, database_url: str) -> dict[UUID, d
     simulator.add_mailbox(ADA, 400, seed=31)
     simulator.add_mailbox(BOB, 300, seed=32)
     synced = {
-        business: sync_mailbox(mailbox=mailbox, business_id=str(business), chunk_size=150,
-                               page_size=100, graph_url=simulator.url)
+        business: sync_mailbox(
+            mailbox=mailbox,
+            business_id=str(business),
+            chunk_size=150,
+            page_size=100,
+            graph_url=simulator.url,
+        )
         for business, mailbox in ((ACME, ADA), (GLOBEX, BOB))
-    }  # fmt: skip
+    }
     assert all(summary["status"] == "completed" for summary in synced.values())
     for business in synced:  # every relation holds rows of both, or the test proves nothing
         assert all(rows_of(database_url, name, business) > 0 for name in RELATIONS), business
@@ -105,17 +116,21 @@ def test_a_tenant_sees_all_of_its_rows_and_none_of_the_others(
         with acting_as(database_url, role, tenant) as conn:
             for relation in RELATIONS:
                 counts = conn.execute(
-                    sql.SQL("SELECT count(*) FILTER (WHERE business_id = %(t)s) AS own,"
-                            " count(*) FILTER (WHERE business_id <> %(t)s) AS others"
-                            " FROM {}").format(sql.Identifier(relation)), {"t": tenant},
-                ).fetchone()  # fmt: skip
+                    sql.SQL(
+                        "SELECT count(*) FILTER (WHERE business_id = %(t)s) AS own,"
+                        " count(*) FILTER (WHERE business_id <> %(t)s) AS others"
+                        " FROM {}"
+                    ).format(sql.Identifier(relation)),
+                    {"t": tenant},
+                ).fetchone()
                 assert counts == {"own": rows_of(database_url, relation, tenant), "others": 0}
             # Asked by id, the other tenant's job is not there either.
             other_job = two_tenants[other]["job_id"]
             progress = conn.execute("SELECT get_sync_job_progress(%s) AS p", (other_job,))
             assert progress.fetchone()["p"] is None
-            own = conn.execute("SELECT get_sync_job_progress(%s) AS p",
-                               (two_tenants[tenant]["job_id"],)).fetchone()["p"]  # fmt: skip
+            own = conn.execute(
+                "SELECT get_sync_job_progress(%s) AS p", (two_tenants[tenant]["job_id"],)
+            ).fetchone()["p"]
             assert own["completed_chunks"] == own["total_chunks"] > 0
 
 
@@ -156,39 +171,49 @@ def test_writes_that_name_another_tenant_are_refused(
     before = fingerprint(database_url, GLOBEX)
     acme_job, globex_job = two_tenants[ACME]["job_id"], two_tenants[GLOBEX]["job_id"]
     with psycopg.connect(database_url, row_factory=dict_row) as conn:  # GLOBEX's ids (superuser)
-        globex_store = conn.execute("SELECT id FROM stores WHERE business_id = %s",
-                                    (GLOBEX,)).fetchone()["id"]  # fmt: skip
-        globex_chunk = conn.execute("SELECT id FROM chunked_sync_jobs WHERE business_id = %s"
-                                    " LIMIT 1", (GLOBEX,)).fetchone()["id"]  # fmt: skip
-        acme_store = conn.execute("SELECT id FROM stores WHERE business_id = %s",
-                                  (ACME,)).fetchone()["id"]  # fmt: skip
+        globex_store = conn.execute(
+            "SELECT id FROM stores WHERE business_id = %s", (GLOBEX,)
+        ).fetchone()["id"]
+        globex_chunk = conn.execute(
+            "SELECT id FROM chunked_sync_jobs WHERE business_id = %s LIMIT 1", (GLOBEX,)
+        ).fetchone()["id"]
+        acme_store = conn.execute(
+            "SELECT id FROM stores WHERE business_id = %s", (ACME,)
+        ).fetchone()["id"]
     rls = pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security")
     with acting_as(database_url, WORKER, ACME) as conn:
         with rls:  # a row of another business
-            conn.execute("INSERT INTO stores (business_id, name, mailbox)"
-                         " VALUES (%s, 'x', 'eve@globex.example')", (GLOBEX,))  # fmt: skip
+            conn.execute(
+                "INSERT INTO stores (business_id, name, mailbox)"
+                " VALUES (%s, 'x', 'eve@globex.example')",
+                (GLOBEX,),
+            )
         with rls:
             conn.execute(
                 "INSERT INTO emails (business_id, store_id, graph_id, received_at, content_hash)"
-                " VALUES (%s, %s, 'planted', now(), 'h')", (GLOBEX, globex_store),
-            )  # fmt: skip
+                " VALUES (%s, %s, 'planted', now(), 'h')",
+                (GLOBEX, globex_store),
+            )
         with rls:  # moving one's own rows to another business
-            conn.execute("UPDATE stores SET business_id = %s WHERE business_id = %s",
-                         (GLOBEX, ACME))  # fmt: skip
+            conn.execute(
+                "UPDATE stores SET business_id = %s WHERE business_id = %s", (GLOBEX, ACME)
+            )
         with rls:
             conn.execute("UPDATE emails SET business_id = %s", (GLOBEX,))
         # One's own business id, pointing at another business's rows: the composite keys.
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute(
                 "INSERT INTO emails (business_id, store_id, graph_id, received_at, content_hash)"
-                " VALUES (%s, %s, 'planted', now(), 'h')", (ACME, globex_store),
-            )  # fmt: skip
+                " VALUES (%s, %s, 'planted', now(), 'h')",
+                (ACME, globex_store),
+            )
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute(
                 "INSERT INTO sync_state_checkpoints (business_id, store_id, sync_job_id,"
                 " chunk_id, chunk_index, cursor, emails_processed)"
-                " VALUES (%s, %s, %s, %s, 1, '{}', 0)", (ACME, acme_store, acme_job, globex_chunk),
-            )  # fmt: skip
+                " VALUES (%s, %s, %s, %s, 1, '{}', 0)",
+                (ACME, acme_store, acme_job, globex_chunk),
+            )
         # The other business's rows cannot be touched: they are not there.
         for statement in (
             "UPDATE emails SET subject = 'owned' WHERE business_id = %(other)s",
@@ -211,12 +236,15 @@ def test_the_state_machine_works_on_the_callers_tenant_only(
         conn.execute(
             "UPDATE chunked_sync_jobs SET status = 'processing', worker_id = 'dead',"
             " heartbeat_at = now() - interval '1 hour' WHERE parent_sync_job_id = %s"
-            " AND chunk_index = 1", (globex_job,),
-        )  # fmt: skip
+            " AND chunk_index = 1",
+            (globex_job,),
+        )
     with acting_as(database_url, WORKER, ACME) as conn:
         assert conn.execute("SELECT * FROM cleanup_stuck_chunks('1 minute')").fetchall() == []
-        assert conn.execute("SELECT * FROM claim_next_chunk_job(%s, 'w')",
-                            (globex_job,)).fetchall() == []  # fmt: skip
+        assert (
+            conn.execute("SELECT * FROM claim_next_chunk_job(%s, 'w')", (globex_job,)).fetchall()
+            == []
+        )
     with acting_as(database_url, MAINTENANCE, None) as conn:  # cleanup sees every tenant
         recovered = conn.execute("SELECT * FROM cleanup_stuck_chunks('1 minute')").fetchall()
         assert [str(r["parent_sync_job_id"]) for r in recovered] == [globex_job]
@@ -234,8 +262,11 @@ def test_the_reporting_role_cannot_write(
             with denied:
                 conn.execute(sql.SQL("DELETE FROM {}").format(name))
         with denied:
-            conn.execute("INSERT INTO stores (business_id, name, mailbox)"
-                         " VALUES (%s, 'x', 'eve@acme.example')", (ACME,))  # fmt: skip
+            conn.execute(
+                "INSERT INTO stores (business_id, name, mailbox)"
+                " VALUES (%s, 'x', 'eve@acme.example')",
+                (ACME,),
+            )
         with denied:
             conn.execute("SELECT finish_sync_job(%s)", (two_tenants[ACME]["job_id"],))
         with denied:
@@ -286,8 +317,9 @@ def test_functions_and_view_run_with_the_callers_rights(database_url: str) -> No
             "  FROM pg_proc AS p WHERE p.pronamespace = current_schema()::regnamespace"
             "   AND p.prosecdef"
         ).fetchall()
-        view = conn.execute("SELECT reloptions FROM pg_class"
-                            " WHERE relname = 'chunk_processing_status'").fetchone()  # fmt: skip
+        view = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'chunk_processing_status'"
+        ).fetchone()
     # The one SECURITY DEFINER function answers "whose job is this?", with a fixed path.
     assert [d["proname"] for d in definers] == ["job_business_id"]
     assert definers[0]["owner"] == MAINTENANCE
@@ -298,16 +330,18 @@ def test_functions_and_view_run_with_the_callers_rights(database_url: str) -> No
 def test_roles_are_as_documented(database_url: str) -> None:
     with psycopg.connect(database_url, row_factory=dict_row) as conn:
         roles = {
-            r["rolname"]: r for r in conn.execute(
+            r["rolname"]: r
+            for r in conn.execute(
                 "SELECT rolname, rolsuper, rolbypassrls, rolcanlogin, rolcreaterole,"
                 " rolcreatedb FROM pg_roles WHERE rolname LIKE 'mailsync\\_%'"
             ).fetchall()
-        }  # fmt: skip
+        }
     assert set(roles) >= {"mailsync_owner", WORKER, REPORTING, MAINTENANCE}
     for name in ("mailsync_owner", WORKER, REPORTING, MAINTENANCE):
         role = roles[name]
-        assert not (role["rolsuper"] or role["rolcanlogin"] or role["rolcreaterole"]
-                    or role["rolcreatedb"]), role  # fmt: skip
+        assert not (
+            role["rolsuper"] or role["rolcanlogin"] or role["rolcreaterole"] or role["rolcreatedb"]
+        ), role
         assert role["rolbypassrls"] == (name == MAINTENANCE), role
 
 
@@ -326,18 +360,22 @@ def test_the_pool_acts_as_the_worker_and_maintenance_is_explicit(
     db = runtime.db
     assert db.role == WORKER
     with db.transaction(ACME) as session:
-        row = session.conn.execute("SELECT current_user AS u, count(DISTINCT business_id) AS n,"
-                                   " min(business_id::text) AS b FROM emails").fetchone()  # fmt: skip
+        row = session.conn.execute(
+            "SELECT current_user AS u, count(DISTINCT business_id) AS n,"
+            " min(business_id::text) AS b FROM emails"
+        ).fetchone()
         assert (row["u"], row["n"], row["b"]) == (WORKER, 1, str(ACME))
     with db.transaction() as session:  # no tenant: nothing
         assert session.conn.execute("SELECT count(*) AS n FROM emails").fetchone()["n"] == 0
     with db.reporting_transaction(GLOBEX) as session:
-        row = session.conn.execute("SELECT current_user AS u, count(DISTINCT business_id) AS n"
-                                   " FROM emails").fetchone()  # fmt: skip
+        row = session.conn.execute(
+            "SELECT current_user AS u, count(DISTINCT business_id) AS n FROM emails"
+        ).fetchone()
         assert (row["u"], row["n"]) == (REPORTING, 1)
     with db.maintenance_transaction() as session:
-        row = session.conn.execute("SELECT current_user AS u, count(DISTINCT business_id) AS n"
-                                   " FROM emails").fetchone()  # fmt: skip
+        row = session.conn.execute(
+            "SELECT current_user AS u, count(DISTINCT business_id) AS n FROM emails"
+        ).fetchone()
         assert (row["u"], row["n"]) == (MAINTENANCE, 2)
     with db.transaction() as session:  # SET LOCAL ROLE ended with its transaction
         assert session.conn.execute("SELECT current_user AS u").fetchone()["u"] == WORKER
@@ -354,23 +392,28 @@ def app_login(database_url: str) -> Iterator[str]:
     configure DATABASE_URL; its URL."""
     name = f"mailsync_app_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE mailsync_worker").format(
-            sql.Identifier(name)))  # fmt: skip
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE mailsync_worker").format(sql.Identifier(name))
+        )
     params = conninfo_to_dict(database_url)
     params["user"] = name
     try:
         yield make_conninfo(**params)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                         " WHERE usename = %s", (name,))  # fmt: skip
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+            )
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def test_a_least_privilege_login_syncs_and_cannot_cross_tenants(
-    two_tenants: dict[UUID, dict[str, Any]], simulator: Any, database_url: str, app_login: str,
+    two_tenants: dict[UUID, dict[str, Any]],
+    simulator: Any,
+    database_url: str,
+    app_login: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     from mailsync.runtime import get_runtime, reset_runtime
 
     monkeypatch.setenv("MAILSYNC_DATABASE_URL", app_login)
@@ -378,8 +421,13 @@ def test_a_least_privilege_login_syncs_and_cannot_cross_tenants(
     try:
         assert get_runtime().db.role == WORKER
         simulator.add_mailbox("cy@acme.example", 120, seed=33)
-        summary = sync_mailbox(mailbox="cy@acme.example", business_id=str(ACME), chunk_size=50,
-                               page_size=50, graph_url=simulator.url)  # fmt: skip
+        summary = sync_mailbox(
+            mailbox="cy@acme.example",
+            business_id=str(ACME),
+            chunk_size=50,
+            page_size=50,
+            graph_url=simulator.url,
+        )
         assert summary["status"] == "completed" and summary["emails_stored"] == 120
         globex_job = two_tenants[GLOBEX]["job_id"]
         reopen_from_chunk_2(database_url, globex_job)
@@ -401,11 +449,16 @@ def test_a_least_privilege_login_syncs_and_cannot_cross_tenants(
 def reopen_from_chunk_2(url: str, job_id: str) -> None:
     """The job as if its run had stopped after chunk 1 (superuser)."""
     with psycopg.connect(url) as conn:
-        conn.execute("DELETE FROM sync_state_checkpoints WHERE sync_job_id = %s"
-                     " AND chunk_index >= 2", (job_id,))  # fmt: skip
-        conn.execute("UPDATE chunked_sync_jobs SET status = 'pending', attempts = 0,"
-                     " checkpoint_data = '{}' WHERE parent_sync_job_id = %s"
-                     " AND chunk_index >= 2", (job_id,))  # fmt: skip
+        conn.execute(
+            "DELETE FROM sync_state_checkpoints WHERE sync_job_id = %s AND chunk_index >= 2",
+            (job_id,),
+        )
+        conn.execute(
+            "UPDATE chunked_sync_jobs SET status = 'pending', attempts = 0,"
+            " checkpoint_data = '{}' WHERE parent_sync_job_id = %s"
+            " AND chunk_index >= 2",
+            (job_id,),
+        )
         conn.execute("UPDATE sync_queue SET status = 'running' WHERE id = %s", (job_id,))
 
 
@@ -416,8 +469,19 @@ def test_resume_and_status_by_job_id_work_as_the_jobs_tenant(
 
     runner = CliRunner()
     simulator.add_mailbox("dee@globex.example", 90, seed=34)
-    synced = runner.invoke(app, ["sync", "--mailbox", "dee@globex.example", "--business",
-                                 str(GLOBEX), "--chunk-size", "40", "--json"])  # fmt: skip
+    synced = runner.invoke(
+        app,
+        [
+            "sync",
+            "--mailbox",
+            "dee@globex.example",
+            "--business",
+            str(GLOBEX),
+            "--chunk-size",
+            "40",
+            "--json",
+        ],
+    )
     assert synced.exit_code == 0, synced.output
     job_id = json.loads(synced.stdout.strip().splitlines()[-1])["job_id"]
     status = runner.invoke(app, ["status", job_id, "--json"])
@@ -468,13 +532,17 @@ def test_hostile_identifiers_are_refused_and_change_nothing(
     assert simulator.stats.total == 0  # nothing reached Graph either
 
 
-@pytest.mark.parametrize("args", [
-    ["sync", "--mailbox", "ada/../bob@globex.example"],
-    ["sync", "--mailbox", ADA, "--folder", "inbox/../sentitems"],
-    ["sync", "--mailbox", ADA, "--business", "'; DROP TABLE stores; --"],
-    ["status", "1; DROP TABLE sync_queue"],
-    ["resume", "../../etc/passwd"],
-], ids=lambda a: " ".join(a)[:40])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sync", "--mailbox", "ada/../bob@globex.example"],
+        ["sync", "--mailbox", ADA, "--folder", "inbox/../sentitems"],
+        ["sync", "--mailbox", ADA, "--business", "'; DROP TABLE stores; --"],
+        ["status", "1; DROP TABLE sync_queue"],
+        ["resume", "../../etc/passwd"],
+    ],
+    ids=lambda a: " ".join(a)[:40],
+)
 def test_the_cli_refuses_hostile_identifiers(
     runtime: Any, simulator: Any, database_url: str, args: list[str]
 ) -> None:

@@ -28,8 +28,9 @@ def rows(url: str, query: str, *params: Any) -> list[dict[str, Any]]:
 
 def live(url: str) -> dict[str, tuple[str, bool]]:
     """graph_id → (folder, is_read) of every live row; fails on a message stored twice."""
-    found = rows(url, "SELECT graph_id, parent_folder_id, is_read FROM emails"
-                      " WHERE deleted_at IS NULL")  # fmt: skip
+    found = rows(
+        url, "SELECT graph_id, parent_folder_id, is_read FROM emails WHERE deleted_at IS NULL"
+    )
     ids = [r["graph_id"] for r in found]
     assert len(ids) == len(set(ids)), "a message is stored twice"
     return {r["graph_id"]: (r["parent_folder_id"], r["is_read"]) for r in found}
@@ -168,16 +169,20 @@ def test_a_deleted_folder_is_tombstoned_and_its_mail_removed(
     runtime: Any, simulator: Any, box: Any, database_url: str
 ) -> None:
     sync(simulator)
-    doomed = next(f for f in describe_folders(box)
-                  if f["wellKnownName"] is None and not f["isSearchFolder"] and f["totalItemCount"])  # fmt: skip
+    doomed = next(
+        f
+        for f in describe_folders(box)
+        if f["wellKnownName"] is None and not f["isSearchFolder"] and f["totalItemCount"]
+    )
     box.delete_folder(doomed["id"])
 
     summary = sync(simulator)
 
     assert summary["status"] == "completed"
     assert live(database_url) == in_mailbox(box)
-    tomb = rows(database_url, "SELECT deleted_at FROM mail_folders WHERE graph_id = %s",
-                doomed["id"])  # fmt: skip
+    tomb = rows(
+        database_url, "SELECT deleted_at FROM mail_folders WHERE graph_id = %s", doomed["id"]
+    )
     assert tomb and tomb[0]["deleted_at"] is not None
 
 
@@ -218,8 +223,9 @@ def test_a_malformed_delta_page_fails_that_folder_only(
     assert summary["status"] == "partial_failure"
     broken = [f for f in summary["folders"] if f["failed_chunks"]]
     assert len(broken) == 1
-    chunk = rows(database_url, "SELECT error_category FROM chunked_sync_jobs"
-                               " WHERE status = 'failed'")  # fmt: skip
+    chunk = rows(
+        database_url, "SELECT error_category FROM chunked_sync_jobs WHERE status = 'failed'"
+    )
     assert [c["error_category"] for c in chunk] == ["bad_data"]
 
 
@@ -240,15 +246,17 @@ def test_the_cli_syncs_every_folder_shows_them_and_exits_non_zero_when_incomplet
 
     box.add_messages(20, "inbox")
     simulator.faults.malformed_delta_page_at = 1
-    broken = runner.invoke(app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url,
-                                 "--json"])  # fmt: skip
+    broken = runner.invoke(
+        app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url, "--json"]
+    )
     assert broken.exit_code == 1, broken.output
     summary = json.loads(broken.stdout.strip().splitlines()[-1])  # still printed, as JSON
     assert summary["status"] == "partial_failure" and summary["sync_type"] == "incremental"
     assert "ended partial_failure" in broken.output
 
-    again = runner.invoke(app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url,
-                                "--full", "--json"])  # fmt: skip
+    again = runner.invoke(
+        app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url, "--full", "--json"]
+    )
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["sync_type"] == "full"
     assert live(database_url) == in_mailbox(box)

@@ -20,8 +20,12 @@ from mailsync.graph import Cursor, GraphClient, parse_message
 
 
 def msg(i: int, ts: str) -> dict[str, Any]:
-    return {"id": f"id-{i}", "receivedDateTime": ts, "subject": f"s{i}",
-            "body": {"contentType": "html", "content": "<p>x</p>"}}  # fmt: skip
+    return {
+        "id": f"id-{i}",
+        "receivedDateTime": ts,
+        "subject": f"s{i}",
+        "body": {"contentType": "html", "content": "<p>x</p>"},
+    }
 
 
 def keyset_server(
@@ -44,14 +48,16 @@ def keyset_server(
 
 
 def client(transport: httpx.MockTransport, **kw: Any) -> GraphClient:
-    return GraphClient(httpx.Client(transport=transport), base_url="https://graph.test",
-                       sleep=lambda s: None, **kw)  # fmt: skip
+    return GraphClient(
+        httpx.Client(transport=transport), base_url="https://graph.test", sleep=lambda s: None, **kw
+    )
 
 
 def collect(graph: GraphClient, page_size: int) -> list[str]:
     ids: list[str] = []
-    for page in graph.iter_pages("u@contoso.com", "inbox", cursor=Cursor(), since=None,
-                                 until=None, page_size=page_size):  # fmt: skip
+    for page in graph.iter_pages(
+        "u@contoso.com", "inbox", cursor=Cursor(), since=None, until=None, page_size=page_size
+    ):
         ids.extend(m.graph_id for m in page.messages)
     return ids
 
@@ -75,10 +81,19 @@ def test_a_tie_run_longer_than_a_page_follows_the_next_link() -> None:
 
 def test_429_waits_retry_after_then_succeeds() -> None:
     slept: list[float] = []
-    answers = iter([httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"code": "TooManyRequests"}}),
-                    httpx.Response(200, json={"@odata.count": 5, "value": []})])  # fmt: skip
-    graph = GraphClient(httpx.Client(transport=httpx.MockTransport(lambda r: next(answers))),
-                        base_url="https://graph.test", sleep=slept.append)  # fmt: skip
+    answers = iter(
+        [
+            httpx.Response(
+                429, headers={"Retry-After": "3"}, json={"error": {"code": "TooManyRequests"}}
+            ),
+            httpx.Response(200, json={"@odata.count": 5, "value": []}),
+        ]
+    )
+    graph = GraphClient(
+        httpx.Client(transport=httpx.MockTransport(lambda r: next(answers))),
+        base_url="https://graph.test",
+        sleep=slept.append,
+    )
     assert graph.count_messages("u@contoso.com", "inbox", None, None) == 5
     assert slept == [3.0] and graph.api_calls == 2 and graph.throttled == 1
 
@@ -95,8 +110,14 @@ def test_throttling_that_never_ends_raises_throttled_with_retry_after() -> None:
 def test_backoff_without_retry_after_is_bounded_and_jittered() -> None:
     slept: list[float] = []
     transport = httpx.MockTransport(lambda r: httpx.Response(503, json={"error": {"code": "x"}}))
-    graph = GraphClient(httpx.Client(transport=transport), base_url="https://graph.test",
-                        max_retries=5, backoff_base_s=1.0, backoff_max_s=4.0, sleep=slept.append)  # fmt: skip
+    graph = GraphClient(
+        httpx.Client(transport=transport),
+        base_url="https://graph.test",
+        max_retries=5,
+        backoff_base_s=1.0,
+        backoff_max_s=4.0,
+        sleep=slept.append,
+    )
     with pytest.raises(GraphServerError):
         graph.count_messages("u@contoso.com", "inbox", None, None)
     assert len(slept) == 5
@@ -105,8 +126,9 @@ def test_backoff_without_retry_after_is_bounded_and_jittered() -> None:
         assert cap / 2 <= delay <= cap
 
 
-@pytest.mark.parametrize(("status", "kind"), [(400, BadRequestError), (403, PermissionDeniedError),
-                                              (404, NotFoundError)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, BadRequestError), (403, PermissionDeniedError), (404, NotFoundError)]
+)
 def test_errors_map_to_categories(status: int, kind: type[Exception]) -> None:
     transport = httpx.MockTransport(
         lambda r: httpx.Response(
@@ -131,8 +153,11 @@ def test_a_message_without_a_received_time_is_counted_failed_not_stored() -> Non
         "value": [msg(1, "2024-01-01T00:00:00Z"), {"id": "broken"}, msg(2, "2024-01-01T00:00:01Z")]
     }
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json=body))
-    page = next(client(transport).iter_pages("u@contoso.com", "inbox", cursor=Cursor(),
-                                             since=None, until=None, page_size=10))  # fmt: skip
+    page = next(
+        client(transport).iter_pages(
+            "u@contoso.com", "inbox", cursor=Cursor(), since=None, until=None, page_size=10
+        )
+    )
     assert [m.graph_id for m in page.messages] == ["id-1", "id-2"]
     assert page.failed_ids == ["broken"] and page.exhausted
 

@@ -29,5 +29,7 @@ def test_full_chunks_of_every_listed_folder_come_first_then_one_round_per_folder
 def test_a_windowed_job_is_full_chunks_only_and_lists_even_an_empty_folder() -> None:
     chunks = chunk_rows([INBOX, EMPTY], chunk_size=1_000, windowed=True)
     assert [(c["kind"], c["folder_id"]) for c in chunks] == [
-        ("full", "inbox-id"), ("full", "inbox-id"), ("full", "empty-id"),
-    ]  # fmt: skip
+        ("full", "inbox-id"),
+        ("full", "inbox-id"),
+        ("full", "empty-id"),
+    ]

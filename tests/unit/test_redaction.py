@@ -15,20 +15,38 @@ from mailsync.db import redact_url
 from mailsync.errors import BadDataError, InvalidInputError
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("postgresql://app:hunter2@db.example:5432/mail", "postgresql://app:***@db.example:5432/mail"),
-    ("postgresql://:hunter2@db.example/mail", "postgresql://:***@db.example/mail"),
-    ("postgresql://app:hun@ter2@db.example/mail", "postgresql://app:***@db.example/mail"),
-    ("postgres://app:hunter2@h1,h2/mail?sslmode=require",
-     "postgres://app:***@h1,h2/mail?sslmode=require"),
-    ("postgresql://db.example/mail?user=app&password=hunter2&sslmode=require",
-     "postgresql://db.example/mail?user=app&password=***&sslmode=require"),
-    ("host=db.example user=app password=hunter2 dbname=mail",
-     "host=db.example user=app password=*** dbname=mail"),
-    ("host=db.example password = 'hunter 2' dbname=mail", "host=db.example password = *** dbname=mail"),
-    ("postgresql://postgres:@/postgres?host=/tmp/pg", "postgresql://postgres:@/postgres?host=/tmp/pg"),
-    ("postgresql://app@db.example/mail", "postgresql://app@db.example/mail"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://app:hunter2@db.example:5432/mail",
+            "postgresql://app:***@db.example:5432/mail",
+        ),
+        ("postgresql://:hunter2@db.example/mail", "postgresql://:***@db.example/mail"),
+        ("postgresql://app:hun@ter2@db.example/mail", "postgresql://app:***@db.example/mail"),
+        (
+            "postgres://app:hunter2@h1,h2/mail?sslmode=require",
+            "postgres://app:***@h1,h2/mail?sslmode=require",
+        ),
+        (
+            "postgresql://db.example/mail?user=app&password=hunter2&sslmode=require",
+            "postgresql://db.example/mail?user=app&password=***&sslmode=require",
+        ),
+        (
+            "host=db.example user=app password=hunter2 dbname=mail",
+            "host=db.example user=app password=*** dbname=mail",
+        ),
+        (
+            "host=db.example password = 'hunter 2' dbname=mail",
+            "host=db.example password = *** dbname=mail",
+        ),
+        (
+            "postgresql://postgres:@/postgres?host=/tmp/pg",
+            "postgresql://postgres:@/postgres?host=/tmp/pg",
+        ),
+        ("postgresql://app@db.example/mail", "postgresql://app@db.example/mail"),
+    ],
+)
 def test_database_urls_lose_their_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
     assert "hunter" not in redact_url(url)
@@ -63,9 +81,12 @@ def test_the_token_goes_to_the_graph_host_only() -> None:
     with httpx.Client(auth=auth, transport=httpx.MockTransport(handler)) as client:
         client.get("https://graph.microsoft.com/v1.0/users/a@b.example/messages")
         client.get("https://graph.microsoft.com:443/v1.0/users/a@b.example/messages")
-        for elsewhere in ("https://evil.example/v1.0/x", "http://graph.microsoft.com/v1.0/x",
-                          "https://graph.microsoft.com:8443/v1.0/x",
-                          "https://graph.microsoft.com.evil.example/v1.0/x"):  # fmt: skip
+        for elsewhere in (
+            "https://evil.example/v1.0/x",
+            "http://graph.microsoft.com/v1.0/x",
+            "https://graph.microsoft.com:8443/v1.0/x",
+            "https://graph.microsoft.com.evil.example/v1.0/x",
+        ):
             with pytest.raises(BadDataError, match="refusing to send the Graph token"):
                 client.get(elsewhere)
     assert [r.headers["Authorization"] for r in seen] == ["Bearer tok3n-value"] * 2
@@ -77,8 +98,16 @@ def test_job_ids_must_be_uuids(bad: str) -> None:
         validate.job_id(bad)
 
 
-@pytest.mark.parametrize("address", ["x?top=1@contoso.com", "a&b=c@contoso.com", "a$b@contoso.com",
-                                     "a*@contoso.com", "a+b@contoso.com"])  # fmt: skip
+@pytest.mark.parametrize(
+    "address",
+    [
+        "x?top=1@contoso.com",
+        "a&b=c@contoso.com",
+        "a$b@contoso.com",
+        "a*@contoso.com",
+        "a+b@contoso.com",
+    ],
+)
 def test_addresses_exchange_accepts_pass_beyond_entras_upn_characters(address: str) -> None:
     # RFC 5322 atext: Exchange accepts them; graph.py encodes each into one URL segment
     # (tests/unit/test_validate.py).

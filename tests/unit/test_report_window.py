@@ -23,9 +23,15 @@ NOW = datetime(2024, 5, 10, 12, 30, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("since", "back"),
-    [("90m", timedelta(minutes=90)), ("24h", timedelta(hours=24)), ("7d", timedelta(days=7)),
-     ("2w", timedelta(weeks=2)), (" 36H ", timedelta(hours=36)), ("1 d", timedelta(days=1))],
-)  # fmt: skip
+    [
+        ("90m", timedelta(minutes=90)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        (" 36H ", timedelta(hours=36)),
+        ("1 d", timedelta(days=1)),
+    ],
+)
 def test_a_duration_reaches_back_from_now(since: str, back: timedelta) -> None:
     window = parse_window(since, now=NOW)
     assert (window.since, window.until) == (NOW - back, NOW)
@@ -63,13 +69,19 @@ def test_the_trend_is_hourly_up_to_48_hours_then_daily() -> None:
 
 @pytest.mark.parametrize(
     ("since", "until", "message"),
-    [("", None, "invalid --since ''"), ("abc", None, "expected a duration like 90m"),
-     ("5x", None, "invalid --since '5x'"), ("-5h", None, "invalid --since '-5h'"),
-     ("0h", None, "at least 1h"), ("24h", "soon", "invalid --until 'soon'"),
-     ("2024-13-01", None, "ISO date"), ("1h", "2h", "is not before --until"),
-     ("2024-06-01", None, "is not before --until"),  # after NOW: an empty, inverted window
-     ("99999999w", None, "reaches back too far")],
-)  # fmt: skip
+    [
+        ("", None, "invalid --since ''"),
+        ("abc", None, "expected a duration like 90m"),
+        ("5x", None, "invalid --since '5x'"),
+        ("-5h", None, "invalid --since '-5h'"),
+        ("0h", None, "at least 1h"),
+        ("24h", "soon", "invalid --until 'soon'"),
+        ("2024-13-01", None, "ISO date"),
+        ("1h", "2h", "is not before --until"),
+        ("2024-06-01", None, "is not before --until"),  # after NOW: an empty, inverted window
+        ("99999999w", None, "reaches back too far"),
+    ],
+)
 def test_bad_windows_are_refused_with_a_clear_message(
     since: str, until: str | None, message: str
 ) -> None:
@@ -79,8 +91,9 @@ def test_bad_windows_are_refused_with_a_clear_message(
 
 
 def test_filters_are_normalised_and_a_bad_business_is_refused() -> None:
-    scope = ReportScope.parse("24h", store="  ada@contoso.example ", business=str(UUID(int=7)),
-                              now=NOW)  # fmt: skip
+    scope = ReportScope.parse(
+        "24h", store="  ada@contoso.example ", business=str(UUID(int=7)), now=NOW
+    )
     assert scope.store == "ada@contoso.example" and scope.business == UUID(int=7)
     assert ReportScope.parse("24h", store=" ", now=NOW).store is None
     assert "ada@contoso.example" in scope.describe() and "2024-05-09 12:30" in scope.describe()
@@ -95,11 +108,15 @@ def _chunks(rows: list[tuple[str, int, int, str]]) -> pd.DataFrame:
 
 
 def test_pandas_tables_skip_chunks_that_never_ran_and_keep_quiet_hours() -> None:
-    chunks = _chunks([
-        ("completed", 1, 100, "2024-05-10T08:05Z"), ("completed", 2, 300, "2024-05-10T08:55Z"),
-        ("failed", 3, 900, "2024-05-10T10:10Z"), ("completed", 0, 0, "2024-05-10T10:10Z"),
-        ("pending", 0, 0, "2024-05-10T10:10Z"),
-    ])  # fmt: skip
+    chunks = _chunks(
+        [
+            ("completed", 1, 100, "2024-05-10T08:05Z"),
+            ("completed", 2, 300, "2024-05-10T08:55Z"),
+            ("failed", 3, 900, "2024-05-10T10:10Z"),
+            ("completed", 0, 0, "2024-05-10T10:10Z"),
+            ("pending", 0, 0, "2024-05-10T10:10Z"),
+        ]
+    )
     durations = chunk_durations(chunks).set_index("outcome")
     assert durations.loc["finished", "chunks"] == 3 and durations.loc["finished", "p50_ms"] == 300
     assert durations.loc["finished", "max_ms"] == 900
@@ -118,6 +135,9 @@ def test_pandas_tables_skip_chunks_that_never_ran_and_keep_quiet_hours() -> None
 
 def test_empty_chunk_tables_have_their_columns() -> None:
     empty = _chunks([])
-    for frame in (chunk_durations(empty), attempts_distribution(empty),
-                  success_trend(empty, "day")):  # fmt: skip
+    for frame in (
+        chunk_durations(empty),
+        attempts_distribution(empty),
+        success_trend(empty, "day"),
+    ):
         assert frame.empty and len(frame.columns) >= 5

@@ -16,9 +16,16 @@ def test_duplicate_query_names_are_an_error() -> None:
 
 
 def test_the_state_machine_queries_exist() -> None:
-    for name in ("claim_chunk", "complete_chunk_job", "fail_chunk_job",
-                 "heartbeat_chunk", "cleanup_stuck_chunks", "get_sync_job_progress",
-                 "upsert_staged_emails", "plan_sync_job"):  # fmt: skip
+    for name in (
+        "claim_chunk",
+        "complete_chunk_job",
+        "fail_chunk_job",
+        "heartbeat_chunk",
+        "cleanup_stuck_chunks",
+        "get_sync_job_progress",
+        "upsert_staged_emails",
+        "plan_sync_job",
+    ):
         assert name in sql.queries, name
 
 
