@@ -20,11 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
-import httpx
-
-from mailsync.errors import NotFoundError, PermissionDeniedError
+from mailsync.errors import BadDataError, NotFoundError, PermissionDeniedError
 from mailsync.graph import GraphClient
 
 USER_FIELDS = "id,userPrincipalName,mail,displayName,accountEnabled,userType"
@@ -74,35 +72,8 @@ class Discovered:
         }
 
 
-class _AdvancedQueryHttp:
-    """The Graph HTTP client, sending the advanced-query header with every request (the
-    user listing's pages): GraphClient asks its ``http`` for ``get`` and nothing else."""
-
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
-    def get(
-        self,
-        url: str,
-        *,
-        params: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        return self._http.get(
-            url, params=params, headers={**(headers or {}), **ADVANCED_QUERY_HEADERS}
-        )
-
-
 def list_users(graph: GraphClient, page_size: int = PAGE_SIZE) -> Iterator[DirectoryUser]:
     """Every user of the tenant with a mail address, page by page."""
-    directory = GraphClient(
-        cast(httpx.Client, _AdvancedQueryHttp(graph.http)),
-        base_url=graph.base_url,
-        max_retries=graph.max_retries,
-        backoff_base_s=graph.backoff_base_s,
-        backoff_max_s=graph.backoff_max_s,
-        sleep=graph.sleep,
-    )
     url: str | None = f"{graph.base_url}/v1.0/users"
     params: dict[str, str] | None = {
         "$filter": "mail ne null",
@@ -112,19 +83,18 @@ def list_users(graph: GraphClient, page_size: int = PAGE_SIZE) -> Iterator[Direc
     }
     while url is not None:
         try:
-            body = directory.get_json(url, params)
+            body = graph.get_json(url, params, headers=ADVANCED_QUERY_HEADERS)
         except PermissionDeniedError as exc:
             raise PermissionDeniedError(
                 f"{NEEDS_USER_READ_ALL} (Graph answered: {exc})", status=exc.status, code=exc.code
             ) from None
-        finally:
-            graph.api_calls += directory.api_calls
-            directory.api_calls = 0
         for raw in body.get("value") or []:
             if isinstance(raw, dict) and raw.get("id"):
                 yield DirectoryUser.of(raw)
         link = body.get("@odata.nextLink")
-        url = link if isinstance(link, str) and graph.is_own_link(link) else None
+        if link is not None and not (isinstance(link, str) and graph.is_own_link(link)):
+            raise BadDataError("Graph's user list has a nextLink that is not its own")
+        url = link
         params = None  # a nextLink carries every option
 
 

@@ -315,16 +315,22 @@ class GraphClient:
 
     # -- requests ---------------------------------------------------------------------
     def get_json(
-        self, url: str, params: dict[str, str] | None = None, *, max_page_size: int | None = None
+        self,
+        url: str,
+        params: dict[str, str] | None = None,
+        *,
+        max_page_size: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """GET a Graph resource as JSON, retrying throttling, 5xx and network errors.
 
         ``max_page_size`` asks for pages of that size (``Prefer: odata.maxpagesize``, the only
-        way to size delta pages), in the same Prefer header as the immutable ids."""
+        way to size delta pages), in the same Prefer header as the immutable ids; ``headers``
+        adds others (e.g. ``ConsistencyLevel: eventual`` for advanced directory queries)."""
         prefer = 'IdType="ImmutableId"'
         if max_page_size is not None:
             prefer = f"odata.maxpagesize={max_page_size}, {prefer}"
-        headers = {"Prefer": prefer, "Accept": "application/json"}
+        headers = {"Prefer": prefer, "Accept": "application/json", **(headers or {})}
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
