@@ -43,10 +43,7 @@ def delta_url(graph: GraphClient, mailbox: str, folder_id: str) -> str:
 
 
 def _links(graph: GraphClient, body: dict[str, Any]) -> tuple[str | None, str | None]:
-    next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
-    for link in (next_link, delta_link):
-        if link is not None and (not isinstance(link, str) or not graph.is_own_link(link)):
-            raise BadDataError("Graph's delta page has a link that is not its own")
+    next_link, delta_link = graph.link(body), graph.link(body, "@odata.deltaLink")
     if (next_link is None) == (delta_link is None):
         raise BadDataError("Graph's delta page needs exactly one of nextLink and deltaLink")
     return next_link, delta_link

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mailsync.errors import BadDataError, NotFoundError, PermissionDeniedError
+from mailsync.errors import NotFoundError, PermissionDeniedError
 from mailsync.graph import GraphClient
 
 USER_FIELDS = "id,userPrincipalName,mail,displayName,accountEnabled,userType"
@@ -91,10 +91,7 @@ def list_users(graph: GraphClient, page_size: int = PAGE_SIZE) -> Iterator[Direc
         for raw in body.get("value") or []:
             if isinstance(raw, dict) and raw.get("id"):
                 yield DirectoryUser.of(raw)
-        link = body.get("@odata.nextLink")
-        if link is not None and not (isinstance(link, str) and graph.is_own_link(link)):
-            raise BadDataError("Graph's user list has a nextLink that is not its own")
-        url = link
+        url = graph.link(body)
         params = None  # a nextLink carries every option
 
 

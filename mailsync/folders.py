@@ -70,9 +70,7 @@ def _pages(graph: GraphClient, url: str) -> Iterator[dict[str, Any]]:
         if not isinstance(value, list):
             raise BadDataError("Graph's folder list has no 'value' list")
         yield from value
-        link = body.get("@odata.nextLink")
-        if link is not None and (not isinstance(link, str) or not graph.is_own_link(link)):
-            raise BadDataError("Graph's folder list has a nextLink that is not its own")
+        link = graph.link(body)
         params = None  # a nextLink carries its options
 
 

@@ -411,10 +411,16 @@ class GraphClient:
     def messages_url(self, mailbox: str, folder: str) -> str:
         return f"{self.folder_url(mailbox, folder)}/messages"
 
-    def is_own_link(self, link: str) -> bool:
-        """Whether a nextLink or deltaLink points at our Graph host (the token goes nowhere
-        else, and a link elsewhere would be a server bug or an attack)."""
-        return link.startswith(self.base_url + "/")
+    def link(self, body: dict[str, Any], key: str = "@odata.nextLink") -> str | None:
+        """A page's nextLink (or deltaLink, by ``key``), checked: a string pointing at our
+        Graph host (the token goes nowhere else, and a link elsewhere would be a server bug
+        or an attack); None when the page has none."""
+        link = body.get(key)
+        if link is not None and not (
+            isinstance(link, str) and link.startswith(self.base_url + "/")
+        ):
+            raise BadDataError(f"Graph's {key} is not a link to {self.base_url}")
+        return link
 
     @staticmethod
     def window_filter(since: str | None, until: str | None) -> str:
@@ -481,9 +487,7 @@ class GraphClient:
             delivered += len(page.messages)
             page.last = page.exhausted or (limit is not None and delivered >= limit)
             cursor = page.cursor
-            link = body.get("@odata.nextLink")
-            if link is not None and not isinstance(link, str):
-                raise BadDataError("Graph's @odata.nextLink is not a string")
+            link = self.link(body)
             next_link = link if link and self._only_ties(body, cursor, asked) else None
             del body  # megabytes of parsed JSON: not kept alive while the caller writes
             yield page
