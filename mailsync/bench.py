@@ -113,21 +113,21 @@ def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Flo
 
 
 @contextmanager
-def simulator_process(mailbox: str, messages: int, seed: int) -> Iterator[tuple[str, int]]:
-    """A Graph simulator in its own process (its CPU and GIL are not the sync's): its URL
-    and its pid."""
+def simulator_process(mailboxes: dict[str, int], seed: int) -> Iterator[tuple[str, int]]:
+    """A Graph simulator serving the mailboxes ({name: messages}), in its own process (its
+    CPU and GIL are not the sync's): its URL and its pid."""
     code = (
-        "import sys; from mailsync.simulator import serve_forever; "
-        "serve_forever('127.0.0.1', 0, {sys.argv[1]: int(sys.argv[2])}, int(sys.argv[3]))"
+        "import json, sys; from mailsync.simulator import serve_forever; "
+        "serve_forever('127.0.0.1', 0, json.loads(sys.argv[1]), int(sys.argv[2]))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, mailbox, str(messages), str(seed)],
+        [sys.executable, "-c", code, json.dumps(mailboxes), str(seed)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().strip()  # the first line, once the mailbox is built
+        url = proc.stdout.readline().strip()  # the first line, once the mailboxes are built
         if not url.startswith("http"):
             raise MailsyncError(f"the simulator did not start (exit {proc.poll()})")
         yield url, proc.pid
@@ -295,7 +295,7 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
     mailbox = f"bench-{uuid.uuid4().hex[:8]}@contoso.example"
     with (
         prefect_api() as (api_url, prefect_start_s, own_server),
-        simulator_process(mailbox, config.messages, config.seed) as (sim_url, sim_pid),
+        simulator_process({mailbox: config.messages}, config.seed) as (sim_url, sim_pid),
         httpx.Client(timeout=60.0) as http,
     ):
         token = fetch_token(http, sim_url, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)

@@ -14,16 +14,12 @@ completion. ``throttled_requests`` are the 429s Graph (the simulator) answered a
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,9 +35,10 @@ from mailsync.bench import (
     process_cpu_s,
     run_sync_child,
     set_latency,
+    simulator_process,
 )
 from mailsync.errors import MailsyncError
-from mailsync.prefect_server import prefect_api, stop_process
+from mailsync.prefect_server import prefect_api
 from mailsync.registry import pool_size_for
 
 if TYPE_CHECKING:
@@ -61,28 +58,6 @@ class ManyConfig:
 def mailbox_names(count: int) -> list[str]:
     run = uuid.uuid4().hex[:6]
     return [f"bench-{run}-{i}@contoso.example" for i in range(count)]
-
-
-@contextmanager
-def simulator_process(mailboxes: dict[str, int], seed: int) -> Iterator[tuple[str, int]]:
-    """A Graph simulator serving the mailboxes, in its own process: its URL and its pid."""
-    code = (
-        "import json, sys; from mailsync.simulator import serve_forever; "
-        "serve_forever('127.0.0.1', 0, json.loads(sys.argv[1]), int(sys.argv[2]))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(mailboxes), str(seed)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()  # the first line, once the mailboxes are built
-        if not url.startswith("http"):
-            raise MailsyncError(f"the simulator did not start (exit {proc.poll()})")
-        yield url, proc.pid
-    finally:
-        stop_process(proc)
 
 
 def parallel_floor(sim_url: str, mailboxes: list[str], page_size: int, token: str) -> Floor:
