@@ -74,15 +74,18 @@ class ChunkOutcome:
 class Position:
     """Where the job continues: its newest checkpoint."""
 
-    cursor: Cursor = field(default_factory=Cursor)
-    exhausted: bool = False  # an earlier page reached the end of the mailbox
+    cursor: Cursor = field(default_factory=Cursor)  # a keyset listing's
+    exhausted: bool = False  # an earlier page reached the end of the folder
     emails_processed: int = 0  # in the whole job so far
+    state: dict[str, Any] = field(default_factory=dict)  # the checkpoint as stored (a delta
+    # round's position: mailsync.rounds.RoundState)
 
     @classmethod
     def of_row(cls, row: Row | None) -> Position:
         if row is None:
             return cls()
-        return cls(Cursor.from_json(row["cursor"]), row["exhausted"], row["emails_processed"])
+        state = dict(row["cursor"] or {})
+        return cls(Cursor.from_json(state), row["exhausted"], row["emails_processed"], state)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,17 @@ class AttemptTiming:
     fetch_wait_ms: float = 0.0  # the attempt blocked, waiting for a page
     write_ms: float = 0.0  # page transactions, committed
 
+    def wait(self, pages: Iterator[P]) -> P | None:
+        """The next page of a pager that requests ahead itself (mailsync.delta): the time
+        blocked is waiting, parsing included."""
+        begun = time.perf_counter()
+        try:
+            return next(pages, None)
+        finally:
+            waited_ms = (time.perf_counter() - begun) * 1000
+            self.fetch_ms += waited_ms
+            self.fetch_wait_ms += waited_ms
+
     def fetch(self, pages: Iterator[P]) -> P | None:
         begun = time.perf_counter()
         try:
@@ -203,11 +217,6 @@ class Attempt:
     pages, ``mailsync.rounds.DeltaAttempt`` follows one delta round. Every page is written
     by ``_commit``, one transaction each.
     """
-
-    # emails_processed counts every message a page delivered; a delta round counts only
-    # those it wrote (added or changed), so that its re-read of a folder just listed in
-    # full does not count each message twice.
-    counts_unchanged = True
 
     def __init__(
         self,
@@ -311,8 +320,6 @@ class Attempt:
             )
             progress["emails_added"] = before.get("emails_added", 0) + written.inserted
             progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
-            if not self.counts_unchanged:
-                progress["emails_processed"] -= written.unchanged
             progress["timing"] = self.timing.as_json()
             # The fence: it takes the chunk's row lock and refuses a worker that lost it.
             # (After the rows, so the lock is held for the least time; a refusal rolls the

@@ -15,7 +15,7 @@ ErrorQuotaExceeded: ``DeltaQuotaExceededError`` (both raised by ``GraphClient``)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from mailsync.graph import (
     GraphClient,
     parse_message,
 )
+from mailsync.prefetch import PREFETCH, PagePrefetch
 
 
 @dataclass
@@ -50,10 +51,15 @@ def _links(graph: GraphClient, body: dict[str, Any]) -> tuple[str | None, str | 
 
 
 def parse_delta_page(graph: GraphClient, body: dict[str, Any]) -> DeltaPage:
+    page = DeltaPage([], [], [], *_links(graph, body))
+    _parse_items(body, page)
+    return page
+
+
+def _parse_items(body: dict[str, Any], page: DeltaPage) -> None:
     value = body.get("value")
     if not isinstance(value, list):
         raise BadDataError("Graph's delta page has no 'value' list")
-    page = DeltaPage([], [], [], *_links(graph, body))
     for item in value:
         if isinstance(item, dict) and "@removed" in item:
             if not isinstance(item.get("id"), str):
@@ -64,20 +70,33 @@ def parse_delta_page(graph: GraphClient, body: dict[str, Any]) -> DeltaPage:
             page.messages.append(parse_message(item))
         except BadDataError:
             page.failed_ids.append(str(item.get("id")) if isinstance(item, dict) else "?")
-    return page
 
 
 def iter_delta(
-    graph: GraphClient, mailbox: str, folder_id: str, link: str | None, page_size: int
-) -> Iterator[DeltaPage]:
+    graph: GraphClient,
+    mailbox: str,
+    folder_id: str,
+    link: str | None,
+    page_size: int,
+    prefetch: PagePrefetch = PREFETCH,
+) -> Generator[DeltaPage, None, None]:
     """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
-    a new round (every message of the folder) when ``link`` is None."""
+    a new round (every message of the folder) when ``link`` is None.
+
+    Each page's nextLink is requested as soon as it is read, before the page is parsed and
+    handed over; a caller that stops early leaves that request to whoever continues the
+    round from the same link (mailsync.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
     params: dict[str, str] | None = (
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
     )
     while True:
-        page = parse_delta_page(graph, graph.get_json(url, params, max_page_size=page_size))
+        ahead = prefetch.take(url, page_size) if params is None else None
+        body = ahead.result() if ahead else graph.get_json(url, params, max_page_size=page_size)
+        page = DeltaPage([], [], [], *_links(graph, body))
+        if page.next_link is not None:
+            prefetch.start(graph, page.next_link, page_size)
+        _parse_items(body, page)
         yield page
         if page.next_link is None:
             return

@@ -1,16 +1,17 @@
 """Planning a job: which folders, each full or incremental, and the chunks that do it.
 
 For each folder of the job's selection (every real folder for ``all``):
-- **full** (its first sync, ``--full``, a sync window, or no deltaLink kept): Graph's count
-  of the folder sizes its full chunks (keyset listing, drift-proof, as before), then one
-  delta round from scratch (mailsync.rounds) writes what changed meanwhile, reconciles
-  deletions and leaves the folder's first deltaLink. Every message the store files there
-  is presumed removed until the job sees it: after the job, the live rows equal the folder.
-- **incremental**: one delta round from the folder's deltaLink.
-The chunks run in order: every full chunk first, then one delta chunk per folder, so the
-delta rounds also catch what changed while the full listings ran. A folder gone from the
-mailbox is tombstoned and its messages presumed removed (moved mail is seen elsewhere).
-A sync window keeps no delta state: its job is full chunks only.
+- **full** (its first sync, ``--full``, or no deltaLink kept): one delta round from scratch
+  (mailsync.rounds), which returns every message of the folder and ends with its first
+  deltaLink, cut into chunks of ``chunk_size`` messages (in whole pages) by Graph's count
+  of the folder.
+  Every message the store files there is presumed removed until the job sees it: after
+  the job, the live rows equal the folder.
+- **incremental**: one chunk, one delta round from the folder's deltaLink.
+- a **sync window** keeps no delta state: full chunks that list the window by keyset pages
+  (drift-proof; mailsync.chunks.FullAttempt).
+The chunks run in order, folder after folder. A folder gone from the mailbox is tombstoned
+and its messages presumed removed (moved mail is seen elsewhere).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
     calls_before = graph.api_calls
     folders = _record_folders(db, job, _list(graph, store["mailbox"], job["folder"]))
     plans = [_plan_folder(graph, job, store, folder) for folder in folders]
-    chunks = chunk_rows(plans, job["chunk_size"], windowed=_windowed(job))
+    chunks = chunk_rows(plans, job["chunk_size"], job["page_size"], windowed=_windowed(job))
     with db.transaction(job["business_id"]) as session:
         _presume_removed(session, job, plans)
         session.execute(
@@ -104,39 +105,36 @@ def _plan_folder(graph: GraphClient, job: Row, store: Row, folder: Row) -> Folde
     return FolderPlan(folder_id, full=True, estimated=count, start_link=None)
 
 
-def chunk_rows(plans: list[FolderPlan], chunk_size: int, *, windowed: bool) -> list[dict[str, Any]]:
-    """The job's chunks, in the order they run: each full folder's chunks, then one delta
-    chunk per folder. An empty folder needs no full chunk when a delta round follows: the
-    round brings whatever arrived."""
+def chunk_rows(
+    plans: list[FolderPlan], chunk_size: int, page_size: int, *, windowed: bool
+) -> list[dict[str, Any]]:
+    """The job's chunks, in the order they run: folder by folder, a full folder's round
+    cut into chunks by its count (an empty folder still needs its one chunk, for its
+    deltaLink), an incremental folder in one; a window's folders in keyset chunks.
+
+    A delta chunk ends after a whole page (a round cannot stop mid-page): its share is
+    ``chunk_size`` rounded up to whole pages."""
+    if not windowed:
+        chunk_size = math.ceil(chunk_size / page_size) * page_size
     chunks: list[dict[str, Any]] = []
 
     def add(**chunk: Any) -> None:
         chunks.append({"chunk_index": len(chunks) + 1, "checkpoint_data": {}, **chunk})
 
     for plan in plans:
-        if not plan.full or (plan.estimated == 0 and not windowed):
-            continue
-        count = max(1, math.ceil(plan.estimated / chunk_size))
+        count = max(1, math.ceil(plan.estimated / chunk_size)) if plan.full else 1
+        round_start = {
+            "start_link": plan.start_link,
+            "mode": "initial" if plan.full else "incremental",
+        }
         for i in range(count):
             estimated = chunk_size if i < count - 1 else plan.estimated - chunk_size * i
             add(
-                kind="full",
+                kind="full" if windowed else "delta",
                 folder_id=plan.folder_id,
                 estimated_emails=max(estimated, 0),
                 last_in_folder=i == count - 1,
-            )
-    if not windowed:
-        for plan in plans:
-            state = {
-                "start_link": plan.start_link,
-                "mode": "initial" if plan.full else "incremental",
-            }
-            add(
-                kind="delta",
-                folder_id=plan.folder_id,
-                estimated_emails=0,
-                last_in_folder=True,
-                checkpoint_data=state,
+                checkpoint_data={} if windowed else round_start,
             )
     return chunks
 

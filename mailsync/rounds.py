@@ -1,33 +1,46 @@
-"""A delta chunk: one delta round of one folder, checkpointed per page.
+"""A delta chunk: a stretch of one folder's delta round, checkpointed per page.
 
-The chunk's checkpoint holds where the round goes on (``next_link``), so a retried or
-resumed attempt continues from the last committed page. Each page, in one transaction:
-its messages upserted (seen: no longer removal candidates), its ``@removed`` ids recorded as
-candidates (mailsync.jobs applies them when the job ends, once every folder has spoken),
-the checkpoint, and on the last page the folder's new deltaLink and the completion.
+A folder's first sync (and every ``--full`` sync) *is* a delta round from scratch: Graph
+returns every message of the folder, page by page, chained by nextLinks, and ends with the
+folder's first deltaLink. The plan cuts that round into chunks by the folder's message
+count: each chunk writes about ``chunk_size`` messages and stops after a page, its nextLink
+committed with that page; the next chunk of the folder continues from there (the request
+for that link is usually in flight already: mailsync.prefetch). The folder's last chunk
+runs to the end of the round, whatever the count said. A later sync is one chunk: one
+round from the folder's deltaLink.
 
-A round **from scratch** (the folder's first round after its full listing, or a restart)
-returns every message in the folder and cannot say what was deleted before it. So its
-first page, in the same transaction, presumes every message the store files in that
-folder removed; the round withdraws each one it shows, and what is left when the job ends
-is gone. Why a first round at all, after a full listing: Graph bakes a round's options
-(``$select``) into its links and offers no "latest" token for mail, so the only deltaLink
-that later returns whole messages comes from enumerating the folder with that ``$select``.
+Where a folder's round stands lives in the job's checkpoints (``sync_state_checkpoints``,
+one row per committed page, ``cursor`` = ``RoundState``), written in each page's
+transaction: a retried attempt, the next chunk, a resumed job all continue from the
+newest one. Each page, in one transaction: its messages upserted (seen: no longer
+removal candidates), its ``@removed`` ids recorded as candidates (mailsync.jobs applies
+them when the job ends, once every folder has spoken), the round's position, the chunk's
+progress, and on the round's last page the folder's new deltaLink.
+
+A round **from scratch** cannot say what was deleted before it: its first page, in the
+same transaction, presumes every message the store files in that folder removed; the round
+withdraws each one it shows, and what is left when the job ends is gone. Its content is
+fixed when its first page is served, so what changed while it was paged comes in the next
+round: a round from scratch is followed at once by one round from its own deltaLink (the
+catch-up, usually one request), and the job ends exact.
 
 Two answers change course instead of failing the chunk:
 - an expired token (410 / SyncStateNotFound / resyncRequired): the round restarts from
-  scratch (``delta_resets``; at most ``MAX_RESETS_PER_ROUND`` times);
-- 403 ErrorQuotaExceeded: no delta for this mailbox now. A folder just listed in full by
-  this job needs nothing more; another is listed in full by keyset pages, from scratch
-  (``fallback``). Either way it keeps no new deltaLink, so its next job lists it in full.
+  scratch (``delta_resets``; at most ``MAX_RESETS_PER_ROUND`` times per attempt);
+- 403 ErrorQuotaExceeded: no delta for this mailbox now. The folder is listed in full by
+  keyset pages instead, from scratch, in this chunk (``fallback``); it keeps no new
+  deltaLink.
 Both are logged with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import closing
+from typing import Any, TypedDict, cast
 
-from mailsync.chunks import Attempt, prefetched
+from mailsync.chunks import Attempt, Position, prefetched
 from mailsync.db import Session
 from mailsync.delta import DeltaPage, iter_delta
 from mailsync.errors import DeltaQuotaExceededError, GraphError, SyncStateExpiredError
@@ -40,41 +53,95 @@ logger = logging.getLogger(__name__)
 MAX_RESETS_PER_ROUND = 2
 
 
+class RoundState(TypedDict, total=False):
+    """Where a folder's round stands (a checkpoint's ``cursor``)."""
+
+    next_link: str | None  # the next request of the round; None: a new round from scratch
+    scratch: bool  # the round started from scratch (a catch-up round follows it)
+    catch_up: bool  # this is the catch-up round after one from scratch
+    fallback: bool  # no delta to be had: a keyset listing of the folder instead
+    listing: dict[str, Any] | None  # the fallback listing's keyset cursor
+
+
 class DeltaAttempt(Attempt):
-    counts_unchanged = False
+    def __init__(self, *parts: Any, position: Position) -> None:
+        super().__init__(*parts)
+        self.position = position
 
     def _work(self) -> None:
-        if self._full_copy_failed():
-            # The folder's full listing in this job lost a chunk: its copy is incomplete, so
-            # it must not get a deltaLink (the next job lists it in full again).
-            self._commit(checkpoint={"skipped": "the folder's full listing failed"}, done=True)
+        if self.position.exhausted:  # an earlier chunk of the folder finished its round
+            self._commit(done=True, exhausted=True)
             return
-        if self.progress.get("fallback"):
-            self._listing(Cursor.from_json(self.progress.get("fallback_cursor")))
-            return
-        while True:
+        state: RoundState | None = self._start_state()
+        while state is not None:
             try:
-                self._round()
-                return
+                if state.get("fallback"):
+                    self._listing(state)
+                    return
+                state = self._round(state)
             except SyncStateExpiredError as exc:
-                self._restart(exc)
+                state = self._restart(exc)
             except DeltaQuotaExceededError as exc:
-                self._fall_back(exc)
-                return
+                state = self._fall_back(exc)
 
-    def _round(self) -> None:
-        link = self.progress.get("next_link") or self.progress.get("start_link")
+    def _start_state(self) -> RoundState:
+        """The folder's newest position in this job (this chunk's last page, or an earlier
+        chunk's), else where the plan starts the round."""
+        if self.position.state:
+            return cast(RoundState, self.position.state)
+        start = self.progress.get("start_link")
+        return RoundState(next_link=start, scratch=start is None, catch_up=False)
+
+    @property
+    def _last(self) -> bool:
+        return bool(self.chunk["last_in_folder"]) or self.index == self.chunk["total_chunks"]
+
+    def _round(self, state: RoundState) -> RoundState | None:
+        """Follow the round from ``state`` until the chunk is done (None), or until a round
+        from scratch ends: then where its catch-up round starts."""
+        link = state.get("next_link")
         mailbox, folder = self.store["mailbox"], self.folder_id
         pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"])
-        for page in prefetched(pages, self.timing):
-            self._check_lease()
-            self._write(page, from_scratch=link is None and not self.progress.get("presumed"))
-            link = page.next_link
+        with closing(pages):
+            while (page := self.timing.wait(pages)) is not None:
+                self._check_lease()
+                after = self._after(page, state)
+                complete = page.delta_link is not None and after.get("next_link") is None
+                done = complete or (
+                    self._full(page) and not self._last and not state.get("catch_up")
+                )
+                self._write(page, after, presume=link is None, done=done, complete=complete)
+                if done:
+                    return None
+                if page.delta_link is not None:
+                    return after  # a round from scratch ended: its catch-up round next
+                state, link = after, after.get("next_link")
+        raise AssertionError("a delta round ends with a page that has its deltaLink")
 
-    def _write(self, page: DeltaPage, *, from_scratch: bool) -> None:
+    def _after(self, page: DeltaPage, state: RoundState) -> RoundState:
+        """The round's position once this page is written."""
+        if page.next_link is not None:
+            return RoundState(
+                next_link=page.next_link,
+                scratch=bool(state.get("scratch")),
+                catch_up=bool(state.get("catch_up")),
+            )
+        if state.get("scratch") and not state.get("catch_up"):
+            return RoundState(next_link=page.delta_link, scratch=True, catch_up=True)
+        return RoundState(next_link=None, scratch=False, catch_up=False)  # round complete
+
+    def _full(self, page: DeltaPage) -> bool:
+        """With this page, the chunk has its share of the round (``chunk_size`` messages)."""
+        delivered = self.progress.get("delivered", 0) + len(page.messages) + len(page.failed_ids)
+        return int(delivered) >= int(self.chunk["chunk_size"])
+
+    def _write(
+        self, page: DeltaPage, after: RoundState, *, presume: bool, done: bool, complete: bool
+    ) -> None:
         job, folder = self.job, self.folder_id
+        position = self._position_writer(after, exhausted=complete, delivered=page)
 
-        def removals_and_link(session: Session) -> None:
+        def removals_link_position(session: Session) -> None:
             if page.removed_ids:
                 session.execute(
                     "insert_removals",
@@ -91,21 +158,49 @@ class DeltaAttempt(Attempt):
                     folder_id=folder,
                     delta_link=page.delta_link,
                 )
+            position(session)
 
-        checkpoint = {
-            "next_link": page.next_link,
-            "removed": self.progress.get("removed", 0) + len(page.removed_ids),
-        }
-        if from_scratch:
-            checkpoint["presumed"] = True
+        delivered = len(page.messages) + len(page.failed_ids)
         self._commit(
             messages=page.messages,
             failed=len(page.failed_ids),
-            checkpoint=checkpoint,
-            first=self._presume_folder_removed if from_scratch else None,
-            also=removals_and_link,
-            done=page.delta_link is not None,
+            checkpoint={
+                "next_link": after.get("next_link"),
+                "delivered": self.progress.get("delivered", 0) + delivered,
+                "removed": self.progress.get("removed", 0) + len(page.removed_ids),
+            },
+            first=self._presume_folder_removed if presume else None,  # a round's first page
+            also=removals_link_position,
+            done=done,
+            exhausted=complete,
         )
+        self.position = Position(
+            exhausted=complete,
+            emails_processed=self.position.emails_processed + len(page.messages),
+            state=dict(after),
+        )
+
+    def _position_writer(
+        self, state: RoundState, *, exhausted: bool, delivered: DeltaPage | Page | None = None
+    ) -> Callable[[Session], None]:
+        job = self.job
+        written = len(delivered.messages) if delivered is not None else 0
+
+        def insert(session: Session) -> None:
+            session.execute(
+                "insert_checkpoint",
+                business_id=job["business_id"],
+                store_id=job["store_id"],
+                job_id=job["id"],
+                chunk_id=self.chunk["id"],
+                chunk_index=self.index,
+                folder_id=self.folder_id,
+                cursor=dict(state),
+                emails_processed=self.position.emails_processed + written,
+                exhausted=exhausted,
+            )
+
+        return insert
 
     def _presume_folder_removed(self, session: Session) -> None:
         job = self.job
@@ -118,7 +213,7 @@ class DeltaAttempt(Attempt):
             until=None,
         )
 
-    def _restart(self, exc: GraphError) -> None:
+    def _restart(self, exc: GraphError) -> RoundState:
         resets = self.progress.get("delta_resets", 0) + 1
         if resets > MAX_RESETS_PER_ROUND:
             raise exc
@@ -130,67 +225,54 @@ class DeltaAttempt(Attempt):
             exc,
             resets,
         )
+        state = RoundState(next_link=None, scratch=True, catch_up=False)
         self._commit(
             checkpoint={
-                "mode": "reset",
                 "next_link": None,
-                "start_link": None,
-                "presumed": False,
                 "delta_resets": resets,
                 "reset_reason": exc.code or str(exc.status),
             },
+            also=self._position_writer(state, exhausted=False),
         )
+        return state
 
-    def _fall_back(self, exc: GraphError) -> None:
-        if self.progress.get("mode") == "initial" and not self.progress.get("presumed"):
-            logger.warning(
-                "folder %s of %s: no delta state to be had (%s); its full listing in this job "
-                "stands, and its next job lists it in full again",
-                self.folder_id,
-                self.store["mailbox"],
-                exc,
-            )
-            self._commit(checkpoint={"fallback": exc.code or "quota"}, done=True)
-            return
+    def _fall_back(self, exc: GraphError) -> RoundState:
         logger.warning(
             "folder %s of %s: no delta state to be had (%s); listing it in full and reconciling",
             self.folder_id,
             self.store["mailbox"],
             exc,
         )
+        state = RoundState(fallback=True, listing=None)
         self._commit(
-            checkpoint={"fallback": exc.code or "quota", "fallback_cursor": None, "presumed": True},
+            checkpoint={"fallback": exc.code or "quota"},
             first=self._presume_folder_removed,
+            also=self._position_writer(state, exhausted=False),
         )
-        self._listing(Cursor())
+        return state
 
-    def _listing(self, cursor: Cursor) -> None:
-        """The fallback: every message of the folder by keyset pages, checkpointed."""
+    def _listing(self, state: RoundState) -> None:
+        """The fallback: the rest of the folder by keyset pages, checkpointed; None: done."""
         pages = self.graph.iter_pages(
             self.store["mailbox"],
             self.folder_id,
-            cursor=cursor,
+            cursor=Cursor.from_json(state.get("listing")),
             since=graph_time(self.job["sync_from"]),
             until=graph_time(self.job["sync_to"]),
             page_size=self.job["page_size"],
         )
         for page in prefetched(pages, self.timing):
             self._check_lease()
-            self._write_listing_page(page)
-
-    def _write_listing_page(self, page: Page) -> None:
-        self._commit(
-            messages=page.messages,
-            failed=len(page.failed_ids),
-            checkpoint={"fallback_cursor": page.cursor.to_json()},
-            done=page.last,
-        )
-
-    def _full_copy_failed(self) -> bool:
-        row = self.db.one(
-            "folder_full_chunks_failed",
-            self.job["business_id"],
-            job_id=self.job["id"],
-            folder_id=self.folder_id,
-        )
-        return bool(row and row["failed"])
+            after = RoundState(fallback=True, listing=page.cursor.to_json())
+            self._commit(
+                messages=page.messages,
+                failed=len(page.failed_ids),
+                also=self._position_writer(after, exhausted=page.last, delivered=page),
+                done=page.last,
+                exhausted=page.last,
+            )
+            self.position = Position(
+                exhausted=page.last,
+                emails_processed=self.position.emails_processed + len(page.messages),
+                state=dict(after),
+            )

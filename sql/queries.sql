@@ -257,16 +257,11 @@ ON CONFLICT DO NOTHING;
 UPDATE mail_folders SET delta_link = %(delta_link)s, synced_at = now()
  WHERE store_id = %(store_id)s AND graph_id = %(folder_id)s;
 
--- name: folder_full_chunks_failed
--- Whether a full chunk of this folder failed in this job (its copy is incomplete).
-SELECT count(*) > 0 AS failed FROM chunked_sync_jobs
- WHERE parent_sync_job_id = %(job_id)s AND folder_id = %(folder_id)s AND kind = 'full'
-   AND status = 'failed';
-
 -- name: job_folder_stats
 -- A job's numbers per folder, in the order the folders ran.
 SELECT c.folder_id, coalesce(f.path, c.folder_id) AS path,
-       CASE WHEN bool_or(c.kind = 'full') THEN 'full' ELSE 'incremental' END AS sync_type,
+       CASE WHEN bool_or(c.kind = 'full' OR c.checkpoint_data->>'mode' = 'initial') THEN 'full'
+            ELSE 'incremental' END AS sync_type,
        count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
        sum(c.emails_added) AS emails_added, sum(c.emails_updated) AS emails_updated,
        (SELECT count(*) FROM email_removals AS r

@@ -43,7 +43,11 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         chunk["attempts"],
     )
     parts = (runtime.db, runtime.graph(graph_url), job, load_store(runtime.db, job), worker, chunk)
-    attempt = DeltaAttempt(*parts) if chunk["kind"] == "delta" else FullAttempt(*parts, position)
+    attempt = (
+        DeltaAttempt(*parts, position=position)
+        if chunk["kind"] == "delta"
+        else FullAttempt(*parts, position)
+    )
     outcome = attempt.run()
     logger.info(
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",

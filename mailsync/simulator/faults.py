@@ -14,7 +14,8 @@ from typing import Any
 from mailsync.simulator.mutations import Mutation, parse_mutations
 
 # Page triggers: once N pages were served since the switch was set, the fault fires once
-# and the switch reads None again. Message pages and delta pages are counted apart.
+# and the switch reads None again. The message-page triggers count every page of messages
+# (listed or delta); the delta triggers count delta pages only.
 MESSAGE_PAGE_TRIGGERS = (
     "throttle_after_pages",
     "server_error_after_pages",
@@ -54,9 +55,10 @@ class Faults:
 
     Graph (/v1.0) requests meet them in this order, after the bearer token is checked and the
     user resolved: ``server_error_next``, ``throttle_next``, ``max_concurrent_per_mailbox``;
-    then message-list requests only: ``latency_ms``, the page is cut, mutations are counted
-    (per mailbox) and applied after the cut, the page is counted. A "page" is a message-list
-    request that got that far; a ``$count=true&$top=1`` request is one.
+    then pages of messages only (message-list and delta requests): ``latency_ms``, the page
+    is cut, mutations are counted (per mailbox) and applied after the cut, the page is
+    counted. A "page" is such a request that got that far; a ``$count=true&$top=1`` request
+    is one.
 
     Counting a page (across all mailboxes, since the switch was last assigned):
     ``malformed_page_at = N`` serves the Nth page cut in half; ``throttle_after_pages = N``

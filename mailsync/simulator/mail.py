@@ -147,7 +147,13 @@ class MailApi:
         if len(rest) > 1:
             raise segment_not_found(rest)
         if rest and folder is not None and rest[0].lower() == "delta":
-            return self._delta.serve(request, mailbox, folder)
+            response = self._delta.serve(request, mailbox, folder)
+            if self._faults.mutation_due(mailbox.user_id):  # the page is out as it was
+                mailbox.mutate(
+                    self._faults.add_per_mutation, self._faults.delete_per_mutation, folder.id
+                )
+            response.body = self._counted(request, response.body)
+            return response
         if rest:
             return self._single_message(request, mailbox, folder, rest[0])
         return self._message_page(request, mailbox, folder)
@@ -176,14 +182,18 @@ class MailApi:
         if self._faults.mutation_due(mailbox.user_id):  # after the cut: this page is as was
             real = folder.id if folder is not None and not folder.is_search else None
             mailbox.mutate(self._faults.add_per_mutation, self._faults.delete_per_mutation, real)
-        body = self._page_body(request, mailbox, folder, query, page, total)
-        events = self._faults.count_message_page((request.path.lower(), tuple(sorted(query.pairs))))
-        if events.malformed:
-            body = body[: len(body) // 2]  # a 200 whose JSON stops mid-message
-        if events.expire_tokens:
-            self._tokens.expire_all()
+        body = self._counted(request, self._page_body(request, mailbox, folder, query, page, total))
         self._stats.record_page(len(page))
         return Response(200, body)
+
+    def _counted(self, request: Request, body: bytes) -> bytes:
+        """A page of messages (listed or delta) counted for the page faults: the body to
+        send (cut in half when it is the malformed one)."""
+        pairs = tuple(sorted(parse_qsl(request.query, keep_blank_values=True)))
+        events = self._faults.count_message_page((request.path.lower(), pairs))
+        if events.expire_tokens:
+            self._tokens.expire_all()
+        return body[: len(body) // 2] if events.malformed else body  # JSON stops mid-message
 
     def _page_body(
         self,

@@ -479,6 +479,8 @@ def test_resume_and_status_by_job_id_work_as_the_jobs_tenant(
             str(GLOBEX),
             "--chunk-size",
             "40",
+            "--page-size",
+            "40",
             "--json",
         ],
     )
@@ -488,8 +490,8 @@ def test_resume_and_status_by_job_id_work_as_the_jobs_tenant(
     assert status.exit_code == 0, status.output
     summary = json.loads(status.stdout.strip().splitlines()[-1])
     assert summary["business_id"] == str(GLOBEX)
-    # three full chunks of 40, then the folder's delta round
-    assert summary["emails_stored"] == 90 and summary["chunks_completed"] == 4
+    # the folder's round in three chunks of 40 (whole pages of 40)
+    assert summary["emails_stored"] == 90 and summary["chunks_completed"] == 3
     reopen_from_chunk_2(database_url, job_id)
     resumed = runner.invoke(app, ["resume", job_id, "--json"])
     assert resumed.exit_code == 0, resumed.output

@@ -1,0 +1,65 @@
+"""Delta pages requested before they are needed, across chunk boundaries.
+
+A delta round is a chain: a page's nextLink is known only once the page has arrived. So
+the next page is requested as soon as its link is read (before the page's messages are
+parsed and written), and when a chunk stops in the middle of a round, that request stays
+in flight for whichever attempt continues the round from the same link: in this process,
+the next chunk of the folder, which takes it over instead of asking again. A request
+nobody takes within ``max_age_s`` is dropped (another worker took the next chunk, or the
+job stopped); so is the oldest when ``max_pending`` are waiting.
+
+Nothing here writes: a page taken over is written under its taker's claim and fence, like
+any page. A page fetched a little earlier than needed is as good as one fetched later: a
+round's content is fixed when its first page is served, and what changes meanwhile comes
+in the next round.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from mailsync.graph import GraphClient
+
+Body = dict[str, Any]
+
+
+class PagePrefetch:
+    def __init__(self, max_workers: int = 8, max_age_s: float = 60.0, max_pending: int = 32):
+        # One thread per round in flight: mailboxes synced in parallel in one process each
+        # keep their own request going.
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="page-prefetch")
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[tuple[str, int], tuple[float, Future[Body]]] = OrderedDict()
+        self.max_age_s, self.max_pending = max_age_s, max_pending
+
+    def start(self, graph: GraphClient, url: str, page_size: int) -> None:
+        """Request the page at ``url`` (a nextLink, replayed exactly) now, for a later take."""
+        key = (url, page_size)
+        with self._lock:
+            self._drop_stale()
+            if key in self._pending:
+                return
+            future = self._pool.submit(graph.get_json, url, None, max_page_size=page_size)
+            self._pending[key] = (time.monotonic(), future)
+
+    def take(self, url: str, page_size: int) -> Future[Body] | None:
+        """The request for ``url`` already in flight (or done), or None: ask it yourself."""
+        with self._lock:
+            entry = self._pending.pop((url, page_size), None)
+        return entry[1] if entry else None
+
+    def _drop_stale(self) -> None:
+        now = time.monotonic()
+        while self._pending:
+            key, (started, future) = next(iter(self._pending.items()))
+            if now - started < self.max_age_s and len(self._pending) < self.max_pending:
+                return
+            del self._pending[key]
+            future.cancel()  # not started yet: never sent; else its answer is dropped
+
+
+PREFETCH = PagePrefetch()
