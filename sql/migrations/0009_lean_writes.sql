@@ -1,11 +1,11 @@
 -- What a stored message costs Postgres, cut to what pays for itself (docs/benchmark.md,
 -- "Postgres per message"; measured with `mailsync bench --store`).
 
--- 1. Bodies: pglz compressing each body into TOAST was ~35-40 µs of the ~80 µs of server
+-- 1. Bodies: pglz compressing each body into TOAST was ~37 µs of the ~90 µs of server
 -- CPU that writing a message took. lz4 does the same job for a fraction of that and keeps
 -- the disk saving, so a server built with it compresses with lz4. One without it (the
--- embedded server is one) stores bodies uncompressed and out of line (EXTERNAL): about
--- twice the disk and WAL per body, for ~35 µs less CPU per message; the main heap keeps
+-- embedded server is one) stores bodies uncompressed and out of line (EXTERNAL): ~1.8x
+-- the disk and ~1.6x the WAL per message, for ~39 µs less CPU; the main heap keeps
 -- only the small columns, which is what the sync's own scans read. Values already stored
 -- keep the form they have.
 DO $$
