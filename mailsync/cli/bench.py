@@ -16,6 +16,7 @@ from rich.table import Table
 from mailsync.bench import BenchConfig, measure_sync, run_bench
 from mailsync.bench_incremental import IncrementalConfig, run_bench_incremental
 from mailsync.bench_many import ManyConfig, measure_sync_all, run_bench_many
+from mailsync.bench_store import StoreConfig, run_bench_store
 from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -76,9 +77,25 @@ def bench(
         ),
     ] = False,
     changes: Annotated[int, typer.Option(min=0, help="Changes before the incremental sync.")] = 500,
+    store: Annotated[
+        bool,
+        typer.Option(
+            "--store",
+            help="Instead: Postgres CPU per stored message, as the schema is and with one "
+            "thing changed per variant (mailsync.bench_store).",
+        ),
+    ] = False,
+    variant: Annotated[
+        list[str] | None, typer.Option(help="--store: only this variant (repeatable).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="--store: runs of each variant.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    if store:
+        config_store = StoreConfig(messages, page_size, repeats, seed, tuple(variant or ()))
+        _bench_store(config_store, as_json)
+        return
     if incremental:
         config_incremental = IncrementalConfig(messages, changes, latency_ms, page_size, seed)
         _bench_incremental(config_incremental, as_json)
@@ -117,6 +134,26 @@ def _bench_incremental(config: IncrementalConfig, as_json: bool) -> None:
     table.add_column("value", justify="right")
     for key, value in result.items():
         table.add_row(key, str(value))
+    out.print(table)
+
+
+def _bench_store(config: StoreConfig, as_json: bool) -> None:
+    if not as_json:
+        console.print(
+            f"bench: {config.messages} messages stored in pages of {config.page_size}, "
+            f"{config.repeats} runs of each variant (this takes a while)"
+        )
+    result = run_bench_store(config, None if as_json else console.print)
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+        return
+    table = Table(title=f"Postgres per stored message ({config.messages} messages, medians)")
+    columns = ("write_cpu_us", "vacuum_cpu_us", "replay_cpu_us", "wal_bytes", "table_bytes")
+    table.add_column("variant")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, figures in result["variants"].items():
+        table.add_row(name, *(f"{figures[c]:,}" for c in columns))
     out.print(table)
 
 
