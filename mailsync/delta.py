@@ -91,8 +91,9 @@ def iter_delta(
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
     )
     while True:
-        ahead = prefetch.take(url, page_size) if params is None else None
-        body = ahead.result() if ahead else graph.get_json(url, params, max_page_size=page_size)
+        body = prefetch.take(graph, url, page_size) if params is None else None
+        if body is None:
+            body = graph.get_json(url, params, max_page_size=page_size)
         page = DeltaPage([], [], [], *_links(graph, body))
         if page.next_link is not None:
             prefetch.start(graph, page.next_link, page_size)

@@ -313,6 +313,19 @@ class GraphClient:
         self.api_calls = 0  # every request sent, throttled ones included
         self.throttled = 0
 
+    def fork(self) -> GraphClient:
+        """A client over the same connection, token and retry policy, counting its own
+        requests (mailsync.prefetch: a request made ahead is charged to whoever uses it)."""
+        return GraphClient(
+            self.http,
+            base_url=self.base_url,
+            max_retries=self.max_retries,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            sleep=self.sleep,
+            rng=self.rng,
+        )
+
     # -- requests ---------------------------------------------------------------------
     def get_json(
         self,

@@ -9,9 +9,10 @@ nobody takes within ``max_age_s`` is dropped (another worker took the next chunk
 job stopped); so is the oldest when ``max_pending`` are waiting.
 
 Nothing here writes: a page taken over is written under its taker's claim and fence, like
-any page. A page fetched a little earlier than needed is as good as one fetched later: a
-round's content is fixed when its first page is served, and what changes meanwhile comes
-in the next round.
+any page, and its requests (retries included) are counted by its taker's client. A request
+nobody takes is counted by nobody. A page fetched a little earlier than needed is as good
+as one fetched later: a round's content is fixed when its first page is served, and what
+changes meanwhile comes in the next round.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class PagePrefetch:
         # keep their own request going.
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="page-prefetch")
         self._lock = threading.Lock()
-        self._pending: OrderedDict[tuple[str, int], tuple[float, Future[Body]]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, int], tuple[float, GraphClient, Future[Body]]] = (
+            OrderedDict()
+        )
         self.max_age_s, self.max_pending = max_age_s, max_pending
 
     def start(self, graph: GraphClient, url: str, page_size: int) -> None:
@@ -43,19 +46,28 @@ class PagePrefetch:
             self._drop_stale()
             if key in self._pending:
                 return
-            future = self._pool.submit(graph.get_json, url, None, max_page_size=page_size)
-            self._pending[key] = (time.monotonic(), future)
+            ahead = graph.fork()
+            future = self._pool.submit(ahead.get_json, url, None, max_page_size=page_size)
+            self._pending[key] = (time.monotonic(), ahead, future)
 
-    def take(self, url: str, page_size: int) -> Future[Body] | None:
-        """The request for ``url`` already in flight (or done), or None: ask it yourself."""
+    def take(self, graph: GraphClient, url: str, page_size: int) -> Body | None:
+        """The page at ``url`` if it was requested ahead (waiting for it if need be), its
+        requests now counted by ``graph``; None: ask it yourself."""
         with self._lock:
             entry = self._pending.pop((url, page_size), None)
-        return entry[1] if entry else None
+        if entry is None:
+            return None
+        _, ahead, future = entry
+        try:
+            return future.result()
+        finally:
+            graph.api_calls += ahead.api_calls
+            graph.throttled += ahead.throttled
 
     def _drop_stale(self) -> None:
         now = time.monotonic()
         while self._pending:
-            key, (started, future) = next(iter(self._pending.items()))
+            key, (started, _, future) = next(iter(self._pending.items()))
             if now - started < self.max_age_s and len(self._pending) < self.max_pending:
                 return
             del self._pending[key]
