@@ -260,3 +260,25 @@ def test_the_cli_syncs_every_folder_shows_them_and_exits_non_zero_when_incomplet
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout.strip().splitlines()[-1])["sync_type"] == "full"
     assert live(database_url) == in_mailbox(box)
+
+
+def test_mail_changed_while_a_folder_is_first_read_is_exact_when_the_job_ends(
+    runtime: Any, simulator: Any, box: Any, database_url: str
+) -> None:
+    # Inbox's round from scratch (pages of 100, chunks of 200) is fixed when its first page
+    # is served; what changes after that comes in its catch-up round, in the same job.
+    simulator.faults.mutate_after_delta_pages = 3
+    simulator.faults.delta_mutations = [
+        {"op": "add", "count": 6, "folder": "inbox"},
+        {"op": "delete", "count": 5, "folder": "inbox"},
+        {"op": "move", "count": 4, "folder": "inbox", "to": "archive"},
+        {"op": "read", "count": 7, "folder": "inbox"},
+    ]
+    before = in_mailbox(box)
+
+    summary = sync(simulator, chunk_size=200, page_size=100)
+
+    assert simulator.faults.mutate_after_delta_pages is None  # it fired, mid-round
+    assert in_mailbox(box) != before
+    assert summary["status"] == "completed" and summary["sync_type"] == "full"
+    assert live(database_url) == in_mailbox(box)

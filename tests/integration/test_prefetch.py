@@ -1,0 +1,74 @@
+"""A delta round's next page is requested as soon as its link is read, and a caller that
+stops after a page (a chunk that has its share) leaves that request to whoever continues
+from the same link (mailsync.prefetch): the round is read once, and each request is
+counted by the client that used it. Real simulator over HTTP, real Graph client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mailsync.delta import iter_delta
+from mailsync.graph import GraphClient
+from mailsync.prefetch import PagePrefetch
+from mailsync.simulator import GraphSimulator
+
+MAILBOX = "pat@contoso.example"
+
+
+@pytest.fixture
+def simulator() -> Iterator[GraphSimulator]:
+    with GraphSimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def http(simulator: GraphSimulator) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {simulator.issue_token()}"}
+    with httpx.Client(headers=headers, timeout=10) as client:
+        yield client
+
+
+def test_a_round_stopped_after_a_page_is_continued_without_asking_twice(
+    simulator: GraphSimulator, http: httpx.Client
+) -> None:
+    box = simulator.add_mailbox(MAILBOX, 250, seed=3)
+    prefetch = PagePrefetch()
+    first = GraphClient(http, base_url=simulator.url)
+    pages = iter_delta(first, MAILBOX, "inbox", None, 100, prefetch)
+    page = next(pages)
+    pages.close()  # the chunk has its share: it stops here
+    assert page.next_link is not None and len(page.messages) == 100
+    # Nobody iterates any more, yet the second page is served: it was asked ahead.
+    deadline = time.monotonic() + 10
+    while simulator.stats.delta_pages < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert simulator.stats.delta_pages == 2
+
+    second = GraphClient(http, base_url=simulator.url)  # the next chunk's client
+    rest = list(iter_delta(second, MAILBOX, "inbox", page.next_link, 100, prefetch))
+
+    ids = {m.graph_id for m in page.messages} | {m.graph_id for p in rest for m in p.messages}
+    assert ids == box.ids()
+    assert rest[-1].delta_link is not None
+    assert simulator.stats.delta_pages == 3  # 100 + 100 + 50: no page asked twice
+    assert (first.api_calls, second.api_calls) == (1, 2)  # charged to the user of the page
+
+
+def test_a_request_nobody_takes_is_dropped_after_its_age(
+    simulator: GraphSimulator, http: httpx.Client
+) -> None:
+    simulator.add_mailbox(MAILBOX, 150, seed=4)
+    prefetch = PagePrefetch(max_age_s=0.0)
+    graph = GraphClient(http, base_url=simulator.url)
+    pages = iter_delta(graph, MAILBOX, "inbox", None, 100, prefetch)
+    page = next(pages)
+    pages.close()
+    assert page.next_link is not None
+    prefetch.start(graph, page.next_link, 50)  # another request: it drops the stale one
+
+    assert prefetch.take(graph, page.next_link, 100) is None
+    assert prefetch.take(graph, page.next_link, 50) is not None  # the newer one stands
