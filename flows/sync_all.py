@@ -9,7 +9,7 @@ How a mailbox is synced depends on where this flow runs (as in flows/cleanup.py)
   mailbox, ``run_deployment(..., timeout=0)`` with an idempotency key per mailbox and due
   time: the runs spread over every worker of the pool, on every machine, and this flow
   ends at once;
-- elsewhere (``mailsync sync-all``), the syncs run here, as subflows in tasks, as many at
+- elsewhere (``mailsync sync-all``), the syncs run here, each in a task, as many at
   a time as the flow's task runner has threads (``--parallel N``).
 A failing mailbox is its own: its job's outcome is recorded on its store (migration
 0007's trigger) and, after three failures in a row, its interval doubles per failure up

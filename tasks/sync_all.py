@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
+from mailsync.errors import SyncIncompleteError
 from mailsync.runtime import get_runtime
 
 Claim = dict[str, Any]  # a claimed mailbox: store_id, business_id, mailbox, folder, due_at, …
@@ -92,38 +93,40 @@ def start_through_deployment(
 
 @task(name="sync-mailbox-here", task_run_name="sync-{claim[mailbox]}", cache_policy=NO_CACHE)
 def sync_in_process(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The mailbox's sync in this process (a subflow); its outcome, never an exception: one
-    mailbox's failure is its own."""
+    """The mailbox's sync in this process; its outcome, never an exception: one mailbox's
+    failure is its own.
+
+    The sync runs as this task's body (its chunk tasks nested here), not as a subflow: a
+    subflow run is created by a blocking call to the Prefect API, and N of them at once
+    queue behind each other on the server (a SQLite server took 2-6 s each with 4-8 at
+    once, while the first mailbox was already syncing). Task runs are reported by events and
+    never wait. Each mailbox's runs still show under this task run, with its artifacts."""
     from mailsync.flows.sync_mailbox import sync_mailbox  # the sync's imports, when it runs
 
     started = datetime.now(UTC)
-    state = sync_mailbox(**sync_parameters(claim, overrides), return_state=True)
     outcome: dict[str, Any] = {"mailbox": claim["mailbox"], "started": started}
-    if state.is_completed():
-        summary = state.result()
+    try:
+        summary = sync_mailbox.fn(**sync_parameters(claim, overrides))
+    except SyncIncompleteError as exc:
+        return {**_outcome(exc.summary), **outcome, "error": str(exc)[:300]}
+    except Exception as exc:  # whatever stopped it (a bad mailbox, an outage): its own
+        get_run_logger().error("sync of %s failed: %s", claim["mailbox"], exc)
         return {
             **outcome,
-            "status": summary["status"],
-            "job_id": summary["job_id"],
-            "messages": summary.get("emails_processed"),
+            "status": "failed",
+            "job_id": None,
+            "messages": None,
+            "error": str(exc)[:300],
         }
-    summary = _summary_of_failure(state)
+    return {**_outcome(summary), **outcome}
+
+
+def _outcome(summary: dict[str, Any]) -> dict[str, Any]:
     return {
-        **outcome,
-        "status": summary.get("status") or (state.name or "failed").lower(),
+        "status": summary.get("status") or "failed",
         "job_id": summary.get("job_id"),
         "messages": summary.get("emails_processed"),
-        "error": (state.message or "")[:300],
     }
-
-
-def _summary_of_failure(state: Any) -> dict[str, Any]:
-    """The job's summary a failed sync carries (SyncIncompleteError), when it has one."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:
-        return {}
-    return dict(getattr(exc, "summary", None) or {})
 
 
 def release_claim(claim: Claim) -> None:
