@@ -42,8 +42,7 @@ RELATIONS = (*TENANT_TABLES, "chunk_processing_status")
 OTHER = {ACME: GLOBEX, GLOBEX: ACME}
 
 
-@pytest.fixture()
-def two_tenants(runtime: Any, simulator: Any, database_url: str) -> dict[UUID, dict[str, Any]]:
+def sync_two_tenants(simulator: Any, database_url: str) -> dict[UUID, dict[str, Any]]:
     """ACME's and GLOBEX's mailboxes synced by the flow; each tenant's job summary."""
     simulator.add_mailbox(ADA, 400, seed=31)
     simulator.add_mailbox(BOB, 300, seed=32)
@@ -61,6 +60,65 @@ def two_tenants(runtime: Any, simulator: Any, database_url: str) -> dict[UUID, d
     for business in synced:  # every relation holds rows of both, or the test proves nothing
         assert all(rows_of(database_url, name, business) > 0 for name in RELATIONS), business
     return synced
+
+
+@pytest.fixture(scope="module")
+def two_tenants_template(
+    pg_admin_url: str, template_db: str
+) -> Iterator[tuple[str, dict[UUID, dict[str, Any]]]]:
+    """A database where the two tenants were synced, once for the module (its name, the
+    summaries): the tests that only read or write rows get a copy each."""
+    from mailsync.runtime import reset_runtime
+    from mailsync.simulator import GraphSimulator
+    from tests.conftest import drop_database, with_dbname
+
+    name = f"mailsync_tenants_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    url = with_dbname(pg_admin_url, name)
+    with pytest.MonkeyPatch.context() as env, GraphSimulator() as simulator:
+        for key, value in {  # as the simulator and database_url fixtures set them
+            "MAILSYNC_DATABASE_URL": url,
+            "MAILSYNC_TENANT_ID": "contoso-test",
+            "MAILSYNC_CLIENT_ID": simulator.client_id,
+            "MAILSYNC_CLIENT_SECRET": simulator.client_secret,
+            "MAILSYNC_GRAPH_URL": simulator.url,
+        }.items():
+            env.setenv(key, value)
+        reset_runtime()
+        try:
+            synced = sync_two_tenants(simulator, url)
+        finally:
+            reset_runtime()  # no connection left: a template must have none
+    yield name, synced
+    drop_database(pg_admin_url, name)
+
+
+@pytest.fixture()
+def two_tenants(
+    two_tenants_template: tuple[str, dict[UUID, dict[str, Any]]],
+    pg_admin_url: str,
+    database_url: str,
+) -> dict[UUID, dict[str, Any]]:
+    """This test's database as a copy of the two tenants' synced one; each tenant's job
+    summary. (The fixture first in a test's arguments: nothing has connected yet.)"""
+    from tests.conftest import drop_database
+
+    template, synced = two_tenants_template
+    name = conninfo_to_dict(database_url)["dbname"]
+    drop_database(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return synced
+
+
+@pytest.fixture()
+def two_tenants_synced_here(
+    runtime: Any, simulator: Any, database_url: str
+) -> dict[UUID, dict[str, Any]]:
+    """The two tenants synced in this test, from this test's simulator (which a test that
+    syncs them again needs)."""
+    return sync_two_tenants(simulator, database_url)
 
 
 @contextmanager
@@ -408,7 +466,7 @@ def app_login(database_url: str) -> Iterator[str]:
 
 
 def test_a_least_privilege_login_syncs_and_cannot_cross_tenants(
-    two_tenants: dict[UUID, dict[str, Any]],
+    two_tenants_synced_here: dict[UUID, dict[str, Any]],
     simulator: Any,
     database_url: str,
     app_login: str,
@@ -429,7 +487,7 @@ def test_a_least_privilege_login_syncs_and_cannot_cross_tenants(
             graph_url=simulator.url,
         )
         assert summary["status"] == "completed" and summary["emails_stored"] == 120
-        globex_job = two_tenants[GLOBEX]["job_id"]
+        globex_job = two_tenants_synced_here[GLOBEX]["job_id"]
         reopen_from_chunk_2(database_url, globex_job)
         resumed = sync_mailbox(job_id=globex_job, graph_url=simulator.url)  # by job id only
         assert resumed["business_id"] == str(GLOBEX) and resumed["status"] == "completed"
