@@ -1,6 +1,5 @@
 """sync-all for real: the two deployments of prefect.yaml on a process work pool, two
-`prefect worker start` processes (two flow runs at a time each), one sync-all run over four
-registered mailboxes: more than one worker can take at once.
+`prefect worker start` processes, one sync-all run over eight registered mailboxes.
 
 Every mailbox is synced exactly once, by runs spread over both workers; the simulator's
 counters say no mailbox ever had more than four requests in flight or went over its
@@ -31,8 +30,7 @@ pytestmark = pytest.mark.e2e
 POOL = "mailsync-local"  # prefect.yaml's pool
 WORKERS = ("fanout-1", "fanout-2")
 BUSINESS = "00000000-0000-4000-8000-00000000f00d"
-MAILBOXES = [f"box{i}@contoso.example" for i in range(4)]
-WORKER_LIMIT = 2  # flow runs at a time per worker: half the mailboxes, so both must take some
+MAILBOXES = [f"box{i}@contoso.example" for i in range(8)]
 STORMY, FLAKY = MAILBOXES[0], MAILBOXES[1]
 RETRY_AFTER_S = 2.0
 STORM = 5  # 429s in a row: at least 10 s of that mailbox's own waiting
@@ -61,7 +59,7 @@ def deployments() -> dict[str, uuid.UUID]:
 def tenant(
     pg_admin_url: str, template_db: str, processes: Processes
 ) -> Iterator[tuple[str, GraphSimulator]]:
-    """A fresh database with the four mailboxes registered, the simulator serving them
+    """A fresh database with the eight mailboxes registered, the simulator serving them
     (with Graph's limits, scaled to the test: 120 requests per 10 s), and two workers."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -100,7 +98,7 @@ def tenant(
                     "--name",
                     worker,
                     "--limit",
-                    str(WORKER_LIMIT),
+                    "4",
                 ],
                 env,
             )
@@ -132,7 +130,7 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
     try:
         # Generous: under load, Prefect's SQLite server answers run creations "database is
         # locked" and its client waits ~2 s before each retry.
-        finished = wait_for("every mailbox synced", all_finished, 240, every_s=0.5)
+        finished = wait_for("eight synced mailboxes", all_finished, 240, every_s=0.5)
     except AssertionError:
         states = [(r.name, r.state) for r in runs_of(deployments["sync-all/every-15m"])]
         logs = "\n".join(processes.log(w)[-3000:] for w in WORKERS)
