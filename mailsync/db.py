@@ -7,6 +7,8 @@ password removed. Every statement comes from ``sql/queries.sql`` by name.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +25,10 @@ from mailsync.errors import ConfigError, ConflictError, DatabaseError, Statement
 from mailsync.sql import queries
 
 Row = dict[str, Any]
+
+MAX_IDLE_S = 120.0  # a pool connection idle this long (beyond min_size) is closed,
+MAX_LIFETIME_S = 15 * 60.0  # every one is replaced after this long (±5%),
+CHECK_AFTER_IDLE_S = 30.0  # and one idle this long is checked before it is handed out
 
 
 def redact_url(url: str) -> str:
@@ -137,13 +143,25 @@ class Database:
             except psycopg.Error as exc:
                 reason = f"cannot check the database roles at {redact_url(url)}: {exc}"
                 raise DatabaseError(reason) from None
+        # No liveness check at each checkout: it was a round trip before every transaction,
+        # on connections used a few milliseconds earlier. The pool's limits retire
+        # connections (MAX_IDLE_S beyond min_size, MAX_LIFETIME_S for all), a connection is
+        # checked only after a pause (CHECK_AFTER_IDLE_S), and one that died in use (a
+        # restart, a killed backend) fails its transaction as a retryable DatabaseError,
+        # after which the idle ones are checked at once (``_connection``): the retry finds
+        # a live connection.
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "connect_timeout": connect_timeout_s},
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check_after_idle,
+            max_idle=MAX_IDLE_S,
+            max_lifetime=MAX_LIFETIME_S,
             open=True,
             name="mailsync",
         )
@@ -153,6 +171,12 @@ class Database:
         if self.role is not None:
             roles.set_role(conn, self.role)
             conn.commit()
+        self._last_used[conn] = time.monotonic()
+
+    def _check_after_idle(self, conn: psycopg.Connection[Row]) -> None:
+        """The pool's check at checkout: a round trip only for a connection idle a while."""
+        if time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_AFTER_IDLE_S:
+            ConnectionPool.check_connection(conn)
 
     @property
     def safe_url(self) -> str:
@@ -186,18 +210,32 @@ class Database:
 
     @contextmanager
     def _transaction(self, business_id: UUID | str | None, role: str | None) -> Iterator[Session]:
+        with self._connection() as conn, conn.transaction():
+            if role is not None:
+                roles.set_local_role(conn, role)
+            if business_id is not None:
+                roles.set_tenant(conn, business_id)
+            yield Session(conn)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """A connection of the pool, psycopg's errors translated."""
+        conn: psycopg.Connection[Row] | None = None
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                if role is not None:
-                    roles.set_local_role(conn, role)
-                if business_id is not None:
-                    roles.set_tenant(conn, business_id)
-                yield Session(conn)
+            with self.pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
         except PoolTimeout as exc:
             raise DatabaseError(
                 f"no database connection available ({self.safe_url}): {exc}"
             ) from None
         except psycopg.Error as exc:
+            if conn is not None and conn.closed:
+                # The server restarted or dropped us: the pool's idle connections are likely
+                # dead too. Replace them now, so that the retry finds a live one.
+                self.pool.check()
             raise translate_error(exc, self.safe_url) from exc
 
     def one(
