@@ -270,12 +270,13 @@ def _nothing() -> None:
 def _chunk_timing(chunk: dict[str, Any]) -> dict[str, float]:
     timing = (chunk["checkpoint_data"] or {}).get("timing") or {}
     processing_ms = float(chunk["processing_time_ms"] or 0)
-    # The last page's transaction ends after the checkpoint is written: its share is what
-    # the attempt's clock shows beyond the moment that transaction began.
-    last_write_ms = max(0.0, processing_ms - timing.get("elapsed_ms", processing_ms))
+    # The last page's transaction (completed_at is its start: now()) wrote its rows before
+    # the timing was taken (writing_ms) and went on until the attempt's clock stopped.
+    last_write_ms = timing.get("writing_ms", 0.0) + max(
+        0.0, processing_ms - timing.get("elapsed_ms", processing_ms)
+    )
     return {
         "claimed_at": chunk["started_at"].timestamp(),
-        # completed_at is the last transaction's start (now()); the chunk ends with it.
         "done_at": chunk["completed_at"].timestamp() + last_write_ms / 1000,
         "processing_ms": processing_ms,
         "fetch_ms": timing.get("fetch_ms", 0.0),

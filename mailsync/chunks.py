@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from uuid import UUID
 
-from mailsync import shutdown
+from mailsync import shutdown, validate
 from mailsync.backoff import retry_delay
 from mailsync.config import Settings
 from mailsync.db import Database, Row, Session
@@ -109,47 +110,67 @@ class Worker:
         )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_chunk`` answers: the chunk, its job and store, and the job's position in
+    the chunk's folder (None when the chunk had already finished: completed or failed)."""
+
+    chunk: Row
+    job: Row
+    store: Row
+    position: Position | None
+
+
 def claim_chunk(
     db: Database,
-    job: Row,
+    job_id: UUID | str,
     chunk_index: int,
     worker: Worker,
     *,
+    business_id: UUID | None = None,
     sleep: Callable[[float], None] = shutdown.wait,
-) -> tuple[Row, Position | None]:
-    """Claim chunk ``chunk_index`` of the job: the chunk and the job's position; the
-    position is None when the chunk had already finished (completed or failed).
+) -> Claim:
+    """Claim chunk ``chunk_index`` of the job with all its attempt starts from, in one
+    transaction and one round trip: the claim (one statement), then the job's newest
+    checkpoint in the chunk's folder (read after the claim, which may have waited for a
+    page's commit), the job and its store. The tenant is ``business_id``, or the
+    job's own when the caller knows only its id (``Database.pipelined``). The claim's lease
+    starts with it (heartbeat_at): the heartbeat's first beat is one interval later.
 
-    The claim is one statement; this only waits as long as its answer says: until a
-    retrying chunk is due, or until a live holder's lease would expire (up to two stuck
-    thresholds, then ``ChunkBusyError``).
+    This only waits as long as the claim's answer says: until a retrying chunk is due, or
+    until a live holder's lease would expire (up to two stuck thresholds, then
+    ``ChunkBusyError``).
     """
+    job_uuid = validate.job_id(job_id)
     patience = time.monotonic() + 2 * worker.stuck_after_s
     while True:
-        with db.transaction(job["business_id"]) as session:
-            row = session.one(
+        with db.pipelined(business_id, job_id=job_uuid) as pipeline:
+            claimed = pipeline.send(
                 "claim_chunk",
-                job_id=job["id"],
+                job_id=job_uuid,
                 chunk_index=chunk_index,
                 worker_id=worker.worker_id,
                 stuck_after_s=worker.stuck_after_s,
             )
-            claimed = row is not None and row["outcome"] == "claimed"
-            position = (
-                session.one("latest_checkpoint", job_id=job["id"], folder_id=row["folder_id"])
-                if claimed and row is not None
-                else None
+            checkpoint = pipeline.send(
+                "latest_checkpoint_of_chunk", job_id=job_uuid, chunk_index=chunk_index
             )
+            job = pipeline.send("get_sync_job", job_id=job_uuid)
+            store = pipeline.send("get_job_store", job_id=job_uuid)
+        row, position = claimed.one(), checkpoint.one()
+        job_row, store_row = job.one(), store.one()
+        if job_row is None or store_row is None:  # unknown, or another business's
+            raise InvalidInputError(f"no sync job {job_id}")
         if row is None:
-            raise InvalidInputError(f"job {job['id']} has no chunk {chunk_index}")
+            raise InvalidInputError(f"job {job_id} has no chunk {chunk_index}")
         outcome, wait_s = row.pop("outcome"), float(row.pop("wait_s"))
         if outcome == "claimed":
-            return row, Position.of_row(position)
+            return Claim(row, job_row, store_row, Position.of_row(position))
         if outcome == "finished":
-            return row, None
+            return Claim(row, job_row, store_row, None)
         if outcome == "blocked" or (outcome == "busy" and time.monotonic() + wait_s > patience):
             raise ChunkBusyError(
-                f"chunk {chunk_index} of job {job['id']} is not claimable: {outcome} "
+                f"chunk {chunk_index} of job {job_id} is not claimable: {outcome} "
                 f"(held by {row['worker_id'] or 'nobody'})"
             )
         sleep(wait_s + 0.01)  # not_due, or busy with a lease about to expire
@@ -184,11 +205,14 @@ class AttemptTiming:
         finally:
             self.fetch_ms += (time.perf_counter() - begun) * 1000
 
-    def as_json(self) -> dict[str, float]:
-        # elapsed_ms: as the page's transaction begins; the last one ends with the attempt.
+    def as_json(self, writing_ms: float = 0.0) -> dict[str, float]:
+        """The times so far, from inside a page's transaction: ``write_ms`` of the pages
+        committed, ``writing_ms`` of this one's transaction so far (its rows); ``elapsed_ms``
+        is now. What the transaction spends after this (fence, completion, commit) is the
+        attempt's time beyond ``elapsed_ms``."""
         elapsed_ms = (time.perf_counter() - self.started) * 1000
-        times = (self.fetch_ms, self.fetch_wait_ms, self.write_ms, elapsed_ms)
-        names = ("fetch_ms", "fetch_wait_ms", "write_ms", "elapsed_ms")
+        times = (self.fetch_ms, self.fetch_wait_ms, self.write_ms, writing_ms, elapsed_ms)
+        names = ("fetch_ms", "fetch_wait_ms", "write_ms", "writing_ms", "elapsed_ms")
         return {name: round(ms, 1) for name, ms in zip(names, times, strict=True)}
 
 
@@ -320,7 +344,7 @@ class Attempt:
             )
             progress["emails_added"] = before.get("emails_added", 0) + written.inserted
             progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
-            progress["timing"] = self.timing.as_json()
+            progress["timing"] = self.timing.as_json((time.perf_counter() - write_started) * 1000)
             # The fence: it takes the chunk's row lock and refuses a worker that lost it.
             # (After the rows, so the lock is held for the least time; a refusal rolls the
             # whole transaction back, rows included.)

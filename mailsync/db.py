@@ -7,6 +7,8 @@ password removed. Every statement comes from ``sql/queries.sql`` by name.
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +16,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -23,6 +26,10 @@ from mailsync.errors import ConfigError, ConflictError, DatabaseError, Statement
 from mailsync.sql import queries
 
 Row = dict[str, Any]
+
+MAX_IDLE_S = 120.0  # a pool connection idle this long (beyond min_size) is closed,
+MAX_LIFETIME_S = 15 * 60.0  # every one is replaced after this long (±5%),
+CHECK_AFTER_IDLE_S = 30.0  # and one idle this long is checked before it is handed out
 
 
 def redact_url(url: str) -> str:
@@ -118,6 +125,39 @@ class Session:
                 copy.write_row(row)
 
 
+class Pending:
+    """A statement sent in a pipeline (``Pipeline.send``) and its row, once it has come."""
+
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        self._cursor: psycopg.Cursor[Row] | None = cursor
+        self._row: Row | None = None
+
+    def one(self) -> Row | None:
+        """The statement's row (or None). Read inside the transaction, it costs a round trip
+        for everything sent so far; after it, nothing: the commit's trip brought it."""
+        if self._cursor is not None:
+            with self._cursor as cur:
+                self._row = cur.fetchone()
+            self._cursor = None
+        return self._row
+
+
+class Pipeline:
+    """One connection inside one pipelined transaction (``Database.pipelined``)."""
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self.conn = conn
+        self.sent: list[Pending] = []
+
+    def send(self, query: str, /, **params: Any) -> Pending:
+        """Queue a statement that returns a row: it travels with the transaction's commit."""
+        cur = self.conn.cursor()
+        cur.execute(queries[query], _adapt(params))
+        pending = Pending(cur)
+        self.sent.append(pending)
+        return pending
+
+
 class Database:
     """A pool whose connections act as ``role`` (``mailsync_worker`` by default), never as a
     login that bypasses row-level security (mailsync.roles, docs/security.md)."""
@@ -137,13 +177,25 @@ class Database:
             except psycopg.Error as exc:
                 reason = f"cannot check the database roles at {redact_url(url)}: {exc}"
                 raise DatabaseError(reason) from None
+        # No liveness check at each checkout: it was a round trip before every transaction,
+        # on connections used a few milliseconds earlier. The pool's limits retire
+        # connections (MAX_IDLE_S beyond min_size, MAX_LIFETIME_S for all), a connection is
+        # checked only after a pause (CHECK_AFTER_IDLE_S), and one that died in use (a
+        # restart, a killed backend) fails its transaction as a retryable DatabaseError,
+        # after which the idle ones are checked at once (``_connection``): the retry finds
+        # a live connection.
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Row], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "connect_timeout": connect_timeout_s},
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check_after_idle,
+            max_idle=MAX_IDLE_S,
+            max_lifetime=MAX_LIFETIME_S,
             open=True,
             name="mailsync",
         )
@@ -153,6 +205,12 @@ class Database:
         if self.role is not None:
             roles.set_role(conn, self.role)
             conn.commit()
+        self._last_used[conn] = time.monotonic()
+
+    def _check_after_idle(self, conn: psycopg.Connection[Row]) -> None:
+        """The pool's check at checkout: a round trip only for a connection idle a while."""
+        if time.monotonic() - self._last_used.get(conn, 0.0) > CHECK_AFTER_IDLE_S:
+            ConnectionPool.check_connection(conn)
 
     @property
     def safe_url(self) -> str:
@@ -185,19 +243,67 @@ class Database:
             yield session
 
     @contextmanager
+    def pipelined(
+        self, business_id: UUID | str | None = None, *, job_id: UUID | None = None
+    ) -> Iterator[Pipeline]:
+        """A transaction whose statements travel together: the begin, the tenant, what the
+        caller ``send``s and the commit, in one round trip as the block ends (instead of one
+        each, and a psycopg transaction's extra two); read the rows after the block.
+
+        The tenant is ``business_id``; or, when the caller knows only a job, that job's
+        business (``job_business_id``, the one cross-tenant question, asked in the same
+        trip). A given ``business_id`` wins: another business's job stays invisible.
+        """
+        with self._connection() as conn:
+            # BEGIN and COMMIT are ours, queued with the statements: psycopg's own
+            # transaction would wait for its BEGIN, then for its COMMIT, in trips of their own.
+            conn.autocommit = True
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    if business_id is not None:
+                        roles.set_tenant(conn, business_id)
+                    elif job_id is not None:
+                        conn.execute(queries["set_tenant_of_job"], {"job_id": job_id})
+                    pipeline = Pipeline(conn)
+                    yield pipeline
+                    conn.execute("COMMIT")
+                for pending in pipeline.sent:  # all here now: read before the connection goes
+                    pending.one()
+            finally:
+                if not conn.closed:
+                    if conn.info.transaction_status != TransactionStatus.IDLE:
+                        conn.rollback()  # the block raised, or a statement failed
+                    conn.autocommit = False
+
+    @contextmanager
     def _transaction(self, business_id: UUID | str | None, role: str | None) -> Iterator[Session]:
+        with self._connection() as conn, conn.transaction():
+            if role is not None:
+                roles.set_local_role(conn, role)
+            if business_id is not None:
+                roles.set_tenant(conn, business_id)
+            yield Session(conn)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        """A connection of the pool, psycopg's errors translated."""
+        conn: psycopg.Connection[Row] | None = None
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                if role is not None:
-                    roles.set_local_role(conn, role)
-                if business_id is not None:
-                    roles.set_tenant(conn, business_id)
-                yield Session(conn)
+            with self.pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
         except PoolTimeout as exc:
             raise DatabaseError(
                 f"no database connection available ({self.safe_url}): {exc}"
             ) from None
         except psycopg.Error as exc:
+            if conn is not None and conn.closed:
+                # The server restarted or dropped us: the pool's idle connections are likely
+                # dead too. Replace them now, so that the retry finds a live one.
+                self.pool.check()
             raise translate_error(exc, self.safe_url) from exc
 
     def one(

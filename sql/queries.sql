@@ -289,3 +289,19 @@ ON CONFLICT DO NOTHING;
 -- Fenced release of a chunk whose worker was told to stop: pending, attempt not counted.
 SELECT release_chunk_job(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(reason)s,
                          %(api_calls)s, %(processing_time_ms)s) AS released;
+
+-- name: latest_checkpoint_of_chunk
+-- Where the job continues in the folder of its chunk chunk_index: the newest checkpoint
+-- there. Sent after claim_chunk in the claim's transaction (its own snapshot, so a page
+-- committed while the claim waited for the chunk's lock is seen).
+SELECT cp.* FROM sync_state_checkpoints AS cp
+ WHERE cp.sync_job_id = %(job_id)s
+   AND cp.folder_id IS NOT DISTINCT FROM (SELECT c.folder_id FROM chunked_sync_jobs AS c
+                                          WHERE c.parent_sync_job_id = %(job_id)s
+                                            AND c.chunk_index = %(chunk_index)s)
+ ORDER BY cp.id DESC LIMIT 1;
+
+-- name: get_job_store
+-- The store of a job.
+SELECT s.* FROM stores AS s
+ WHERE s.id = (SELECT j.store_id FROM sync_queue AS j WHERE j.id = %(job_id)s);

@@ -12,3 +12,9 @@ SELECT current_user AS role, session_user AS login, r.rolsuper OR r.rolbypassrls
 -- Whose job is this? The one cross-tenant lookup, made before the tenant is known (resume
 -- or status by job id); NULL for an unknown job.
 SELECT job_business_id(%(job_id)s) AS business_id;
+
+-- name: set_tenant_of_job
+-- The current transaction works as the job's business (the lookup above and the tenant's
+-- SET LOCAL in one statement, sent with the statements after it); an unknown job leaves no
+-- tenant, so nothing of any tenant is visible.
+SELECT set_config('app.business_id', coalesce(job_business_id(%(job_id)s)::text, ''), true);

@@ -10,7 +10,6 @@ from prefect.cache_policies import NO_CACHE
 
 from mailsync.chunks import ChunkOutcome, FullAttempt, Worker, claim_chunk
 from mailsync.config import default_worker_id
-from mailsync.jobs import load_job, load_store
 from mailsync.rounds import DeltaAttempt
 from mailsync.runtime import get_runtime
 from mailsync.tasks.retry import only_retryable
@@ -29,9 +28,9 @@ WORKER_ID = default_worker_id()  # one per process: host:pid:random
 def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> dict[str, Any]:
     runtime = get_runtime()
     worker = Worker.of(runtime.settings, WORKER_ID)
-    job = load_job(runtime.db, job_id)
-    chunk, position = claim_chunk(runtime.db, job, chunk_index, worker)
-    if position is None:  # finished by an earlier run of this job
+    claim = claim_chunk(runtime.db, job_id, chunk_index, worker)  # one transaction
+    chunk = claim.chunk
+    if claim.position is None:  # finished by an earlier run of this job
         return asdict(ChunkOutcome.of_row(chunk))
     logger = get_run_logger()
     logger.info(
@@ -42,11 +41,11 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         chunk["folder_id"],
         chunk["attempts"],
     )
-    parts = (runtime.db, runtime.graph(graph_url), job, load_store(runtime.db, job), worker, chunk)
+    parts = (runtime.db, runtime.graph(graph_url), claim.job, claim.store, worker, chunk)
     attempt = (
-        DeltaAttempt(*parts, position=position)
+        DeltaAttempt(*parts, position=claim.position)
         if chunk["kind"] == "delta"
-        else FullAttempt(*parts, position)
+        else FullAttempt(*parts, claim.position)
     )
     outcome = attempt.run()
     logger.info(

@@ -222,3 +222,59 @@ def test_claim_chunk_fails_an_expired_chunk_whose_attempts_are_spent(conn: Any) 
     outcome, _, row = claim_at(conn, job, 1, "w2", stuck_after_s=30)
     assert outcome == "finished" and row["status"] == "failed" and row["error_category"] == "stuck"
     assert claim_at(conn, job, 2, "w2")[0] == "claimed"  # the job goes on past a failed chunk
+
+
+def test_an_attempt_starts_in_one_transaction_as_its_jobs_tenant(
+    conn: Any, database_url: str
+) -> None:
+    """claim_chunk as the sync task calls it (mailsync.chunks): the claim, the job's newest
+    checkpoint in the chunk's folder, the job and its store, in one pipelined transaction
+    whose tenant is the job's own; another business's job is not there at all."""
+    from mailsync.chunks import Worker, claim_chunk
+    from mailsync.db import Database
+    from mailsync.errors import InvalidInputError, StatementError
+
+    job = setup_job(conn, chunks=2)
+    first = conn.execute(
+        "SELECT id, store_id FROM chunked_sync_jobs"
+        " WHERE parent_sync_job_id = %s AND chunk_index = 1",
+        (job,),
+    ).fetchone()
+    for folder, processed in ((None, 5), (None, 7), ("elsewhere", 9)):
+        conn.execute(
+            "INSERT INTO sync_state_checkpoints (business_id, store_id, sync_job_id, chunk_id,"
+            " chunk_index, folder_id, cursor, emails_processed, exhausted)"
+            " VALUES (%s, %s, %s, %s, 1, %s, '{}', %s, false)",
+            (BUSINESS, first["store_id"], job, first["id"], folder, processed),
+        )
+    status = (
+        "SELECT status FROM chunked_sync_jobs WHERE parent_sync_job_id = %s AND chunk_index = %s"
+    )
+    worker = Worker("w1", heartbeat_s=10, stuck_after_s=30, retry_base_s=1, retry_max_s=10)
+    with Database(database_url) as db:
+        with pytest.raises(InvalidInputError, match="no sync job"):
+            claim_chunk(db, job, 1, worker, business_id=uuid.uuid4())
+        assert conn.execute(status, (job, 1)).fetchone()["status"] == "pending"
+        with pytest.raises(InvalidInputError, match="no sync job"):
+            claim_chunk(db, uuid.uuid4(), 1, worker)
+
+        claim = claim_chunk(db, str(job), 1, worker)  # the task knows only the job id
+        assert claim.chunk["status"] == "processing" and claim.chunk["attempts"] == 1
+        assert claim.job["id"] == job and claim.store["id"] == first["store_id"]
+        assert claim.position is not None and claim.position.emails_processed == 7
+        assert complete(conn, claim.chunk, "w1")
+        assert claim_chunk(db, job, 1, worker, business_id=BUSINESS).position is None
+        with pytest.raises(InvalidInputError, match="no chunk 9"):
+            claim_chunk(db, job, 9, worker)
+
+        # A statement refused in the pipeline rolls back all of it, the claim included,
+        # and the connection goes back to the pool as it came.
+        with pytest.raises(StatementError), db.pipelined(job_id=job) as pipeline:
+            pipeline.send(
+                "claim_chunk", job_id=job, chunk_index=2, worker_id="w1", stuck_after_s=30
+            )
+            pipeline.send("get_sync_job", job_id="not a uuid")
+        assert conn.execute(status, (job, 2)).fetchone()["status"] == "pending"
+        with db.pool.connection() as pooled:
+            assert not pooled.autocommit
+        assert db.one("get_sync_job", BUSINESS, job_id=job) is not None
