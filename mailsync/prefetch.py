@@ -1,12 +1,15 @@
 """Delta pages requested before they are needed, across chunk boundaries.
 
 A delta round is a chain: a page's nextLink is known only once the page has arrived. So
-the next page is requested as soon as its link is read (before the page's messages are
-parsed and written), and when a chunk stops in the middle of a round, that request stays
-in flight for whichever attempt continues the round from the same link: in this process,
-the next chunk of the folder, which takes it over instead of asking again. A request
-nobody takes within ``max_age_s`` is dropped (another worker took the next chunk, or the
-job stopped); so is the oldest when ``max_pending`` are waiting.
+the thread that receives a page requests the next one as soon as it has read the link,
+before it parses the page's messages, without waiting for anyone to take the page: the
+round is paged as fast as Graph serves it, up to ``max_ahead`` pages received and not yet
+taken per round (memory stays a few pages; the taker of a page starts the next one when the
+chain stopped at that bound). When a chunk stops in the middle of a round, what is on its
+way stays for whichever attempt continues the round from the same link: in this process,
+the next chunk of the folder, which takes it over instead of asking again. A request nobody
+takes within ``max_age_s`` is dropped (another worker took the next chunk, or the job
+stopped); so is the oldest when ``max_pending`` are waiting.
 
 Nothing here writes: a page taken over is written under its taker's claim and fence, like
 any page, and its requests (retries included) are counted by its taker's client. A request
@@ -20,37 +23,49 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from mailsync.graph import GraphClient
 
-Body = dict[str, Any]
+Page = Any  # what a fetch returns (mailsync.delta: a parsed DeltaPage)
+Fetch = Callable[[GraphClient, str, int], Page]  # (client, url, page size) → the page
 
 
 class PagePrefetch:
-    def __init__(self, max_workers: int = 8, max_age_s: float = 60.0, max_pending: int = 32):
-        # One thread per round in flight: mailboxes synced in parallel in one process each
-        # keep their own request going.
+    def __init__(
+        self,
+        max_workers: int = 16,
+        max_age_s: float = 60.0,
+        max_pending: int = 32,
+        max_ahead: int = 2,
+    ) -> None:
+        # A thread per request on its way: mailboxes synced in parallel in one process each
+        # keep their own round going.
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="page-prefetch")
         self._lock = threading.Lock()
-        self._pending: OrderedDict[tuple[str, int], tuple[float, GraphClient, Future[Body]]] = (
+        self._pending: OrderedDict[tuple[str, int], tuple[float, GraphClient, Future[Page]]] = (
             OrderedDict()
         )
-        self.max_age_s, self.max_pending = max_age_s, max_pending
+        self.max_age_s, self.max_pending, self.max_ahead = max_age_s, max_pending, max_ahead
 
-    def start(self, graph: GraphClient, url: str, page_size: int) -> None:
-        """Request the page at ``url`` (a nextLink, replayed exactly) now, for a later take."""
+    def start(
+        self, graph: GraphClient, url: str, page_size: int, fetch: Fetch, *, chained: bool = False
+    ) -> None:
+        """Request the page at ``url`` (a nextLink, replayed exactly) now, for a later take:
+        ``fetch`` runs in a thread with a fork of ``graph``. ``chained`` (the thread of the
+        page before asks): only while the round has fewer than ``max_ahead`` pages waiting."""
         key = (url, page_size)
         with self._lock:
             self._drop_stale()
-            if key in self._pending:
+            if key in self._pending or (chained and self._waiting(url) >= self.max_ahead):
                 return
             ahead = graph.fork()
-            future = self._pool.submit(ahead.get_json, url, None, max_page_size=page_size)
+            future = self._pool.submit(fetch, ahead, url, page_size)
             self._pending[key] = (time.monotonic(), ahead, future)
 
-    def take(self, graph: GraphClient, url: str, page_size: int) -> Body | None:
+    def take(self, graph: GraphClient, url: str, page_size: int) -> Page | None:
         """The page at ``url`` if it was requested ahead (waiting for it if need be), its
         requests now counted by ``graph``; None: ask it yourself."""
         with self._lock:
@@ -63,6 +78,11 @@ class PagePrefetch:
         finally:
             graph.api_calls += ahead.api_calls
             graph.throttled += ahead.throttled
+
+    def _waiting(self, url: str) -> int:
+        """Pages of this round (the same resource, any token) requested and not taken."""
+        resource = url.partition("?")[0]
+        return sum(1 for pending, _ in self._pending if pending.partition("?")[0] == resource)
 
     def _drop_stale(self) -> None:
         now = time.monotonic()

@@ -1,12 +1,14 @@
-"""A delta round's next page is requested as soon as its link is read, and a caller that
-stops after a page (a chunk that has its share) leaves that request to whoever continues
-from the same link (mailsync.prefetch): the round is read once, and each request is
-counted by the client that used it. Real simulator over HTTP, real Graph client."""
+"""A delta round is paged ahead of its caller, a page or two, each next page requested as
+soon as its link is read; a caller that stops after a page (a chunk that has its share)
+leaves what is on its way to whoever continues from the same link (mailsync.prefetch):
+the round is read once, and each request is counted by the client that used it. Real
+simulator over HTTP, real Graph client."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -42,11 +44,11 @@ def test_a_round_stopped_after_a_page_is_continued_without_asking_twice(
     page = next(pages)
     pages.close()  # the chunk has its share: it stops here
     assert page.next_link is not None and len(page.messages) == 100
-    # Nobody iterates any more, yet the second page is served: it was asked ahead.
+    # Nobody iterates any more, yet the rest of the round (two pages: the bound) is served.
     deadline = time.monotonic() + 10
-    while simulator.stats.delta_pages < 2 and time.monotonic() < deadline:
+    while simulator.stats.delta_pages < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert simulator.stats.delta_pages == 2
+    assert simulator.stats.delta_pages == 3
 
     second = GraphClient(http, base_url=simulator.url)  # the next chunk's client
     rest = list(iter_delta(second, MAILBOX, "inbox", page.next_link, 100, prefetch))
@@ -58,17 +60,39 @@ def test_a_round_stopped_after_a_page_is_continued_without_asking_twice(
     assert (first.api_calls, second.api_calls) == (1, 2)  # charged to the user of the page
 
 
+def plain(graph: GraphClient, url: str, page_size: int) -> dict[str, Any]:
+    return graph.get_json(url, None, max_page_size=page_size)
+
+
 def test_a_request_nobody_takes_is_dropped_after_its_age(
     simulator: GraphSimulator, http: httpx.Client
 ) -> None:
     simulator.add_mailbox(MAILBOX, 150, seed=4)
-    prefetch = PagePrefetch(max_age_s=0.0)
+    prefetch = PagePrefetch(max_age_s=0.0, max_ahead=1)  # page 2 is asked, and no further
     graph = GraphClient(http, base_url=simulator.url)
     pages = iter_delta(graph, MAILBOX, "inbox", None, 100, prefetch)
     page = next(pages)
     pages.close()
     assert page.next_link is not None
-    prefetch.start(graph, page.next_link, 50)  # another request: it drops the stale one
+    prefetch.start(graph, page.next_link, 50, plain)  # another request: it drops the stale one
 
     assert prefetch.take(graph, page.next_link, 100) is None
     assert prefetch.take(graph, page.next_link, 50) is not None  # the newer one stands
+
+
+def test_the_round_runs_ahead_no_further_than_its_bound(
+    simulator: GraphSimulator, http: httpx.Client
+) -> None:
+    simulator.add_mailbox(MAILBOX, 1000, seed=5)  # ten pages of 100
+    prefetch = PagePrefetch(max_ahead=2)
+    graph = GraphClient(http, base_url=simulator.url)
+    pages = iter_delta(graph, MAILBOX, "inbox", None, 100, prefetch)
+    first = next(pages)
+    deadline = time.monotonic() + 10
+    while simulator.stats.delta_pages < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # long enough for a runaway chain to show (pages are served in ms)
+    assert simulator.stats.delta_pages == 3  # the one taken, and two on their way
+    rest = list(pages)
+    assert sum(len(p.messages) for p in [first, *rest]) == 1000
+    assert simulator.stats.delta_pages == 10 and graph.api_calls == 10
