@@ -15,7 +15,7 @@ ErrorQuotaExceeded: ``DeltaQuotaExceededError`` (both raised by ``GraphClient``)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,27 +73,13 @@ def _parse_items(body: dict[str, Any], page: DeltaPage) -> None:
 
 
 def fetch_page(
-    graph: GraphClient,
-    url: str,
-    page_size: int,
-    params: dict[str, str] | None = None,
-    prefetch: PagePrefetch = PREFETCH,
+    graph: GraphClient, url: str, page_size: int, params: dict[str, str] | None = None
 ) -> DeltaPage:
-    """One page of a round, parsed; its nextLink requested (mailsync.prefetch) as soon as
-    it is read, before the messages are parsed."""
+    """One page of a round, parsed."""
     body = graph.get_json(url, params, max_page_size=page_size)
     page = DeltaPage([], [], [], *_links(graph, body))
-    if page.next_link is not None:
-        prefetch.start(graph, page.next_link, page_size, _chained(prefetch), chained=True)
     _parse_items(body, page)
     return page
-
-
-def _chained(prefetch: PagePrefetch) -> Callable[[GraphClient, str, int], DeltaPage]:
-    def fetch(graph: GraphClient, url: str, page_size: int) -> DeltaPage:
-        return fetch_page(graph, url, page_size, None, prefetch)
-
-    return fetch
 
 
 def iter_delta(
@@ -107,9 +93,9 @@ def iter_delta(
     """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
     a new round (every message of the folder) when ``link`` is None.
 
-    The round is paged ahead of the caller (``fetch_page``, a few pages at most); a caller
-    that stops early leaves what is on its way to whoever continues the round from the
-    same link."""
+    Each page's next one is requested (and parsed, in its own thread) as soon as the page
+    is in hand, before it is handed over; a caller that stops early leaves that request to
+    whoever continues the round from the same link (mailsync.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
     params: dict[str, str] | None = (
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
@@ -117,9 +103,9 @@ def iter_delta(
     while True:
         page = prefetch.take(graph, url, page_size) if params is None else None
         if page is None:
-            page = fetch_page(graph, url, page_size, params, prefetch)
-        elif page.next_link is not None:  # the chain may have stopped at its bound here
-            prefetch.start(graph, page.next_link, page_size, _chained(prefetch))
+            page = fetch_page(graph, url, page_size, params)
+        if page.next_link is not None:
+            prefetch.start(graph, page.next_link, page_size, fetch_page)
         yield page
         if page.next_link is None:
             return
