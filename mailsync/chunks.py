@@ -377,6 +377,29 @@ class Attempt:
         self.timing.write_ms += (time.perf_counter() - write_started) * 1000
         self.progress = progress
 
+    def _checkpoint(
+        self, cursor: dict[str, Any], emails_processed: int, *, exhausted: bool
+    ) -> Callable[[Session], None]:
+        """The job's new position in the chunk's folder, to write in a page's transaction:
+        where the next page, attempt or chunk of the folder continues."""
+        job = self.job
+
+        def insert(session: Session) -> None:
+            session.execute(
+                "insert_checkpoint",
+                business_id=job["business_id"],
+                store_id=job["store_id"],
+                job_id=job["id"],
+                chunk_id=self.chunk["id"],
+                chunk_index=self.index,
+                folder_id=self.chunk["folder_id"],  # as the claim reads it back (NULL: pre-0006)
+                cursor=cursor,
+                emails_processed=emails_processed,
+                exhausted=exhausted,
+            )
+
+        return insert
+
     def _record_failure(self, exc: Exception) -> ChunkAttemptError:
         """Tell the chunk row why the attempt failed; the row decides retrying or failed."""
         attempt = self.chunk["attempts"]
@@ -473,21 +496,9 @@ class FullAttempt(Attempt):
         position = Position(
             page.cursor, page.exhausted, self.position.emails_processed + len(page.messages)
         )
-        job = self.job
-
-        def checkpoint(session: Session) -> None:
-            session.execute(
-                "insert_checkpoint",
-                business_id=job["business_id"],
-                store_id=job["store_id"],
-                job_id=job["id"],
-                chunk_id=self.chunk["id"],
-                chunk_index=self.index,
-                folder_id=self.chunk["folder_id"],
-                cursor=position.cursor.to_json(),
-                emails_processed=position.emails_processed,
-                exhausted=position.exhausted,
-            )
+        checkpoint = self._checkpoint(
+            position.cursor.to_json(), position.emails_processed, exhausted=position.exhausted
+        )
 
         self._commit(
             messages=page.messages,

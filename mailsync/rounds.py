@@ -183,24 +183,9 @@ class DeltaAttempt(Attempt):
     def _position_writer(
         self, state: RoundState, *, exhausted: bool, delivered: DeltaPage | Page | None = None
     ) -> Callable[[Session], None]:
-        job = self.job
         written = len(delivered.messages) if delivered is not None else 0
-
-        def insert(session: Session) -> None:
-            session.execute(
-                "insert_checkpoint",
-                business_id=job["business_id"],
-                store_id=job["store_id"],
-                job_id=job["id"],
-                chunk_id=self.chunk["id"],
-                chunk_index=self.index,
-                folder_id=self.folder_id,
-                cursor=dict(state),
-                emails_processed=self.position.emails_processed + written,
-                exhausted=exhausted,
-            )
-
-        return insert
+        processed = self.position.emails_processed + written
+        return self._checkpoint(dict(state), processed, exhausted=exhausted)
 
     def _presume_folder_removed(self, session: Session) -> None:
         job = self.job
