@@ -67,6 +67,7 @@ def sync_mailbox(
         if outcome["status"] == "unfinished":  # later chunks start where this one stops
             break
     summary = finish_job(runtime.db, job)
+    progress.close()
     publish_job_table(summary, progress.outcomes)
     get_run_logger().info("job %s %s: %s", job_id, summary["status"], summary)
     if summary["status"] != "completed":  # a Failed run, so that automations can alert

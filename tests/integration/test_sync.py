@@ -262,3 +262,23 @@ def test_resuming_takes_back_a_dead_workers_chunk(
     rows = chunks(database_url, first["job_id"])
     assert rows[1]["attempts"] == 2 and rows[1]["worker_id"] != "dead:1"
     assert set(stored_ids(database_url)) == box.ids()
+
+
+def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    # It is written by a thread of its own (reporting never holds up the sync): still the
+    # flow run's, and its last value is the last chunk's.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    simulator.add_mailbox(MAILBOX, 600, seed=9)
+    state = sync_mailbox(
+        mailbox=MAILBOX, chunk_size=200, page_size=100, graph_url=simulator.url, return_state=True
+    )
+    assert state.is_completed()
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(flow_run_filter=run_filter)
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert len(progress) == 1 and float(progress[0].data) == 100.0
