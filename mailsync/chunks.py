@@ -250,9 +250,11 @@ class Attempt:
         store: Row,
         worker: Worker,
         chunk: Row,
+        position: Position,
     ) -> None:
         self.db, self.graph, self.job, self.store, self.worker = db, graph, job, store, worker
         self.chunk = chunk
+        self.position = position  # where the job stands in the chunk's folder
         self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
         self.timing = AttemptTiming(time.perf_counter())
         self.calls_before = graph.api_calls
@@ -454,19 +456,6 @@ class Attempt:
 class FullAttempt(Attempt):
     """A full chunk: the next ``chunk_size`` messages of its folder, by keyset pages from
     the job's position in that folder (its newest checkpoint there)."""
-
-    def __init__(
-        self,
-        db: Database,
-        graph: GraphClient,
-        job: Row,
-        store: Row,
-        worker: Worker,
-        chunk: Row,
-        position: Position,
-    ) -> None:
-        super().__init__(db, graph, job, store, worker, chunk)
-        self.position = position
 
     def _work(self) -> None:
         if self.position.exhausted:  # an earlier chunk already reached the end of the folder

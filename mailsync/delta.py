@@ -50,12 +50,6 @@ def _links(graph: GraphClient, body: dict[str, Any]) -> tuple[str | None, str | 
     return next_link, delta_link
 
 
-def parse_delta_page(graph: GraphClient, body: dict[str, Any]) -> DeltaPage:
-    page = DeltaPage([], [], [], *_links(graph, body))
-    _parse_items(body, page)
-    return page
-
-
 def _parse_items(body: dict[str, Any], page: DeltaPage) -> None:
     value = body.get("value")
     if not isinstance(value, list):

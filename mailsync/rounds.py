@@ -64,10 +64,6 @@ class RoundState(TypedDict, total=False):
 
 
 class DeltaAttempt(Attempt):
-    def __init__(self, *parts: Any, position: Position) -> None:
-        super().__init__(*parts)
-        self.position = position
-
     def _work(self) -> None:
         if self.position.exhausted:  # an earlier chunk of the folder finished its round
             self._commit(done=True, exhausted=True)

@@ -41,12 +41,9 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         chunk["folder_id"],
         chunk["attempts"],
     )
-    parts = (runtime.db, runtime.graph(graph_url), claim.job, claim.store, worker, chunk)
-    attempt = (
-        DeltaAttempt(*parts, position=claim.position)
-        if chunk["kind"] == "delta"
-        else FullAttempt(*parts, claim.position)
-    )
+    kind = DeltaAttempt if chunk["kind"] == "delta" else FullAttempt
+    graph = runtime.graph(graph_url)
+    attempt = kind(runtime.db, graph, claim.job, claim.store, worker, chunk, claim.position)
     outcome = attempt.run()
     logger.info(
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",
