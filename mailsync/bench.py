@@ -195,6 +195,23 @@ def fresh_database() -> Iterator[str]:
 # -- the sync, in a child process -----------------------------------------------------------
 
 
+def child_env(api_url: str, database_url: str, sim_url: str, **extra: str) -> dict[str, str]:
+    """The measured child's environment: this Prefect API, this database, the simulator as
+    Graph with its tenant's credentials (and ``extra`` settings)."""
+    from mailsync.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "MAILSYNC_DATABASE_URL": database_url,
+        "MAILSYNC_TENANT_ID": TENANT,
+        "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
+        "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+        "MAILSYNC_GRAPH_URL": sim_url,
+        **extra,
+    }
+
+
 def run_sync_child(
     child: Sequence[str], spec: dict[str, Any], env: dict[str, str]
 ) -> dict[str, Any]:
@@ -305,15 +322,7 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
         set_latency(sim_url, config.latency_ms)
         floor = measure_floor(sim_url, mailbox, config.page_size, token)
         with fresh_database() as database_url:
-            env = {
-                **os.environ,
-                "PREFECT_API_URL": api_url,
-                "MAILSYNC_DATABASE_URL": database_url,
-                "MAILSYNC_TENANT_ID": TENANT,
-                "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
-                "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-                "MAILSYNC_GRAPH_URL": sim_url,
-            }
+            env = child_env(api_url, database_url, sim_url)
             spec = {
                 "mailbox": mailbox,
                 "chunk_size": config.chunk_size,

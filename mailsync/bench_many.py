@@ -28,6 +28,7 @@ import httpx
 from mailsync.bench import (
     TENANT,
     Floor,
+    child_env,
     fetch_token,
     fresh_database,
     measure_floor,
@@ -130,16 +131,12 @@ def run_bench_many(config: ManyConfig, child: Sequence[str]) -> dict[str, Any]:
         floor_usage = simulator_usage(sim_url)
         with fresh_database() as database_url:
             business_id = register(database_url, mailboxes)
-            env = {
-                **os.environ,
-                "PREFECT_API_URL": api_url,
-                "MAILSYNC_DATABASE_URL": database_url,
-                "MAILSYNC_TENANT_ID": TENANT,
-                "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
-                "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
-                "MAILSYNC_GRAPH_URL": sim_url,
-                "MAILSYNC_DB_POOL_SIZE": str(pool_size_for(config.mailboxes)),
-            }
+            env = child_env(
+                api_url,
+                database_url,
+                sim_url,
+                MAILSYNC_DB_POOL_SIZE=str(pool_size_for(config.mailboxes)),
+            )
             spec = {
                 "business_id": business_id,
                 "parallel": config.mailboxes,
