@@ -15,9 +15,13 @@ ErrorQuotaExceeded: ``DeltaQuotaExceededError`` (both raised by ``GraphClient``)
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import logging
+import re
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from mailsync.errors import BadDataError
 from mailsync.graph import (
@@ -28,6 +32,12 @@ from mailsync.graph import (
     parse_message,
 )
 from mailsync.prefetch import PREFETCH, PagePrefetch
+
+logger = logging.getLogger(__name__)
+
+# The page's nextLink as it stands in the raw JSON: the key, then a JSON string. Inside a
+# JSON string every quote is escaped, so the key's quoted form can only be a real key.
+_NEXT_LINK = re.compile(rb'"@odata\.nextLink"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 @dataclass
@@ -66,12 +76,48 @@ def _parse_items(body: dict[str, Any], page: DeltaPage) -> None:
             page.failed_ids.append(str(item.get("id")) if isinstance(item, dict) else "?")
 
 
+def early_next_link(raw: bytes) -> str | None:
+    """A page's nextLink read off its raw bytes, before the page is parsed (None: not found).
+
+    The next request of a round needs only this link, and parsing a page of 500 messages
+    takes longer than the link's search: found here, the next page is on its way while this
+    one is parsed. Graph writes the link after ``value`` or before it; the last occurrence
+    is searched from the end. What the parsed page says wins: a link it does not confirm is
+    a request nobody takes (mailsync.prefetch drops it)."""
+    at = raw.rfind(b'"@odata.nextLink"')
+    if at < 0:
+        return None
+    match = _NEXT_LINK.match(raw, at)
+    if match is None:
+        return None
+    try:
+        link = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return link if isinstance(link, str) else None
+
+
 def fetch_page(
-    graph: GraphClient, url: str, page_size: int, params: dict[str, str] | None = None
+    graph: GraphClient,
+    url: str,
+    page_size: int,
+    on_next_link: Callable[[str], None] | None = None,
+    on_sent: Callable[[], None] | None = None,
+    *,
+    params: dict[str, str] | None = None,
 ) -> DeltaPage:
-    """One page of a round, parsed."""
-    body = graph.get_json(url, params, max_page_size=page_size)
+    """One page of a round, parsed. ``on_next_link`` is called with the page's nextLink as
+    soon as it is read off the raw bytes, before the parse (to request the next page);
+    ``on_sent`` once the request for this page is on the wire."""
+    raw = graph.get_bytes(url, params, max_page_size=page_size, on_sent=on_sent)
+    early = None
+    if on_next_link is not None and (early := early_next_link(raw)) is not None:
+        on_next_link(early)
+    body = graph.decode(raw)
+    del raw  # a page is megabytes: not kept while it is parsed
     page = DeltaPage([], [], [], *_links(graph, body))
+    if early is not None and early != page.next_link:
+        logger.warning("a delta page's nextLink read early differs from the parsed one")
     _parse_items(body, page)
     return page
 
@@ -87,9 +133,10 @@ def iter_delta(
     """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
     a new round (every message of the folder) when ``link`` is None.
 
-    Each page's next one is requested (and parsed, in its own thread) as soon as the page
-    is in hand, before it is handed over; a caller that stops early leaves that request to
-    whoever continues the round from the same link (mailsync.prefetch)."""
+    Each page's next one is requested (and parsed, in its own thread) as soon as the page's
+    nextLink is read off its bytes, before the page is parsed; a caller that stops early
+    leaves those requests to whoever continues the round from the same link
+    (mailsync.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
     params: dict[str, str] | None = (
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
@@ -97,8 +144,9 @@ def iter_delta(
     while True:
         page = prefetch.take(graph, url, page_size) if params is None else None
         if page is None:
-            page = fetch_page(graph, url, page_size, params)
-        if page.next_link is not None:
+            ahead = prefetch.chain(graph, page_size, fetch_page)
+            page = fetch_page(graph, url, page_size, ahead, params=params)
+        if page.next_link is not None:  # read early, its request is on its way already
             prefetch.start(graph, page.next_link, page_size, fetch_page)
         yield page
         if page.next_link is None:

@@ -291,6 +291,16 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP-date: Graph does not send those; fall back to backoff
 
 
+def _when_sent(on_sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], None]:
+    """An httpcore trace hook that calls ``on_sent`` when the request has been written."""
+
+    def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_body.complete"):
+            on_sent()
+
+    return trace
+
+
 class GraphClient:
     def __init__(
         self,
@@ -340,14 +350,30 @@ class GraphClient:
         ``max_page_size`` asks for pages of that size (``Prefer: odata.maxpagesize``, the only
         way to size delta pages), in the same Prefer header as the immutable ids; ``headers``
         adds others (e.g. ``ConsistencyLevel: eventual`` for advanced directory queries)."""
+        content = self.get_bytes(url, params, max_page_size=max_page_size, headers=headers)
+        return self.decode(content)
+
+    def get_bytes(
+        self,
+        url: str,
+        params: dict[str, str] | None = None,
+        *,
+        max_page_size: int | None = None,
+        headers: dict[str, str] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> bytes:
+        """``get_json``'s request, its answer's body not yet parsed (mailsync.delta reads the
+        nextLink off it first). ``on_sent`` is called once a request is on the wire, before
+        its answer is awaited (mailsync.prefetch)."""
         prefer = 'IdType="ImmutableId"'
         if max_page_size is not None:
             prefer = f"odata.maxpagesize={max_page_size}, {prefer}"
         headers = {"Prefer": prefer, "Accept": "application/json", **(headers or {})}
+        extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
-                response = self.http.get(url, params=params, headers=headers)
+                response = self.http.get(url, params=params, headers=headers, extensions=extensions)
             except httpx.TimeoutException as exc:
                 self.api_calls += 1
                 if last:
@@ -364,7 +390,7 @@ class GraphClient:
                 continue
             self.api_calls += 1
             if response.status_code == 200:
-                return self._decode(response)
+                return response.content
             if response.status_code in RETRY_STATUSES:
                 retry_after = _retry_after(response)
                 if response.status_code == 429:
@@ -380,13 +406,14 @@ class GraphClient:
         return retry_delay(attempt, self.backoff_base_s, self.backoff_max_s, retry_after, self.rng)
 
     @staticmethod
-    def _decode(response: httpx.Response) -> dict[str, Any]:
+    def decode(content: bytes) -> dict[str, Any]:
+        """A 200's body as the JSON object Graph answers with, or BadDataError."""
         try:
             # orjson: a 1,000-message page is megabytes; this is the sync's hottest parse.
-            body = orjson.loads(response.content)
+            body = orjson.loads(content)
         except ValueError as exc:
             raise BadDataError(
-                f"Graph sent a page that is not valid JSON ({len(response.content)} bytes): {exc}"
+                f"Graph sent a page that is not valid JSON ({len(content)} bytes): {exc}"
             ) from None
         if not isinstance(body, dict):
             raise BadDataError("Graph sent JSON that is not an object")

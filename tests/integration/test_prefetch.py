@@ -15,7 +15,7 @@ import pytest
 
 from mailsync.delta import iter_delta
 from mailsync.graph import GraphClient
-from mailsync.prefetch import PagePrefetch
+from mailsync.prefetch import NextLink, PagePrefetch, Sent
 from mailsync.simulator import GraphSimulator
 
 MAILBOX = "pat@contoso.example"
@@ -37,18 +37,19 @@ def http(simulator: GraphSimulator) -> Iterator[httpx.Client]:
 def test_a_round_stopped_after_a_page_is_continued_without_asking_twice(
     simulator: GraphSimulator, http: httpx.Client
 ) -> None:
-    box = simulator.add_mailbox(MAILBOX, 250, seed=3)
-    prefetch = PagePrefetch()
+    box = simulator.add_mailbox(MAILBOX, 450, seed=3)  # pages of 100: 5 pages
+    prefetch = PagePrefetch()  # depth 2
     first = GraphClient(http, base_url=simulator.url)
     pages = iter_delta(first, MAILBOX, "inbox", None, 100, prefetch)
     page = next(pages)
     pages.close()  # the chunk has its share: it stops here
     assert page.next_link is not None and len(page.messages) == 100
-    # Nobody iterates any more, yet the second page is served: it was asked ahead.
+    # Nobody iterates any more, yet pages 2 and 3 are served: each was asked as soon as the
+    # page before it arrived (the chain's depth: one in flight, one parsed).
     deadline = time.monotonic() + 10
-    while simulator.stats.delta_pages < 2 and time.monotonic() < deadline:
+    while simulator.stats.delta_pages < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert simulator.stats.delta_pages == 2
+    assert simulator.stats.delta_pages == 3
 
     second = GraphClient(http, base_url=simulator.url)  # the next chunk's client
     rest = list(iter_delta(second, MAILBOX, "inbox", page.next_link, 100, prefetch))
@@ -56,12 +57,12 @@ def test_a_round_stopped_after_a_page_is_continued_without_asking_twice(
     ids = {m.graph_id for m in page.messages} | {m.graph_id for p in rest for m in p.messages}
     assert ids == box.ids()
     assert rest[-1].delta_link is not None
-    assert simulator.stats.delta_pages == 3  # 100 + 100 + 50: no page asked twice
-    assert (first.api_calls, second.api_calls) == (1, 2)  # charged to the user of the page
+    assert simulator.stats.delta_pages == 5  # no page asked twice, none past the end
+    assert (first.api_calls, second.api_calls) == (1, 4)  # charged to the user of the page
 
 
-def plain(graph: GraphClient, url: str, page_size: int) -> dict[str, Any]:
-    return graph.get_json(url, None, max_page_size=page_size)
+def plain(graph: GraphClient, url: str, page_size: int, _: NextLink, sent: Sent) -> dict[str, Any]:
+    return graph.get_json(url, None, max_page_size=page_size)  # sent: when it returns
 
 
 def test_a_request_nobody_takes_is_dropped_after_its_age(

@@ -1,0 +1,107 @@
+"""A round requested ahead (mailsync.prefetch): each page as soon as the one before named
+its link, never more than ``depth`` untaken; and the nextLink read off a page's raw bytes
+(mailsync.delta.early_next_link). Threads, no I/O: the fetch is a function."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import orjson
+
+from mailsync.delta import early_next_link
+from mailsync.graph import GraphClient
+from mailsync.prefetch import NextLink, PagePrefetch, Sent
+
+
+class Round:
+    """A round of ``pages`` pages whose links are "1", "2", …: a fetch names the next link,
+    then finishes (``done`` records the finished fetches, in order)."""
+
+    def __init__(self, pages: int) -> None:
+        self.pages = pages
+        self.asked: list[str] = []
+        self.done: list[str] = []
+        self.lock = threading.Lock()
+
+    def fetch(
+        self, graph: GraphClient, url: str, page_size: int, next_link: NextLink, sent: Sent
+    ) -> str:
+        sent()
+        with self.lock:
+            self.asked.append(url)
+        graph.api_calls += 1
+        if int(url) < self.pages:
+            next_link(str(int(url) + 1))
+        with self.lock:
+            self.done.append(url)
+        return f"page {url}"
+
+    def wait_done(self, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.done) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(self.done) == count
+
+
+def client() -> GraphClient:
+    return GraphClient(httpx.Client(), base_url="https://graph.invalid")
+
+
+def test_a_chain_asks_ahead_until_depth_pages_wait_then_goes_on_as_they_are_taken() -> None:
+    rounds, prefetch = Round(pages=6), PagePrefetch(depth=2)
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    rounds.wait_done(2)  # 1 named 2; 2 named 3 while 1 and 2 were untaken: deferred
+    assert rounds.asked == ["1", "2"]
+
+    assert prefetch.take(graph, "1", 100) == "page 1"
+    rounds.wait_done(3)  # taking 1 made room: 3 is asked, and 4 waits
+    assert rounds.asked == ["1", "2", "3"]
+
+    for link in ("2", "3", "4", "5", "6"):
+        assert prefetch.take(graph, link, 100) == f"page {link}"
+    assert rounds.asked == ["1", "2", "3", "4", "5", "6"]  # each once, none past the end
+    assert graph.api_calls == 6  # every request charged to the taker
+
+
+def test_a_page_asked_by_another_size_or_link_is_not_taken() -> None:
+    rounds, prefetch = Round(pages=1), PagePrefetch()
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    assert prefetch.take(graph, "1", 50) is None
+    assert prefetch.take(graph, "2", 100) is None
+    assert prefetch.take(graph, "1", 100) == "page 1"
+    assert prefetch.take(graph, "1", 100) is None  # taken once
+
+
+def test_a_chain_nobody_takes_is_dropped_and_asks_nothing_more() -> None:
+    rounds, prefetch = Round(pages=10), PagePrefetch(max_age_s=0.0, depth=1)
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    rounds.wait_done(1)  # 1 named 2: deferred (depth 1)
+    prefetch.start(graph, "9", 100, rounds.fetch)  # any request drops the stale ones
+    assert prefetch.take(graph, "1", 100) is None  # dropped, and its chain with it
+    rounds.wait_done(2)
+    assert rounds.asked == ["1", "9"]
+
+
+def page(link_key: str, link: str, *, before_value: bool = False) -> bytes:
+    value = [{"id": "a", "body": {"content": 'say "@odata.nextLink": "https://evil"'}}]
+    link_json = orjson.dumps(link).decode()
+    if before_value:
+        return f'{{"{link_key}": {link_json}, "value": {orjson.dumps(value).decode()}}}'.encode()
+    return (
+        f'{{"@odata.context":"x","value":{orjson.dumps(value).decode()},"{link_key}":{link_json}}}'
+    ).encode()
+
+
+def test_the_next_link_is_read_off_the_raw_page_wherever_graph_writes_it() -> None:
+    link = "https://graph.microsoft.com/v1.0/users/u/mailFolders/f/messages/delta?$skiptoken=a\\b"
+    assert early_next_link(page("@odata.nextLink", link)) == link
+    assert early_next_link(page("@odata.nextLink", link, before_value=True)) == link
+    # A body that quotes the key is JSON-escaped: never taken for the link.
+    assert early_next_link(page("@odata.deltaLink", link)) is None
+    assert early_next_link(b'{"value":[],"@odata.nextLink":"https://cut-off') is None
+    assert early_next_link(b'{"value":[],"@odata.nextLink":17}') is None
