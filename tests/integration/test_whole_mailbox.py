@@ -229,6 +229,42 @@ def test_a_malformed_delta_page_fails_that_folder_only(
     assert [c["error_category"] for c in chunk] == ["bad_data"]
 
 
+def test_a_folder_whose_round_never_ends_keeps_its_mail_and_its_old_delta_link(
+    runtime: Any, simulator: Any, box: Any, database_url: str
+) -> None:
+    """A --full resync presumes every message of a folder removed until its round shows
+    it. When the folder's last chunk fails for good, the round never reaches its end: the
+    messages it did not show are not gone, and the job must not mark them deleted (the
+    folder keeps its older deltaLink, so no later round would bring them back)."""
+    sync(simulator)
+    inbox = box.folder("inbox").id
+    old_link = rows(database_url, "SELECT delta_link FROM mail_folders WHERE graph_id = %s", inbox)[
+        0
+    ]["delta_link"]
+    pages = -(-len(box.folder_ids("inbox")) // 100)
+    assert pages >= 3, "the inbox needs a round of several chunks"
+    simulator.faults.malformed_delta_page_at = pages  # the round's last page
+
+    with pytest.raises(SyncIncompleteError) as failed:
+        sync_mailbox(
+            mailbox=MAILBOX,
+            folder="inbox",
+            full=True,
+            chunk_size=100,
+            page_size=100,
+            graph_url=simulator.url,
+        )
+
+    summary = failed.value.summary
+    assert summary["status"] == "partial_failure" and summary["emails_deleted"] == 0
+    assert live(database_url) == in_mailbox(box)
+    kept = rows(database_url, "SELECT delta_link FROM mail_folders WHERE graph_id = %s", inbox)
+    assert kept[0]["delta_link"] == old_link
+    again = sync(simulator)  # incremental, from the folder's older deltaLink
+    assert again["status"] == "completed"
+    assert live(database_url) == in_mailbox(box)
+
+
 def test_the_cli_syncs_every_folder_shows_them_and_exits_non_zero_when_incomplete(
     runtime: Any, simulator: Any, box: Any, database_url: str
 ) -> None:
