@@ -39,15 +39,13 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
     """Plan the job once (a planned job keeps its plan); the job's row with the chunks'
     ``max_attempts``."""
     if job["total_chunks"] is not None:
-        row = db.one("job_max_attempts", job["business_id"], job_id=job["id"])
-        return {**job, "max_attempts": row["max_attempts"] if row else max_attempts}
+        return {**job, "max_attempts": _planned_max_attempts(db, job, max_attempts)}
     calls_before = graph.api_calls
     folders = _record_folders(db, job, _list(graph, store["mailbox"], job["folder"]))
     plans = [_plan_folder(graph, job, store, folder) for folder in folders]
     chunks = chunk_rows(plans, job["chunk_size"], job["page_size"], windowed=_windowed(job))
     with db.transaction(job["business_id"]) as session:
-        _presume_removed(session, job, plans)
-        session.execute(
+        created = session.execute(
             "plan_sync_job",
             job_id=job["id"],
             estimated_emails=sum(p.estimated for p in plans),
@@ -58,9 +56,22 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
             api_calls=graph.api_calls - calls_before,
             chunks=chunks,
         )
+        # Only the planner whose plan was recorded presumes: a second process that read the
+        # job before the first one's plan committed waits for it on the job's row, records
+        # nothing, and must not presume messages removed that the running chunks have
+        # already shown (they would be marked deleted when the job ends).
+        if created:
+            _presume_removed(session, job, plans)
         planned = session.one("get_sync_job", job_id=job["id"])
     assert planned is not None
+    if not created:
+        return {**planned, "max_attempts": _planned_max_attempts(db, planned, max_attempts)}
     return {**planned, "max_attempts": max_attempts}
+
+
+def _planned_max_attempts(db: Database, job: Row, default: int) -> int:
+    row = db.one("job_max_attempts", job["business_id"], job_id=job["id"])
+    return int(row["max_attempts"]) if row else default
 
 
 def _list(graph: GraphClient, mailbox: str, selection: str) -> list[Folder]:

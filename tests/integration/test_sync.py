@@ -7,9 +7,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from prefect import flow
 
 from mailsync.errors import InvalidInputError, NotFoundError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.jobs import begin_job, load_store
+from mailsync.planning import plan_job
+from mailsync.tasks.sync_chunk import sync_chunk
 
 MAILBOX = "ada@contoso.example"
 
@@ -262,6 +266,47 @@ def test_resuming_takes_back_a_dead_workers_chunk(
     rows = chunks(database_url, first["job_id"])
     assert rows[1]["attempts"] == 2 and rows[1]["worker_id"] != "dead:1"
     assert set(stored_ids(database_url)) == box.ids()
+
+
+@flow
+def run_one_chunk(job_id: str, chunk_index: int, graph_url: str) -> dict[str, Any]:
+    return sync_chunk(job_id, chunk_index, graph_url)
+
+
+def test_a_process_that_plans_a_running_job_again_presumes_nothing(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """Two `mailsync sync` for one mailbox: both find the store's job, and the one that read
+    it before the other's plan committed plans it again. Only the plan that is recorded may
+    presume the folder's messages removed: the second one's presumption, after chunk 1 has
+    shown its messages, would have them marked deleted when the job ends."""
+    box = simulator.add_mailbox(MAILBOX, 600, seed=31)
+    options = {"chunk_size": 200, "page_size": 100}
+    sync_mailbox(mailbox=MAILBOX, folder="inbox", graph_url=simulator.url, **options)
+    job, _ = begin_job(
+        runtime.db,
+        runtime.settings,
+        mailbox=MAILBOX,
+        folder="inbox",
+        business_id=None,
+        sync_from=None,
+        sync_to=None,
+        job_id=None,
+        full=True,
+        **options,
+    )
+    store, graph = load_store(runtime.db, job), runtime.graph(simulator.url)
+    first = plan_job(runtime.db, graph, job, store, 3)
+    assert first["total_chunks"] == 3
+    assert run_one_chunk(str(job["id"]), 1, simulator.url)["emails_processed"] == 200
+
+    again = plan_job(runtime.db, graph, job, store, 3)  # the job as the second process read it
+
+    assert again["id"] == job["id"] and again["total_chunks"] == 3
+    summary = sync_mailbox(job_id=str(job["id"]), graph_url=simulator.url)
+    assert summary["status"] == "completed" and summary["emails_deleted"] == 0
+    live = scalar(database_url, "SELECT count(*) FROM emails WHERE deleted_at IS NULL")
+    assert live == len(box.ids()) == 600
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
