@@ -77,7 +77,10 @@ class Faults:
     ``expire_delta_tokens_after_pages = N`` expires every delta and skip token once the Nth
     is out (its own link is dead then); ``mutate_after_delta_pages = N`` applies
     ``delta_mutations`` (``mailsync.simulator.mutations`` JSON) to that page's mailbox once
-    the Nth is out. ``latency_ms`` applies to delta pages too.
+    the Nth is out. ``latency_ms`` applies to delta pages too. ``delta_rendezvous = N``
+    holds every delta request until N mailboxes have each sent one (at most
+    ``rendezvous_timeout_s``): syncs of N mailboxes that run in parallel then overlap for
+    certain, and serial ones wait out the timeout.
     """
 
     latency_ms: float = 0.0
@@ -107,6 +110,8 @@ class Faults:
     expire_delta_tokens_after_pages: int | None = None
     mutate_after_delta_pages: int | None = None
     delta_mutations: list[dict[str, Any]] = field(default_factory=list)
+    delta_rendezvous: int = 0
+    rendezvous_timeout_s: float = 30.0
     # Run-time state, not switches:
     _mutation_pages: dict[str, int] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -121,6 +126,10 @@ class Faults:
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
+    _met: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    _met_changed: threading.Condition = field(
+        default_factory=threading.Condition, init=False, repr=False, compare=False
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _checked(name, value))
@@ -130,6 +139,8 @@ class Faults:
             super().__setattr__("_malformed_keys", set())
         elif name == "mutate_every_pages":
             super().__setattr__("_mutation_pages", {})
+        elif name == "delta_rendezvous" and "_met" in self.__dict__:
+            self._met.clear()
         elif name in _OPTIONAL_COUNTS and "_trigger_pages" in self.__dict__:
             self._trigger_pages[name] = 0
 
@@ -186,6 +197,16 @@ class Faults:
             seen = self._mutation_pages.get(mailbox_key, 0) + 1
             self._mutation_pages[mailbox_key] = 0 if seen >= every else seen
             return seen >= every
+
+    def rendezvous(self, mailbox_key: str) -> None:
+        """Hold a delta request of this mailbox until ``delta_rendezvous`` mailboxes have
+        sent one, or ``rendezvous_timeout_s`` has passed."""
+        with self._met_changed:
+            self._met.add(mailbox_key)
+            self._met_changed.notify_all()
+            self._met_changed.wait_for(
+                lambda: len(self._met) >= self.delta_rendezvous, self.rendezvous_timeout_s
+            )
 
     def count_delta_page(self) -> DeltaPageEvents:
         """Count one served delta page: what does it set off?"""

@@ -223,16 +223,21 @@ def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Clust
         )
         for i in range(6)
     }
-    runs = [
-        run_deployment(
-            "sync-mailbox/hourly",
-            timeout=0,
-            parameters={"mailbox": mailbox, "chunk_size": 200, "page_size": 100},
-        )
-        for mailbox in boxes
-    ]
-
-    finished = [finished_run(run.id, 150) for run in runs]
+    # Each mailbox's delta requests wait until two mailboxes have sent one: syncs that run
+    # in parallel overlap for certain; a serial one would stall on the simulator's timeout.
+    cluster.simulator.faults.delta_rendezvous = 2
+    try:
+        runs = [
+            run_deployment(
+                "sync-mailbox/hourly",
+                timeout=0,
+                parameters={"mailbox": mailbox, "chunk_size": 200, "page_size": 100},
+            )
+            for mailbox in boxes
+        ]
+        finished = [finished_run(run.id, 150) for run in runs]
+    finally:
+        cluster.simulator.faults.delta_rendezvous = 0
     for run in finished:
         assert_completed(run, cluster.processes)
     # Both workers took runs: scale-out is by adding worker processes.

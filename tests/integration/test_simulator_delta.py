@@ -381,3 +381,30 @@ def test_in_process_mutations_are_deterministic() -> None:
             ]
             outcomes.append((outcome, box.log.seq))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_rendezvous_holds_delta_requests_until_enough_mailboxes_asked(
+    sim: GraphSimulator, client: httpx.Client
+) -> None:
+    """``delta_rendezvous = 2``: a mailbox alone waits out the timeout; two mailboxes that
+    ask at the same time both go on as soon as the second one asked."""
+    import threading
+    import time
+
+    sim.faults.delta_rendezvous = 2
+    sim.faults.rendezvous_timeout_s = 0.3
+    alone = time.monotonic()
+    assert client.get(delta_url("inbox")).status_code == 200
+    assert time.monotonic() - alone >= 0.3
+
+    sim.faults.delta_rendezvous = 2  # reassigned: who has asked is forgotten
+    sim.faults.rendezvous_timeout_s = 20.0
+    answers: list[int] = []
+    first = threading.Thread(
+        target=lambda: answers.append(client.get(delta_url("inbox")).status_code)
+    )
+    first.start()
+    together = time.monotonic()
+    assert client.get(delta_url("inbox", OTHER)).status_code == 200
+    first.join(20)
+    assert answers == [200] and time.monotonic() - together < 10
