@@ -323,7 +323,9 @@ class Attempt:
         """One transaction: whatever ``first`` writes, the page's messages, the fence,
         whatever ``also`` writes (the checkpoint, removals, a delta link), the chunk's
         progress and, when ``done``, its completion. Progress is kept in memory only once
-        committed."""
+        committed. Pipelined: the statements before the COPY go with it, the upsert is one
+        round trip, and everything after it travels with the commit (the fence raises in
+        the database when the claim is gone, so nothing of a lost claim commits)."""
         before = self.progress
         progress = {
             **before,
@@ -334,7 +336,7 @@ class Attempt:
         }
         write_started = time.perf_counter()
         job = self.job
-        with self.db.transaction(job["business_id"]) as session:
+        with self.db.pipelined(job["business_id"]) as session:
             if first is not None:
                 first(session)
             written = write_messages(
@@ -347,11 +349,10 @@ class Attempt:
             progress["emails_added"] = before.get("emails_added", 0) + written.inserted
             progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
             progress["timing"] = self.timing.as_json((time.perf_counter() - write_started) * 1000)
-            # The fence: it takes the chunk's row lock and refuses a worker that lost it.
-            # (After the rows, so the lock is held for the least time; a refusal rolls the
-            # whole transaction back, rows included.)
-            fenced = session.one(
-                "record_chunk_progress",
+            # The fence: it takes the chunk's row lock and fails the transaction for a worker
+            # that lost it. (After the rows, so the lock is held for the least time.)
+            session.execute(
+                "record_chunk_page",
                 **self.fence,
                 checkpoint_data=progress,
                 emails_processed=progress["emails_processed"],
@@ -360,12 +361,10 @@ class Attempt:
                 emails_updated=progress["emails_updated"],
                 delta_resets=progress.get("delta_resets", 0),
             )
-            if fenced is None:
-                raise LeaseLostError(f"chunk {self.index}: claim lost before writing")
             if also is not None:
                 also(session)
-            if done:
-                completed = session.one(
+            completed = (
+                session.send(
                     "complete_chunk_job",
                     **self.fence,
                     emails_processed=progress["emails_processed"],
@@ -374,8 +373,12 @@ class Attempt:
                     processing_time_ms=self._elapsed_ms(),
                     exhausted=exhausted,
                 )
-                if not completed or not completed["completed"]:
-                    raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
+                if done
+                else None
+            )
+        # Fenced like the page, in the same transaction: it cannot find the claim gone.
+        if completed is not None and not (completed.one() or {}).get("completed"):
+            raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
         self.timing.write_ms += (time.perf_counter() - write_started) * 1000
         self.progress = progress
 

@@ -7,8 +7,9 @@ password removed. Every statement comes from ``sql/queries.sql`` by name.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -20,11 +21,19 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailsync import roles
-from mailsync.errors import ConfigError, ConflictError, DatabaseError, StatementError
+from mailsync.errors import (
+    ConfigError,
+    ConflictError,
+    DatabaseError,
+    LeaseLostError,
+    MailsyncError,
+    StatementError,
+)
 from mailsync.sql import queries
 
 Row = dict[str, Any]
 
+LEASE_LOST = "MSL01"  # the SQLSTATE of a page fence whose claim is gone (migration 0012)
 MAX_IDLE_S = 120.0  # a pool connection idle this long (beyond min_size) is closed,
 MAX_LIFETIME_S = 15 * 60.0  # and every one is replaced after this long (±5%)
 
@@ -41,14 +50,17 @@ def _adapt(params: dict[str, Any]) -> dict[str, Any]:
     return {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in params.items()}
 
 
-def translate_error(exc: psycopg.Error, where: str) -> DatabaseError:
+def translate_error(exc: psycopg.Error, where: str) -> MailsyncError:
     """psycopg's error as ours: decided here, once, so no caller imports psycopg.
 
     A lost connection, a restart, a deadlock or a serialization failure is worth another
-    try (``DatabaseError``); a unique key that refuses a row is a ``ConflictError``; any
-    other refusal (a constraint, a value, a privilege, the SQL) is a ``StatementError``.
+    try (``DatabaseError``); a unique key that refuses a row is a ``ConflictError``; a page
+    fence that found its claim gone (``LEASE_LOST``) is a ``LeaseLostError``; any other
+    refusal (a constraint, a value, a privilege, the SQL) is a ``StatementError``.
     """
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if exc.sqlstate == LEASE_LOST:
+        return LeaseLostError(first_line)
     if isinstance(exc, psycopg.errors.UniqueViolation):
         return ConflictError(f"conflict in the database ({where}): {first_line}")
     if isinstance(exc, psycopg.OperationalError):
@@ -79,51 +91,9 @@ def check_connectable(url: str, timeout_s: int = 10) -> None:
         pass
 
 
-class Session:
-    """One connection inside one transaction."""
-
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
-        self.conn = conn
-
-    def one(self, query: str, /, **params: Any) -> Row | None:
-        with self.conn.cursor() as cur:
-            cur.execute(queries[query], _adapt(params))
-            return cur.fetchone() if cur.description else None
-
-    def all(self, query: str, /, **params: Any) -> list[Row]:
-        with self.conn.cursor() as cur:
-            cur.execute(queries[query], _adapt(params))
-            return cur.fetchall() if cur.description else []
-
-    def execute(self, query: str, /, **params: Any) -> int:
-        with self.conn.cursor() as cur:
-            cur.execute(queries[query], _adapt(params))
-            return cur.rowcount
-
-    def copy_rows(
-        self,
-        table: str,
-        columns: Sequence[str],
-        rows: Iterable[Sequence[Any]],
-        types: Sequence[str] | None = None,
-    ) -> None:
-        """COPY rows into a table (the bulk path, used for staging). With the columns'
-        ``types``, a binary COPY: text goes as its UTF-8 bytes, nothing escaped on either
-        side (about half the CPU of text COPY for kilobytes of html per row)."""
-        copy_sql = pgsql.SQL("COPY {} ({}) FROM STDIN{}").format(
-            pgsql.Identifier(table),
-            pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns),
-            pgsql.SQL(" (FORMAT BINARY)" if types is not None else ""),
-        )
-        with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
-            if types is not None:
-                copy.set_types(list(types))
-            for row in rows:
-                copy.write_row(row)
-
-
 class Pending:
-    """A statement sent in a pipeline (``Pipeline.send``) and its row, once it has come."""
+    """A statement sent in a pipelined transaction (``Session.send``) and its row, once it
+    has come."""
 
     def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
         self._cursor: psycopg.Cursor[Row] | None = cursor
@@ -134,25 +104,107 @@ class Pending:
         for everything sent so far; after it, nothing: the commit's trip brought it."""
         if self._cursor is not None:
             with self._cursor as cur:
-                self._row = cur.fetchone()
+                try:
+                    self._row = cur.fetchone()  # pipelined: waits for the answer first
+                except psycopg.ProgrammingError as exc:
+                    if exc.sqlstate is not None:  # the server refused it: not ours to hide
+                        raise
+                    self._row = None  # the statement returns no rows
             self._cursor = None
         return self._row
 
 
-class Pipeline:
-    """One connection inside one pipelined transaction (``Database.pipelined``)."""
+class Session:
+    """One connection inside one transaction.
 
-    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+    In a pipelined transaction (``Database.pipelined``) statements travel together:
+    ``execute`` and ``send`` only queue theirs, and the first thing that needs an answer
+    (``one``, ``all``, a ``Pending`` row read inside the block, a COPY, the commit) takes
+    one round trip for everything queued before it. A statement that fails there fails the
+    transaction: nothing queued after it runs, and the commit does not happen.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Row], *, pipelined: bool = False) -> None:
         self.conn = conn
+        self.pipelined = pipelined
         self.sent: list[Pending] = []
+        self._pipeline: ExitStack | None = None  # the pipeline mode block we are in
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        return self.send(query, **params).one()
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        with self.conn.cursor() as cur:
+            cur.execute(queries[query], _adapt(params))
+            return cur.fetchall() if cur.description else []
+
+    def execute(self, query: str, /, **params: Any) -> int:
+        """Run a statement; its row count (-1 when pipelined: not known yet)."""
+        if self.pipelined:
+            self.send(query, **params)
+            return -1
+        with self.conn.cursor() as cur:
+            cur.execute(queries[query], _adapt(params))
+            return cur.rowcount
 
     def send(self, query: str, /, **params: Any) -> Pending:
-        """Queue a statement that returns a row: it travels with the transaction's commit."""
+        """Run a statement whose row is read later (``Pending.one``): when pipelined, it
+        travels with the next round trip."""
         cur = self.conn.cursor()
         cur.execute(queries[query], _adapt(params))
         pending = Pending(cur)
-        self.sent.append(pending)
+        if self.pipelined:
+            self.sent.append(pending)
         return pending
+
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        types: Sequence[str] | None = None,
+    ) -> None:
+        """COPY rows into a table (the bulk path, used for staging). With the columns'
+        ``types``, a binary COPY: text goes as its UTF-8 bytes, nothing escaped on either
+        side (about half the CPU of text COPY for kilobytes of html per row). Pipelined,
+        what was queued goes first (libpq has no COPY in pipeline mode)."""
+        copy_sql = pgsql.SQL("COPY {} ({}) FROM STDIN{}").format(
+            pgsql.Identifier(table),
+            pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns),
+            pgsql.SQL(" (FORMAT BINARY)" if types is not None else ""),
+        )
+        pipelined = self._pipeline is not None
+        if pipelined:
+            self._leave_pipeline()
+        with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            if types is not None:
+                copy.set_types(list(types))
+            for row in rows:
+                copy.write_row(row)
+        if pipelined:
+            self._enter_pipeline()
+
+    @contextmanager
+    def _pipeline_mode(self) -> Iterator[None]:
+        """Pipeline mode for the block (left and entered again around a COPY); leaving it
+        sends what is queued and raises the error of a statement that failed."""
+        self._enter_pipeline()
+        try:
+            yield
+        except BaseException:
+            self._leave_pipeline(sys.exc_info())
+            raise
+        self._leave_pipeline()
+
+    def _enter_pipeline(self) -> None:
+        stack = ExitStack()
+        stack.enter_context(self.conn.pipeline())
+        self._pipeline = stack
+
+    def _leave_pipeline(self, exc_info: Any = (None, None, None)) -> None:
+        stack, self._pipeline = self._pipeline, None
+        if stack is not None:
+            stack.__exit__(*exc_info)
 
 
 class Database:
@@ -231,10 +283,11 @@ class Database:
     @contextmanager
     def pipelined(
         self, business_id: UUID | str | None = None, *, job_id: UUID | None = None
-    ) -> Iterator[Pipeline]:
-        """A transaction whose statements travel together: the begin, the tenant, what the
-        caller ``send``s and the commit, in one round trip as the block ends (instead of one
-        each, and a psycopg transaction's extra two); read the rows after the block.
+    ) -> Iterator[Session]:
+        """A transaction whose statements travel together (``Session``): the begin, the
+        tenant and what the caller queues go with the first answer it needs, the rest with
+        the commit as the block ends (instead of a round trip each, and a psycopg
+        transaction's extra two); rows of ``send`` can be read after the block.
 
         The tenant is ``business_id``; or, when the caller knows only a job, that job's
         business (``job_business_id``, the one cross-tenant question, asked in the same
@@ -244,17 +297,17 @@ class Database:
             # BEGIN and COMMIT are ours, queued with the statements: psycopg's own
             # transaction would wait for its BEGIN, then for its COMMIT, in trips of their own.
             conn.autocommit = True
+            session = Session(conn, pipelined=True)
             try:
-                with conn.pipeline():
+                with session._pipeline_mode():
                     conn.execute("BEGIN")
                     if business_id is not None:
                         roles.set_tenant(conn, business_id)
                     elif job_id is not None:
                         conn.execute(queries["set_tenant_of_job"], {"job_id": job_id})
-                    pipeline = Pipeline(conn)
-                    yield pipeline
+                    yield session
                     conn.execute("COMMIT")
-                for pending in pipeline.sent:  # all here now: read before the connection goes
+                for pending in session.sent:  # all here now: read before the connection goes
                     pending.one()
             finally:
                 if not conn.closed:

@@ -20,9 +20,9 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -88,9 +88,10 @@ class Attachment:
     is_inline: bool
 
 
-@dataclass(frozen=True)
-class EmailRecord:
-    """One message, as stored: the fields of the staging table, in its column order."""
+class EmailRecord(NamedTuple):
+    """One message, as stored: the staging table's columns in order (``row``), then what
+    the pager and the attachments need. A tuple, not a frozen dataclass: a page builds 500
+    of them, and a frozen dataclass's ``__init__`` cost a quarter of the parse."""
 
     graph_id: str
     internet_message_id: str | None
@@ -112,34 +113,16 @@ class EmailRecord:
     parent_folder_id: str | None
     categories: str  # JSON text: the user's category names
     content_hash: str
-    received_raw: str = field(compare=False)
-    attachments: tuple[Attachment, ...] = field(default=(), compare=False)
-
-    COLUMNS = (
-        "graph_id",
-        "internet_message_id",
-        "conversation_id",
-        "subject",
-        "sender_name",
-        "sender_address",
-        "from_address",
-        "to_recipients",
-        "cc_recipients",
-        "received_at",
-        "sent_at",
-        "body_content_type",
-        "body",
-        "body_preview",
-        "has_attachments",
-        "is_read",
-        "importance",
-        "parent_folder_id",
-        "categories",
-        "content_hash",
-    )
+    received_raw: str  # Graph's own timestamp string (a keyset cursor's value)
+    attachments: tuple[Attachment, ...] = ()
 
     def row(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, column) for column in self.COLUMNS)
+        """The stored columns (``EMAIL_COLUMNS``), in order."""
+        return self[:_STORED]
+
+
+EMAIL_COLUMNS: tuple[str, ...] = EmailRecord._fields[: EmailRecord._fields.index("received_raw")]
+_STORED = len(EMAIL_COLUMNS)
 
 
 @dataclass
@@ -151,13 +134,15 @@ class Page:
     last: bool = False  # the pager stops after this page (exhausted, or its limit reached)
 
 
-def _parse_time(value: Any, what: str) -> datetime:
+def _parse_time(value: Any, graph_id: str, what: str) -> datetime:
     if not isinstance(value, str):
-        raise BadDataError(f"{what} is missing or not a string")
+        raise BadDataError(f"message {graph_id[:20]}: {what} is missing or not a string")
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return datetime.fromisoformat(value)  # Python 3.11 reads Graph's trailing Z as UTC
     except ValueError:
-        raise BadDataError(f"{what} {value[:40]!r} is not an ISO 8601 datetime") from None
+        raise BadDataError(
+            f"message {graph_id[:20]}: {what} {value[:40]!r} is not an ISO 8601 datetime"
+        ) from None
 
 
 def _address(party: Any) -> tuple[str | None, str | None]:
@@ -210,16 +195,17 @@ def parse_message(raw: Any) -> EmailRecord:
     if not isinstance(graph_id, str) or not graph_id:
         raise BadDataError("a message has no id")
     received_raw = get("receivedDateTime")
-    received_at = _parse_time(received_raw, f"message {graph_id[:20]}: receivedDateTime")
+    received_at = _parse_time(received_raw, graph_id, "receivedDateTime")
     sent_raw = get("sentDateTime")
-    sent_at = _parse_time(sent_raw, f"message {graph_id[:20]}: sentDateTime") if sent_raw else None
+    sent_at = _parse_time(sent_raw, graph_id, "sentDateTime") if sent_raw else None
     body = get("body") or {}
     if not isinstance(body, dict):
         raise BadDataError(f"message {graph_id[:20]}: body is not an object")
     sender_name, sender_address = _address(get("sender"))
-    _, from_address = _address(get("from"))
+    from_address = _address(get("from"))[1]
     to_json = _recipients_json(get("toRecipients"), "toRecipients")
     cc_json = _recipients_json(get("ccRecipients"), "ccRecipients")
+    is_read, categories = get("isRead"), _categories_json(get("categories"))
     fields = (
         graph_id,
         get("internetMessageId"),
@@ -236,38 +222,38 @@ def parse_message(raw: Any) -> EmailRecord:
         body.get("content"),
         get("bodyPreview"),
         bool(get("hasAttachments")),
-        get("isRead"),
+        is_read,
         get("importance"),
         get("parentFolderId"),
-        _categories_json(get("categories")),
+        categories,
     )
     # Hash of what we store, so an unchanged message costs no write on replay. orjson: the
     # body is most of a message, and escaping it to ASCII (json.dumps) cost more than the
     # rest of the parse together; SHA-256 runs in hardware. 128 bits of it are plenty.
     content_hash = hashlib.sha256(orjson.dumps(fields)).hexdigest()[:32]
     return EmailRecord(
-        graph_id=graph_id,
-        internet_message_id=fields[1],
-        conversation_id=fields[2],
-        subject=fields[3],
-        sender_name=sender_name,
-        sender_address=sender_address,
-        from_address=from_address,
-        to_recipients=to_json,
-        cc_recipients=cc_json,
-        received_at=received_at,
-        sent_at=sent_at,
-        body_content_type=fields[11],
-        body=fields[12],
-        body_preview=fields[13],
-        has_attachments=fields[14],
-        is_read=fields[15] if isinstance(fields[15], bool) else None,
-        importance=fields[16],
-        parent_folder_id=fields[17],
-        categories=fields[18],
-        content_hash=content_hash,
-        received_raw=received_raw,  # type: ignore[arg-type]  # checked by _parse_time
-        attachments=_attachments(get("attachments")),
+        graph_id,
+        fields[1],
+        fields[2],
+        fields[3],
+        sender_name,
+        sender_address,
+        from_address,
+        to_json,
+        cc_json,
+        received_at,
+        sent_at,
+        fields[11],
+        fields[12],
+        fields[13],
+        fields[14],
+        is_read if isinstance(is_read, bool) else None,
+        fields[16],
+        fields[17],
+        categories,
+        content_hash,
+        received_raw,  # type: ignore[arg-type]  # checked by _parse_time
+        _attachments(get("attachments")),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from mailsync.db import Session
-from mailsync.graph import EmailRecord
+from mailsync.graph import EMAIL_COLUMNS, EmailRecord
 
 # The staging table's column types (sql/queries.sql, create_email_staging), for the binary
 # COPY: nothing to escape here, nothing to unescape in the server.
@@ -37,7 +37,7 @@ STAGING_TYPES = {
     "categories": "text",
     "content_hash": "text",
 }
-_STAGING_COLUMN_TYPES = [STAGING_TYPES[c] for c in EmailRecord.COLUMNS]
+_STAGING_COLUMN_TYPES = [STAGING_TYPES[c] for c in EMAIL_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -59,21 +59,22 @@ def write_messages(
         return WriteResult(0, 0, 0)
     session.execute("create_email_staging")
     session.copy_rows(
-        "email_staging", EmailRecord.COLUMNS, (m.row() for m in messages), _STAGING_COLUMN_TYPES
+        "email_staging", EMAIL_COLUMNS, (m.row() for m in messages), _STAGING_COLUMN_TYPES
     )
-    counts = session.one(
+    upserted = session.send(
         "upsert_staged_emails", business_id=business_id, store_id=store_id, job_id=job_id
     )
-    assert counts is not None  # an aggregate always returns its row
-    written, inserted = counts["written"], counts["inserted"]
     attachments = _attachment_rows(messages)
-    if attachments:
+    if attachments:  # after the upsert (their message's row), in the same round trip
         session.execute(
             "upsert_attachments",
             business_id=business_id,
             store_id=store_id,
             attachments=attachments,
         )
+    counts = upserted.one()
+    assert counts is not None  # an aggregate always returns its row
+    written, inserted = counts["written"], counts["inserted"]
     distinct = len({m.graph_id for m in messages})
     return WriteResult(inserted, written - inserted, distinct - written)
 

@@ -82,18 +82,13 @@ SELECT r.outcome, r.wait_s, (r.chunk).*
 -- Renew the lease; false when the claim is gone.
 SELECT heartbeat_chunk(%(chunk_id)s, %(worker_id)s, %(attempt)s) AS alive;
 
--- name: record_chunk_progress
--- Fence and record progress inside the page's transaction: no row means the claim is gone
--- and the transaction must roll back. Taking the row lock first also orders us before any
--- recovery that wants the same chunk.
-UPDATE chunked_sync_jobs
-   SET checkpoint_data = %(checkpoint_data)s, emails_processed = %(emails_processed)s,
-       emails_failed = %(emails_failed)s, emails_added = %(emails_added)s,
-       emails_updated = %(emails_updated)s, delta_resets = %(delta_resets)s,
-       heartbeat_at = now(), updated_at = now()
- WHERE id = %(chunk_id)s AND status = 'processing'
-   AND worker_id = %(worker_id)s AND attempts = %(attempt)s
-RETURNING id;
+-- name: record_chunk_page
+-- Fence and record progress inside the page's transaction: raises (SQLSTATE MSL01) when
+-- the claim is gone, which rolls the whole transaction back, queued statements included.
+-- Taking the row lock also orders us before any recovery that wants the same chunk.
+SELECT record_chunk_page(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(checkpoint_data)s,
+                         %(emails_processed)s, %(emails_failed)s, %(emails_added)s,
+                         %(emails_updated)s, %(delta_resets)s);
 
 -- name: insert_checkpoint
 -- Append the job's new position in a folder (written in the same transaction as the page).

@@ -9,10 +9,17 @@ import psycopg
 import pytest
 from prefect import flow
 
-from mailsync.errors import InvalidInputError, NotFoundError, SyncIncompleteError
+from mailsync.chunks import Worker, claim_chunk
+from mailsync.errors import (
+    InvalidInputError,
+    LeaseLostError,
+    NotFoundError,
+    SyncIncompleteError,
+)
 from mailsync.flows.sync_mailbox import sync_mailbox
 from mailsync.jobs import begin_job, load_store
 from mailsync.planning import plan_job
+from mailsync.rounds import DeltaAttempt
 from mailsync.tasks.sync_chunk import sync_chunk
 
 MAILBOX = "ada@contoso.example"
@@ -307,6 +314,52 @@ def test_a_process_that_plans_a_running_job_again_presumes_nothing(
     assert summary["status"] == "completed" and summary["emails_deleted"] == 0
     live = scalar(database_url, "SELECT count(*) FROM emails WHERE deleted_at IS NULL")
     assert live == len(box.ids()) == 600
+
+
+def test_a_page_of_a_claim_that_is_gone_commits_nothing(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """The page's fence fails its transaction in the database (its statements travel with
+    the commit): a worker whose chunk recovery gave to another writes no row, checkpoint or
+    progress, and is told its lease is lost."""
+    simulator.add_mailbox(MAILBOX, 300, seed=37)
+    job, _ = begin_job(
+        runtime.db,
+        runtime.settings,
+        mailbox=MAILBOX,
+        folder="inbox",
+        business_id=None,
+        sync_from=None,
+        sync_to=None,
+        chunk_size=100,
+        page_size=100,
+        job_id=None,
+    )
+    graph = runtime.graph(simulator.url)
+    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
+    worker = Worker.of(runtime.settings, "worker-that-lost-it")
+    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
+    with psycopg.connect(database_url) as conn:  # recovery took it back; another claimed it
+        conn.execute(
+            "UPDATE chunked_sync_jobs SET worker_id = 'another', attempts = attempts + 1"
+            " WHERE id = %s",
+            (claim.chunk["id"],),
+        )
+    assert claim.position is not None
+    attempt = DeltaAttempt(
+        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+    )
+
+    with pytest.raises(LeaseLostError, match="no longer held by worker worker-that-lost-it"):
+        attempt.run()
+
+    assert scalar(database_url, "SELECT count(*) FROM emails") == 0
+    assert scalar(database_url, "SELECT count(*) FROM sync_state_checkpoints") == 0
+    assert scalar(database_url, "SELECT count(*) FROM email_removals") == 0
+    chunk = "SELECT emails_processed, checkpoint_data FROM chunked_sync_jobs WHERE id = %s"
+    with psycopg.connect(database_url) as conn:
+        processed, progress = conn.execute(chunk, (claim.chunk["id"],)).fetchone()  # type: ignore[misc]
+    assert processed == 0 and "pages" not in progress
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
