@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.states import State
+from prefect import Task, flow, get_run_logger
 
 from mailsync.artifacts import ChunkProgress, publish_job_table
 from mailsync.errors import ChunkAttemptError, MailsyncError, SyncIncompleteError
@@ -62,7 +61,7 @@ def sync_mailbox(
     chunk_task = sync_chunk.with_options(retries=plan["max_attempts"])
     progress = ChunkProgress(job_id, plan["total_chunks"])
     for index in range(1, plan["total_chunks"] + 1):
-        outcome = _outcome(index, chunk_task(job_id, index, graph_url, return_state=True))
+        outcome = _run_chunk(chunk_task, job_id, index, graph_url)
         progress.add(outcome)
         if outcome["status"] == "unfinished":  # later chunks start where this one stops
             break
@@ -75,18 +74,22 @@ def sync_mailbox(
     return summary
 
 
-def _outcome(index: int, state: State[Any]) -> dict[str, Any]:
+def _run_chunk(
+    chunk_task: Task[..., dict[str, Any]], job_id: str, index: int, graph_url: str | None
+) -> dict[str, Any]:
     """The chunk task's outcome; ``unfinished`` when it failed without its chunk row saying
-    so (a lost lease, a database outage past every retry): the job stays resumable."""
-    if state.is_completed():
-        return dict(state.result())
-    error = state.result(raise_on_failure=False)
-    recorded = isinstance(error, ChunkAttemptError)  # the row says failed (no retry left)
-    get_run_logger().warning(
-        "chunk %s %s: %s",
-        index,
-        "failed for good" if recorded else "left unfinished",
-        state.message,
-    )
-    status = "failed" if recorded else "unfinished"
-    return {"chunk_index": index, "status": status, "error_message": state.message}
+    so (a lost lease, a database outage past every retry): the job stays resumable.
+
+    The task is called for its result, not its state: a completed state's ``result()``
+    is fetched through Prefect's event loop thread (a few ms a chunk); the engine hands
+    back the value, or raises what the task raised once its retries are spent."""
+    try:
+        return chunk_task(job_id, index, graph_url)
+    except Exception as exc:
+        recorded = isinstance(exc, ChunkAttemptError)  # the row says failed (no retry left)
+        message = f"{type(exc).__name__}: {exc}"
+        get_run_logger().warning(
+            "chunk %s %s: %s", index, "failed for good" if recorded else "left unfinished", message
+        )
+        status = "failed" if recorded else "unfinished"
+        return {"chunk_index": index, "status": status, "error_message": message}
