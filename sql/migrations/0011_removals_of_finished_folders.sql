@@ -31,7 +31,12 @@ BEGIN
           FROM email_removals AS r
          WHERE r.job_id = p_job_id AND NOT r.applied
            AND e.store_id = r.store_id AND e.graph_id = r.graph_id
-           AND e.parent_folder_id = r.folder_id AND e.deleted_at IS NULL
+           -- Not "=": a candidate's row is found by its unique key. With "=", the planner
+           -- took the live-rows index on (store_id, parent_folder_id) and filtered the
+           -- folder's every message for each candidate (0.55 s for 125 in a 50,000-message
+           -- mailbox, against 5 ms); IS NOT DISTINCT FROM is the same here (folder_id is
+           -- never NULL) and no index condition.
+           AND e.parent_folder_id IS NOT DISTINCT FROM r.folder_id AND e.deleted_at IS NULL
            AND (EXISTS (SELECT 1 FROM read_to_end AS f
                          WHERE f.folder_id = r.folder_id AND f.ended)
                 OR EXISTS (SELECT 1 FROM mail_folders AS f
