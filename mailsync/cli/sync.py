@@ -28,7 +28,7 @@ from mailsync.cli.common import (
     upgrade_database,
 )
 from mailsync.db import redact_url
-from mailsync.errors import SyncIncompleteError
+from mailsync.errors import DatabaseError, SyncIncompleteError
 from mailsync.jobs import (
     SyncRequest,
     default_business_id,
@@ -198,7 +198,10 @@ def _with_progress(
         bar = progress.add_task("sync", total=None, emails=0)
         while worker.is_alive():
             worker.join(0.25)
-            row = runtime.db.one("get_sync_job_progress", business_id, job_id=job_id)
+            try:
+                row = runtime.db.one("get_sync_job_progress", business_id, job_id=job_id)
+            except DatabaseError:  # the flow rides database faults out; so does the bar
+                continue
             state = (row or {}).get("progress") or {}
             if state.get("total_chunks"):
                 done = state["completed_chunks"] + state["failed_chunks"]
