@@ -275,6 +275,22 @@ def test_resuming_takes_back_a_dead_workers_chunk(
     assert set(stored_ids(database_url)) == box.ids()
 
 
+def open_inbox_job(runtime: Any, **options: Any) -> dict[str, Any]:
+    """A new job for the mailbox's inbox, opened as the flow opens one (not planned yet)."""
+    job, _ = begin_job(
+        runtime.db,
+        runtime.settings,
+        mailbox=MAILBOX,
+        folder="inbox",
+        business_id=None,
+        sync_from=None,
+        sync_to=None,
+        job_id=None,
+        **{"chunk_size": None, "page_size": None, **options},
+    )
+    return job
+
+
 @flow
 def run_one_chunk(job_id: str, chunk_index: int, graph_url: str) -> dict[str, Any]:
     return sync_chunk(job_id, chunk_index, graph_url)
@@ -290,18 +306,7 @@ def test_a_process_that_plans_a_running_job_again_presumes_nothing(
     box = simulator.add_mailbox(MAILBOX, 600, seed=31)
     options = {"chunk_size": 200, "page_size": 100}
     sync_mailbox(mailbox=MAILBOX, folder="inbox", graph_url=simulator.url, **options)
-    job, _ = begin_job(
-        runtime.db,
-        runtime.settings,
-        mailbox=MAILBOX,
-        folder="inbox",
-        business_id=None,
-        sync_from=None,
-        sync_to=None,
-        job_id=None,
-        full=True,
-        **options,
-    )
+    job = open_inbox_job(runtime, full=True, **options)
     store, graph = load_store(runtime.db, job), runtime.graph(simulator.url)
     first = plan_job(runtime.db, graph, job, store, 3)
     assert first["total_chunks"] == 3
@@ -323,18 +328,7 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     the commit): a worker whose chunk recovery gave to another writes no row, checkpoint or
     progress, and is told its lease is lost."""
     simulator.add_mailbox(MAILBOX, 300, seed=37)
-    job, _ = begin_job(
-        runtime.db,
-        runtime.settings,
-        mailbox=MAILBOX,
-        folder="inbox",
-        business_id=None,
-        sync_from=None,
-        sync_to=None,
-        chunk_size=100,
-        page_size=100,
-        job_id=None,
-    )
+    job = open_inbox_job(runtime, chunk_size=100, page_size=100)
     graph = runtime.graph(simulator.url)
     plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
     worker = Worker.of(runtime.settings, "worker-that-lost-it")
