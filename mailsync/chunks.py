@@ -8,15 +8,19 @@ that decision, and Prefect's task retry only re-enters (README, "Retries").
 Each page is one transaction: the page's rows, the fence (do we still hold the chunk?), the
 job's new checkpoint and, on the chunk's last page, its completion. A crash anywhere
 leaves a page wholly written or not at all, and the next attempt (or chunk) continues
-from the newest checkpoint. The next page is fetched while the current one is written.
+from the newest checkpoint. The next page is fetched while the current one is written, and
+its rows are staged (on a second connection) while the current one commits; pages commit
+in order, one after the other (mailsync.inorder).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -36,7 +40,8 @@ from mailsync.errors import (
 )
 from mailsync.graph import Cursor, EmailRecord, GraphClient, Page
 from mailsync.heartbeat import Heartbeat
-from mailsync.ingest import write_messages
+from mailsync.ingest import merge_staged, stage_messages
+from mailsync.inorder import InOrder
 from mailsync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -185,7 +190,8 @@ class AttemptTiming:
     started: float
     fetch_ms: float = 0.0  # fetching and parsing pages (the prefetch thread)
     fetch_wait_ms: float = 0.0  # the attempt blocked, waiting for a page
-    write_ms: float = 0.0  # page transactions, committed
+    write_ms: float = 0.0  # the attempt blocked on page transactions (staging a page, waiting
+    # for the one before it to commit; the chunk's last page, all of it)
 
     def wait(self, pages: Iterator[P]) -> P | None:
         """The next page of a pager that requests ahead itself (mailsync.delta): the time
@@ -207,7 +213,7 @@ class AttemptTiming:
 
     def as_json(self, writing_ms: float = 0.0) -> dict[str, float]:
         """The times so far, from inside a page's transaction: ``write_ms`` of the pages
-        committed, ``writing_ms`` of this one's transaction so far (its rows); ``elapsed_ms``
+        handed over, ``writing_ms`` of this one's so far (its rows); ``elapsed_ms``
         is now. What the transaction spends after this (fence, completion, commit) is the
         attempt's time beyond ``elapsed_ms``."""
         elapsed_ms = (time.perf_counter() - self.started) * 1000
@@ -256,6 +262,8 @@ class Attempt:
         self.chunk = chunk
         self.position = position  # where the job stands in the chunk's folder
         self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
+        self.committed: dict[str, Any] = self.progress  # the newest page committed
+        self._writes = InOrder("page-commit")
         self.timing = AttemptTiming(time.perf_counter())
         self.calls_before = graph.api_calls
         self.fence = {
@@ -280,9 +288,12 @@ class Attempt:
         """Run the attempt to completion; or record why it failed and raise
         ``ChunkAttemptError`` (or ``LeaseLostError`` when the chunk is no longer ours)."""
         try:
-            with Heartbeat(
-                self.db, self.chunk, self.worker.worker_id, self.worker.heartbeat_s
-            ) as self.heartbeat:
+            with (
+                Heartbeat(
+                    self.db, self.chunk, self.worker.worker_id, self.worker.heartbeat_s
+                ) as self.heartbeat,
+                self._writes,
+            ):
                 self._work()
         except LeaseLostError:
             raise  # the chunk is someone else's now: nothing of ours may be written
@@ -295,8 +306,8 @@ class Attempt:
             chunk_index=self.index,
             status="completed",
             attempt=self.chunk["attempts"],
-            emails_processed=self.progress.get("emails_processed", 0),
-            emails_failed=self.progress.get("emails_failed", 0),
+            emails_processed=self.committed.get("emails_processed", 0),
+            emails_failed=self.committed.get("emails_failed", 0),
             api_calls=self._api_calls(),
             processing_time_ms=self._elapsed_ms(),
         )
@@ -320,12 +331,19 @@ class Attempt:
         done: bool = False,
         exhausted: bool = False,
     ) -> None:
-        """One transaction: whatever ``first`` writes, the page's messages, the fence,
-        whatever ``also`` writes (the checkpoint, removals, a delta link), the chunk's
-        progress and, when ``done``, its completion. Progress is kept in memory only once
-        committed. Pipelined: the statements before the COPY go with it, the upsert is one
-        round trip, and everything after it travels with the commit (the fence raises in
-        the database when the claim is gone, so nothing of a lost claim commits)."""
+        """One transaction: the page's messages, whatever ``first`` writes, their merge, the
+        fence, whatever ``also`` writes (the checkpoint, removals, a delta link), the chunk's
+        progress and, when ``done``, its completion.
+
+        Its rows are staged here, on a connection of their own, while the page before it
+        still finishes; then it finishes in the commit thread (``InOrder``) once that page
+        has committed, and this returns, except after the chunk's last page, which is waited
+        for. So commits keep their order, and a page whose predecessor failed is rolled back
+        before it merges anything. Pipelined: the begin and the tenant go with the COPY, the
+        merge is one round trip, and everything after it travels with the commit (the fence
+        raises in the database when the claim is gone, so nothing of a lost claim commits).
+        ``self.progress`` is what the pages handed over add up to; ``self.committed``, what
+        the database holds."""
         before = self.progress
         progress = {
             **before,
@@ -334,21 +352,64 @@ class Attempt:
             "emails_failed": before.get("emails_failed", 0) + failed,
             "pages": before.get("pages", 0) + (1 if messages or failed or checkpoint else 0),
         }
-        write_started = time.perf_counter()
-        job = self.job
-        with self.db.pipelined(job["business_id"]) as session:
+        blocked = time.perf_counter()
+        rows = list(messages)
+        staged, session = self._stage(rows)
+        try:
+            self._writes.after_previous()
+        except BaseException:
+            staged.__exit__(*sys.exc_info())
+            raise
+        self.progress = progress
+        self._writes.then(
+            lambda: self._finish(
+                staged, session, rows, progress, first, also, done, exhausted, blocked
+            )
+        )
+        if done:
+            self._writes.after_previous()
+        self.timing.write_ms += (time.perf_counter() - blocked) * 1000
+
+    def _stage(self, messages: list[EmailRecord]) -> tuple[ExitStack, Session]:
+        """A page's transaction, begun, its rows in the connection's staging table."""
+        with ExitStack() as stack:
+            session = stack.enter_context(self.db.pipelined(self.job["business_id"]))
+            stage_messages(session, messages)
+            return stack.pop_all(), session
+        raise AssertionError("unreachable")  # pragma: no cover (mypy: the block may swallow)
+
+    def _finish(
+        self,
+        staged: ExitStack,
+        session: Session,
+        messages: list[EmailRecord],
+        progress: dict[str, Any],
+        first: Callable[[Session], None] | None,
+        also: Callable[[Session], None] | None,
+        done: bool,
+        exhausted: bool,
+        blocked: float,
+    ) -> None:
+        """The rest of a staged page's transaction, and its commit (the commit thread).
+        ``blocked``: when the attempt began to wait for this page (its timing: the last
+        page's is all of it, the others' only their staging and the wait for the one before)."""
+        job, committed = self.job, self.committed
+        with staged:
             if first is not None:
                 first(session)
-            written = write_messages(
+            written = merge_staged(
                 session,
                 business_id=job["business_id"],
                 store_id=job["store_id"],
                 job_id=job["id"],
-                messages=list(messages),
+                messages=messages,
             )
-            progress["emails_added"] = before.get("emails_added", 0) + written.inserted
-            progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
-            progress["timing"] = self.timing.as_json((time.perf_counter() - write_started) * 1000)
+            progress = {
+                **progress,
+                "emails_added": committed.get("emails_added", 0) + written.inserted,
+                "emails_updated": committed.get("emails_updated", 0) + written.updated,
+                "timing": self.timing.as_json((time.perf_counter() - blocked) * 1000),
+            }
             # The fence: it takes the chunk's row lock and fails the transaction for a worker
             # that lost it. (After the rows, so the lock is held for the least time.)
             session.execute(
@@ -379,8 +440,7 @@ class Attempt:
         # Fenced like the page, in the same transaction: it cannot find the claim gone.
         if completed is not None and not (completed.one() or {}).get("completed"):
             raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
-        self.timing.write_ms += (time.perf_counter() - write_started) * 1000
-        self.progress = progress
+        self.committed = progress
 
     def _checkpoint(
         self, cursor: dict[str, Any], emails_processed: int, *, exhausted: bool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -21,6 +22,7 @@ from mailsync.jobs import begin_job, load_store
 from mailsync.planning import plan_job
 from mailsync.rounds import DeltaAttempt
 from mailsync.tasks.sync_chunk import sync_chunk
+from tests.e2e.helpers import wait_for
 
 MAILBOX = "ada@contoso.example"
 
@@ -354,6 +356,62 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     with psycopg.connect(database_url) as conn:
         processed, progress = conn.execute(chunk, (claim.chunk["id"],)).fetchone()  # type: ignore[misc]
     assert processed == 0 and "pages" not in progress
+
+
+def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one_fails(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """Page 2's rows are COPYed (on a second connection) while page 1 waits in its fence;
+    when page 1's fence then finds the claim gone, page 2 is rolled back, never merged:
+    nothing of either page, no checkpoint, no transaction left open."""
+    simulator.add_mailbox(MAILBOX, 300, seed=41)
+    job = open_inbox_job(runtime, chunk_size=300, page_size=100)
+    graph = runtime.graph(simulator.url)
+    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
+    worker = Worker.of(runtime.settings, "worker-about-to-lose-it")
+    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
+    assert claim.position is not None
+    attempt = DeltaAttempt(
+        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+    )
+    activity = (
+        "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'"
+        "                         AND query LIKE '%%record_chunk_page%%'),"
+        "       count(*) FILTER (WHERE state = 'idle in transaction'"
+        "                         AND query LIKE 'COPY%%email_staging%%')"
+        "  FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with (
+        ThreadPoolExecutor(1) as thread,
+        psycopg.connect(database_url) as recovery,
+        psycopg.connect(database_url, autocommit=True) as watch,  # a fresh view each time
+    ):
+        recovery.execute(  # the chunk's row lock, as recovery holds it while it decides
+            "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (claim.chunk["id"],)
+        )
+        running = thread.submit(attempt.run)
+        fenced, staged = wait_for(
+            "page 1 waiting in its fence and page 2 staged",
+            lambda: (row := watch.execute(activity).fetchone()) and all(row) and row,
+            timeout_s=10,
+        )
+        assert (fenced, staged) == (1, 1)
+        recovery.execute(
+            "UPDATE chunked_sync_jobs SET worker_id = 'another', attempts = attempts + 1"
+            " WHERE id = %s",
+            (claim.chunk["id"],),
+        )
+        recovery.commit()
+        with pytest.raises(LeaseLostError, match="no longer held by worker worker-about-to"):
+            running.result(timeout=60)
+
+    assert scalar(database_url, "SELECT count(*) FROM emails") == 0
+    assert scalar(database_url, "SELECT count(*) FROM sync_state_checkpoints") == 0
+    open_transactions = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%%'"
+    )
+    assert scalar(database_url, open_transactions) == 0
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
