@@ -97,8 +97,9 @@ class Settings:
     http_backoff_base_s: float = 0.5
     http_backoff_max_s: float = 30.0
     http_timeout_s: float = 60.0
-    # Connections of the process's pool: a sync uses about two at a time (its page writes,
-    # its heartbeat, Graph's limits); `mailsync sync-all --parallel N` asks for 2 + 2N.
+    # Connections of the process's pool: a sync uses about three at a time (a page staged
+    # while the one before it commits, its heartbeat, Graph's limits); `mailsync sync-all
+    # --parallel N` asks for 2 + 3N (mailsync.registry.pool_size_for).
     db_pool_size: int = 5
     # Graph's limits, held by every worker at once through Postgres (mailsync/limits.py):
     # per mailbox (Outlook's: 4 in flight, 10,000 requests in 10 minutes) and for the app

@@ -323,28 +323,42 @@ def test_a_process_that_plans_a_running_job_again_presumes_nothing(
     assert live == len(box.ids()) == 600
 
 
+def first_chunks_attempt(
+    runtime: Any, simulator: Any, worker_id: str, *, seed: int, chunk_size: int
+) -> DeltaAttempt:
+    """An attempt at chunk 1 of a 300-message inbox (pages of 100), claimed by ``worker_id``
+    and not run yet."""
+    simulator.add_mailbox(MAILBOX, 300, seed=seed)
+    job = open_inbox_job(runtime, chunk_size=chunk_size, page_size=100)
+    graph = runtime.graph(simulator.url)
+    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
+    worker = Worker.of(runtime.settings, worker_id)
+    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
+    assert claim.position is not None
+    return DeltaAttempt(
+        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+    )
+
+
+def take_the_claim(conn: psycopg.Connection[Any], chunk_id: Any) -> None:
+    """What recovery and another worker's claim do to a chunk: a new holder, a new attempt."""
+    conn.execute(
+        "UPDATE chunked_sync_jobs SET worker_id = 'another', attempts = attempts + 1 WHERE id = %s",
+        (chunk_id,),
+    )
+
+
 def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
     """The page's fence fails its transaction in the database (its statements travel with
     the commit): a worker whose chunk recovery gave to another writes no row, checkpoint or
     progress, and is told its lease is lost."""
-    simulator.add_mailbox(MAILBOX, 300, seed=37)
-    job = open_inbox_job(runtime, chunk_size=100, page_size=100)
-    graph = runtime.graph(simulator.url)
-    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
-    worker = Worker.of(runtime.settings, "worker-that-lost-it")
-    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
-    with psycopg.connect(database_url) as conn:  # recovery took it back; another claimed it
-        conn.execute(
-            "UPDATE chunked_sync_jobs SET worker_id = 'another', attempts = attempts + 1"
-            " WHERE id = %s",
-            (claim.chunk["id"],),
-        )
-    assert claim.position is not None
-    attempt = DeltaAttempt(
-        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+    attempt = first_chunks_attempt(
+        runtime, simulator, "worker-that-lost-it", seed=37, chunk_size=100
     )
+    with psycopg.connect(database_url) as conn:  # recovery took it back; another claimed it
+        take_the_claim(conn, attempt.chunk["id"])
 
     with pytest.raises(LeaseLostError, match="no longer held by worker worker-that-lost-it"):
         attempt.run()
@@ -354,7 +368,7 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     assert scalar(database_url, "SELECT count(*) FROM email_removals") == 0
     chunk = "SELECT emails_processed, checkpoint_data FROM chunked_sync_jobs WHERE id = %s"
     with psycopg.connect(database_url) as conn:
-        processed, progress = conn.execute(chunk, (claim.chunk["id"],)).fetchone()  # type: ignore[misc]
+        processed, progress = conn.execute(chunk, (attempt.chunk["id"],)).fetchone()  # type: ignore[misc]
     assert processed == 0 and "pages" not in progress
 
 
@@ -364,15 +378,8 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
     """Page 2's rows are COPYed (on a second connection) while page 1 waits in its fence;
     when page 1's fence then finds the claim gone, page 2 is rolled back, never merged:
     nothing of either page, no checkpoint, no transaction left open."""
-    simulator.add_mailbox(MAILBOX, 300, seed=41)
-    job = open_inbox_job(runtime, chunk_size=300, page_size=100)
-    graph = runtime.graph(simulator.url)
-    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
-    worker = Worker.of(runtime.settings, "worker-about-to-lose-it")
-    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
-    assert claim.position is not None
-    attempt = DeltaAttempt(
-        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+    attempt = first_chunks_attempt(
+        runtime, simulator, "worker-about-to-lose-it", seed=41, chunk_size=300
     )
     activity = (
         "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'"
@@ -387,7 +394,7 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
         psycopg.connect(database_url, autocommit=True) as watch,  # a fresh view each time
     ):
         recovery.execute(  # the chunk's row lock, as recovery holds it while it decides
-            "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (claim.chunk["id"],)
+            "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (attempt.chunk["id"],)
         )
         running = thread.submit(attempt.run)
         fenced, staged = wait_for(
@@ -396,11 +403,7 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
             timeout_s=10,
         )
         assert (fenced, staged) == (1, 1)
-        recovery.execute(
-            "UPDATE chunked_sync_jobs SET worker_id = 'another', attempts = attempts + 1"
-            " WHERE id = %s",
-            (claim.chunk["id"],),
-        )
+        take_the_claim(recovery, attempt.chunk["id"])
         recovery.commit()
         with pytest.raises(LeaseLostError, match="no longer held by worker worker-about-to"):
             running.result(timeout=60)
