@@ -41,7 +41,7 @@ from mailsync.errors import (
 from mailsync.graph import Cursor, EmailRecord, GraphClient, Page
 from mailsync.heartbeat import Heartbeat
 from mailsync.ingest import merge_staged, stage_messages
-from mailsync.inorder import InOrder
+from mailsync.inorder import Handover, InOrder
 from mailsync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -354,18 +354,17 @@ class Attempt:
         }
         blocked = time.perf_counter()
         rows = list(messages)
-        staged, session = self._stage(rows)
+        staged = Handover(self._stage(rows))
         try:
             self._writes.after_previous()
-        except BaseException:
-            staged.__exit__(*sys.exc_info())
-            raise
-        self.progress = progress
-        self._writes.then(
-            lambda: self._finish(
-                staged, session, rows, progress, first, also, done, exhausted, blocked
+            self.progress = progress
+            self._writes.then(
+                lambda: self._finish(staged, rows, progress, first, also, done, exhausted, blocked)
             )
-        )
+        except BaseException:  # the page before failed, or a stop landed before the hand-over
+            if (dropped := staged.take()) is not None:
+                dropped[0].__exit__(*sys.exc_info())  # rolled back, its connection back
+            raise
         if done:
             self._writes.after_previous()
         self.timing.write_ms += (time.perf_counter() - blocked) * 1000
@@ -380,8 +379,7 @@ class Attempt:
 
     def _finish(
         self,
-        staged: ExitStack,
-        session: Session,
+        handover: Handover[tuple[ExitStack, Session]],
         messages: list[EmailRecord],
         progress: dict[str, Any],
         first: Callable[[Session], None] | None,
@@ -392,7 +390,11 @@ class Attempt:
     ) -> None:
         """The rest of a staged page's transaction, and its commit (the commit thread).
         ``blocked``: when the attempt began to wait for this page (its timing: the last
-        page's is all of it, the others' only their staging and the wait for the one before)."""
+        page's is all of it, the others' only their staging and the wait for the one before).
+        Nothing to do when the attempt already dropped the page (it stopped meanwhile)."""
+        if (taken := handover.take()) is None:
+            return
+        staged, session = taken
         job, committed = self.job, self.committed
         with staged:
             if first is not None:

@@ -7,18 +7,39 @@ while page N finishes: ``after_previous`` waits for the piece in flight (and rai
 error), ``then`` hands over the next one. At most one piece is in flight, so a piece starts
 only after the one before it has ended, and the caller learns of a failure before it hands
 over anything that would follow it.
+
+What is handed over may hold a resource that one side must close: the piece when it runs,
+the caller when it stops before the piece could (a signal lands anywhere in the main
+thread). ``Handover`` gives it to whichever side takes it first, and only to that one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
+from typing import Generic, TypeVar
 
 from mailsync.errors import LeaseLostError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Handover(Generic[T]):
+    """A value that exactly one of two threads takes: ``take`` returns it once, then None.
+    The lock's non-blocking acquire is atomic, so a caller stopped while handing a piece
+    over and the piece starting meanwhile cannot both close the same transaction."""
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+        self._taken = threading.Lock()
+
+    def take(self) -> T | None:
+        return self._value if self._taken.acquire(blocking=False) else None
 
 
 class InOrder:

@@ -18,6 +18,7 @@ from mailsync.errors import (
     SyncIncompleteError,
 )
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.inorder import InOrder
 from mailsync.jobs import begin_job, load_store
 from mailsync.planning import plan_job
 from mailsync.rounds import DeltaAttempt
@@ -415,6 +416,52 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
         " AND state LIKE 'idle in transaction%%'"
     )
     assert scalar(database_url, open_transactions) == 0
+
+
+def test_a_stop_that_lands_while_a_page_is_handed_over_leaves_no_transaction_open(
+    runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (Prefect's SIGTERM handler raises in the main thread, wherever it is) that
+    lands after page 2 is staged but before the commit thread has it: page 2's transaction
+    is rolled back and its connection returned at once, page 1 commits whole, and the chunk
+    is given back, its attempt not counted."""
+    attempt = first_chunks_attempt(
+        runtime, simulator, "worker-told-to-stop", seed=43, chunk_size=300
+    )
+    hand_over = InOrder.then
+    handed: list[object] = []
+
+    def stopped_at_the_second(self: InOrder, piece: Any) -> None:
+        if len(handed) == 1:
+            raise KeyboardInterrupt("SIGTERM")  # as if it landed just before the hand-over
+        handed.append(piece)
+        hand_over(self, piece)
+
+    monkeypatch.setattr(InOrder, "then", stopped_at_the_second)
+    # Held, as a stopping worker's frames are: the page's transaction may not wait for them
+    # to be collected.
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped:
+        attempt.run()
+
+    assert stopped.traceback
+    open_transactions = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%%'"
+    )
+    assert scalar(database_url, open_transactions) == 0
+    pool = runtime.db.pool.get_stats()
+    assert pool["pool_available"] == pool["pool_size"]  # no connection left checked out
+    assert scalar(database_url, "SELECT count(*) FROM emails") == 100  # page 1, not page 2
+    status, attempts = (
+        scalar(
+            database_url,
+            "SELECT row(status, attempts)::text FROM chunked_sync_jobs WHERE id = %s",
+            attempt.chunk["id"],
+        )
+        .strip("()")
+        .split(",")
+    )
+    assert (status, attempts) == ("pending", "0")
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(

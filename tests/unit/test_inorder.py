@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from mailsync.errors import DatabaseError, GraphError, LeaseLostError
-from mailsync.inorder import InOrder
+from mailsync.inorder import Handover, InOrder
 
 
 def failing(error: Exception) -> Callable[[], None]:
@@ -75,3 +75,15 @@ def test_the_blocks_error_stands_over_a_pieces_other_error() -> None:
         with InOrder("test") as in_order:
             in_order.then(failing(DatabaseError("commit failed")))
             raise GraphError("throttled")
+
+
+def test_a_handover_is_taken_by_one_side_only() -> None:
+    """The piece and a caller that stopped race for the page's transaction: one closes it."""
+    handover = Handover("the staged page")
+    takers = [threading.Thread(target=lambda: got.append(handover.take())) for _ in range(8)]
+    got: list[str | None] = []
+    for taker in takers:
+        taker.start()
+    for taker in takers:
+        taker.join()
+    assert got.count("the staged page") == 1 and got.count(None) == 7
