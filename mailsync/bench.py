@@ -137,7 +137,10 @@ def simulator_process(mailboxes: dict[str, int], seed: int) -> Iterator[tuple[st
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds of a process and of its children, the exited ones included (Postgres'
-    backends are the postmaster's children; it collects each one's CPU when it exits)."""
+    backends are the postmaster's children; it collects each one's CPU when it exits).
+
+    A child that is reaped between the two reads is in neither: read it once no child is
+    exiting (``backends_gone`` for a database whose sessions just closed)."""
     import psutil
 
     proc = psutil.Process(pid)
@@ -146,6 +149,28 @@ def process_cpu_s(pid: int) -> float:
         with suppress(psutil.Error):  # gone meanwhile: collected by its parent
             total += sum(child.cpu_times()[:2])
     return float(total)
+
+
+def backends_gone(postmaster: int, database: str, timeout_s: float = 10.0) -> None:
+    """Wait until no backend of ``database`` is left under the postmaster, not even as a
+    zombie: its CPU is then in the postmaster's own count. The sync's backends exit as its
+    process does, just when the bench reads the server's CPU; one reaped between
+    ``process_cpu_s``'s two reads was counted nowhere (Postgres' CPU read near 0)."""
+    import psutil
+
+    def exiting(child: psutil.Process) -> bool:
+        try:
+            return child.status() == psutil.STATUS_ZOMBIE or any(
+                database in part for part in child.cmdline()
+            )
+        except psutil.Error:  # reaped meanwhile: counted by the postmaster
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while any(exiting(child) for child in psutil.Process(postmaster).children()):
+        if time.monotonic() > deadline:
+            raise MailsyncError(f"backends of {database} still running after {timeout_s:.0f} s")
+        time.sleep(0.01)
 
 
 def postmaster_pid(database_url: str) -> int | None:
@@ -159,6 +184,24 @@ def postmaster_pid(database_url: str) -> int | None:
         except psutil.Error:
             return None
     return parent.pid if parent and "postgres" in parent.name() else None
+
+
+def server_and_simulator(database_url: str, sim_pid: int) -> dict[str, int]:
+    """The processes whose CPU a bench reads besides the sync's: the simulator, and the
+    local Postgres server (once the bench's own connection to find it has ended)."""
+    watched = {"simulator": sim_pid}
+    if (postmaster := postmaster_pid(database_url)) is not None:
+        watched["postgres"] = postmaster
+        settle(watched, database_url)
+    return watched
+
+
+def settle(watched: dict[str, int], database_url: str) -> None:
+    """Before reading the server's CPU: every session of the database has ended."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if "postgres" in watched:
+        backends_gone(watched["postgres"], str(conninfo_to_dict(database_url)["dbname"]))
 
 
 def set_latency(sim_url: str, latency_ms: float) -> None:
@@ -329,11 +372,10 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
                 "page_size": config.page_size,
                 "graph_url": sim_url,
             }
-            watched = {"simulator": sim_pid}
-            if (postmaster := postmaster_pid(database_url)) is not None:
-                watched["postgres"] = postmaster
+            watched = server_and_simulator(database_url, sim_pid)
             before = {name: process_cpu_s(pid) for name, pid in watched.items()}
             measured = run_sync_child(child, spec, env)
+            settle(watched, database_url)
             cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
     cpu["sync_process"] = measured["cpu_s"]
     return summarize(config, floor, measured, cpu, prefect_start_s, own_server)

@@ -32,10 +32,11 @@ from mailsync.bench import (
     fetch_token,
     fresh_database,
     measure_floor,
-    postmaster_pid,
     process_cpu_s,
     run_sync_child,
+    server_and_simulator,
     set_latency,
+    settle,
     simulator_process,
 )
 from mailsync.errors import MailsyncError
@@ -143,12 +144,11 @@ def run_bench_many(config: ManyConfig, child: Sequence[str]) -> dict[str, Any]:
                 "chunk_size": config.chunk_size,
                 "page_size": config.page_size,
             }
-            watched = {"simulator": sim_pid}
-            if (postmaster := postmaster_pid(database_url)) is not None:
-                watched["postgres"] = postmaster
+            watched = server_and_simulator(database_url, sim_pid)
             http.post(f"{sim_url}/_sim/stats/reset").raise_for_status()
             before = {name: process_cpu_s(pid) for name, pid in watched.items()}
             measured = run_sync_child(child, spec, env)
+            settle(watched, database_url)
             cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
             sync_usage = simulator_usage(sim_url)
     cpu["sync_process"] = measured["cpu_s"]

@@ -1,0 +1,47 @@
+"""How the bench reads the local Postgres server's CPU: a session that just ended is counted
+once its backend is gone, and the bench waits for that instead of racing it."""
+
+from __future__ import annotations
+
+import psutil
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from mailsync.bench import backends_gone, postmaster_pid, process_cpu_s
+from mailsync.errors import MailsyncError
+
+BURN = "SELECT count(*) FROM generate_series(1, 4000000) AS g WHERE g % 7 = 0"
+
+
+def sessions_of(postmaster: int, database: str) -> list[psutil.Process]:
+    return [p for p in psutil.Process(postmaster).children() if database in " ".join(p.cmdline())]
+
+
+def test_a_session_that_just_closed_is_counted_once_its_backend_is_gone(database_url: str) -> None:
+    postmaster = postmaster_pid(database_url)
+    if postmaster is None:
+        pytest.skip("the server is not a process of this host")
+    database = str(conninfo_to_dict(database_url)["dbname"])
+    backends_gone(postmaster, database)  # postmaster_pid's own session
+    before = process_cpu_s(postmaster)
+
+    with psycopg.connect(database_url) as conn:
+        busy = conn.info.backend_pid
+        conn.execute(BURN)
+        burnt = sum(psutil.Process(busy).cpu_times()[:2])
+    backends_gone(postmaster, database)  # the connection closed just now
+
+    assert sessions_of(postmaster, database) == []
+    assert not psutil.pid_exists(busy) or psutil.Process(busy).ppid() != postmaster
+    assert process_cpu_s(postmaster) - before >= burnt > 0.05
+
+
+def test_waiting_for_a_session_that_stays_open_says_so(database_url: str) -> None:
+    postmaster = postmaster_pid(database_url)
+    if postmaster is None:
+        pytest.skip("the server is not a process of this host")
+    database = str(conninfo_to_dict(database_url)["dbname"])
+    with psycopg.connect(database_url):
+        with pytest.raises(MailsyncError, match=f"backends of {database} still running"):
+            backends_gone(postmaster, database, timeout_s=0.3)
