@@ -129,7 +129,8 @@ def begin_job(
     full: bool = False,
 ) -> tuple[Row, bool]:
     """The running job of a sync: the store's new job, its unfinished one (resumed), or
-    ``job_id`` resumed. True when it was resumed. Every argument is checked first."""
+    ``job_id``: resumed when it ran before, started when it did not (the CLI opens a job,
+    then runs the flow on it). True when it was resumed. Every argument is checked first."""
     if job_id is None:
         if not mailbox:
             raise InvalidInputError("sync-mailbox needs a mailbox or the job_id of a job to resume")
@@ -145,7 +146,8 @@ def begin_job(
         )
         job, resumed = open_job(db, request)
     else:
-        job, resumed = load_job(db, job_id), True
+        job = load_job(db, job_id)
+        resumed = job["started_at"] is not None
     return start_job(db, job), resumed
 
 

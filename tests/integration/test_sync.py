@@ -19,7 +19,7 @@ from mailsync.errors import (
 )
 from mailsync.flows.sync_mailbox import sync_mailbox
 from mailsync.inorder import InOrder
-from mailsync.jobs import begin_job, load_store
+from mailsync.jobs import SyncRequest, begin_job, default_business_id, load_store, open_job
 from mailsync.planning import plan_job
 from mailsync.rounds import DeltaAttempt
 from mailsync.tasks.sync_chunk import sync_chunk
@@ -292,6 +292,32 @@ def open_inbox_job(runtime: Any, **options: Any) -> dict[str, Any]:
         **{"chunk_size": None, "page_size": None, **options},
     )
     return job
+
+
+def test_a_job_the_cli_opened_is_started_by_its_first_run_and_resumed_by_later_ones(
+    runtime: Any, database_url: str
+) -> None:
+    """The CLI opens a job, then runs the flow on its id: that first run starts the job
+    ("starting job" in the run's log), only a later run of the same job resumes it."""
+    request = SyncRequest.checked(
+        business_id=default_business_id(runtime.settings.tenant_id),
+        mailbox=MAILBOX,
+        folder="inbox",
+        sync_from=None,
+        sync_to=None,
+        chunk_size=100,
+        page_size=100,
+    )
+    job, _ = open_job(runtime.db, request)
+    by_id = dict(
+        mailbox=None, folder="all", business_id=None, sync_from=None, sync_to=None,
+        chunk_size=None, page_size=None, job_id=str(job["id"]),
+    )  # fmt: skip
+    first, resumed_first = begin_job(runtime.db, runtime.settings, **by_id)
+    again, resumed_again = begin_job(runtime.db, runtime.settings, **by_id)
+
+    assert (resumed_first, resumed_again) == (False, True)
+    assert first["id"] == again["id"] == job["id"] and again["status"] == "running"
 
 
 @flow
