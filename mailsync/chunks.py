@@ -124,6 +124,12 @@ class Claim:
     job: Row
     store: Row
     position: Position | None
+    folder_path: str | None = None  # "Inbox/Projects", as the folder was last listed
+
+    @property
+    def folder(self) -> str:
+        """The chunk's folder as a person reads it: its path, else its id."""
+        return self.folder_path or str(self.chunk["folder_id"] or self.store["folder"])
 
 
 def claim_chunk(
@@ -138,8 +144,9 @@ def claim_chunk(
     """Claim chunk ``chunk_index`` of the job with all its attempt starts from, in one
     transaction and one round trip: the claim (one statement), then the job's newest
     checkpoint in the chunk's folder (read after the claim, which may have waited for a
-    page's commit), the job and its store. The tenant is ``business_id``, or the
-    job's own when the caller knows only its id (``Database.pipelined``). The claim's lease
+    page's commit), the job, its store and the folder's path. The tenant is
+    ``business_id``, or the job's own when the caller knows only its id
+    (``Database.pipelined``). The claim's lease
     starts with it (heartbeat_at): the heartbeat's first beat is one interval later.
 
     This only waits as long as the claim's answer says: until a retrying chunk is due, or
@@ -162,17 +169,19 @@ def claim_chunk(
             )
             job = pipeline.send("get_sync_job", job_id=job_uuid)
             store = pipeline.send("get_job_store", job_id=job_uuid)
+            folder = pipeline.send("folder_path_of_chunk", job_id=job_uuid, chunk_index=chunk_index)
         row, position = claimed.one(), checkpoint.one()
-        job_row, store_row = job.one(), store.one()
+        job_row, store_row, folder_row = job.one(), store.one(), folder.one()
+        path = folder_row["path"] if folder_row else None
         if job_row is None or store_row is None:  # unknown, or another business's
             raise InvalidInputError(f"no sync job {job_id}")
         if row is None:
             raise InvalidInputError(f"job {job_id} has no chunk {chunk_index}")
         outcome, wait_s = row.pop("outcome"), float(row.pop("wait_s"))
         if outcome == "claimed":
-            return Claim(row, job_row, store_row, Position.of_row(position))
+            return Claim(row, job_row, store_row, Position.of_row(position), path)
         if outcome == "finished":
-            return Claim(row, job_row, store_row, None)
+            return Claim(row, job_row, store_row, None, path)
         if outcome == "blocked" or (outcome == "busy" and time.monotonic() + wait_s > patience):
             raise ChunkBusyError(
                 f"chunk {chunk_index} of job {job_id} is not claimable: {outcome} "

@@ -296,6 +296,13 @@ SELECT cp.* FROM sync_state_checkpoints AS cp
                                             AND c.chunk_index = %(chunk_index)s)
  ORDER BY cp.id DESC LIMIT 1;
 
+-- name: folder_path_of_chunk
+-- The path of the chunk's folder as last listed ("Inbox/Projects"), for the run's log; no
+-- row for a chunk planned before folders existed (0006).
+SELECT f.path FROM mail_folders AS f
+  JOIN chunked_sync_jobs AS c ON c.store_id = f.store_id AND c.folder_id = f.graph_id
+ WHERE c.parent_sync_job_id = %(job_id)s AND c.chunk_index = %(chunk_index)s;
+
 -- name: get_job_store
 -- The store of a job.
 SELECT s.* FROM stores AS s

@@ -34,11 +34,11 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         return asdict(ChunkOutcome.of_row(chunk))
     logger = get_run_logger()
     logger.info(
-        "chunk %s/%s (%s, folder %s): attempt %s",
+        "chunk %s/%s (%s, %s): attempt %s",
         chunk_index,
         chunk["total_chunks"],
         chunk["kind"],
-        chunk["folder_id"],
+        claim.folder,
         chunk["attempts"],
     )
     kind = DeltaAttempt if chunk["kind"] == "delta" else FullAttempt

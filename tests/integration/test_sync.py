@@ -373,6 +373,19 @@ OPEN_TRANSACTIONS = (
 )
 
 
+def test_a_claim_names_its_chunks_folder_as_a_person_reads_it(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """The run's log says which folder a chunk is on by its path, not its Graph id."""
+    simulator.add_mailbox(MAILBOX, 50, seed=47)
+    job = open_inbox_job(runtime, chunk_size=50, page_size=50)
+    graph = runtime.graph(simulator.url)
+    plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
+    claim = claim_chunk(runtime.db, str(job["id"]), 1, Worker.of(runtime.settings, "w"))
+    assert claim.chunk["folder_id"].startswith("AAMk")  # what the log said before
+    assert (claim.folder_path, claim.folder) == ("Inbox", "Inbox")
+
+
 def take_the_claim(conn: psycopg.Connection[Any], chunk_id: Any) -> None:
     """What recovery and another worker's claim do to a chunk: a new holder, a new attempt."""
     conn.execute(
