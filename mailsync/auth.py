@@ -255,7 +255,7 @@ class GraphAuth(httpx.Auth):
         self.provider = provider
         # With an origin, the token is sent there only: a link in a Graph answer (nextLink)
         # naming another host must not carry it away.
-        self._origin = _origin(origin) if origin else None
+        self._origin = url_origin(origin) if origin else None
         self._lock = threading.Lock()
         self.token_fetches = 0  # tokens this auth got from the identity provider, not the cache
         self.refreshes = 0  # forced refreshes after Graph refused a token
@@ -263,7 +263,7 @@ class GraphAuth(httpx.Auth):
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._origin is not None and _origin(str(request.url)) != self._origin:
+        if self._origin is not None and url_origin(str(request.url)) != self._origin:
             raise BadDataError(
                 f"refusing to send the Graph token to {request.url.scheme}://{request.url.host}"
                 f" (not {self._origin[0]}://{self._origin[1]}): a link from Graph points elsewhere"
@@ -296,7 +296,7 @@ class GraphAuth(httpx.Auth):
         return acquired.token
 
 
-def _origin(url: str) -> tuple[str, str]:
+def url_origin(url: str) -> tuple[str, str]:
     """(scheme, host:port) of a URL, the default port made explicit."""
     parsed = httpx.URL(url)
     port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 0)

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from mailsync.auth import url_origin
 from mailsync.backoff import retry_delay
 from mailsync.errors import (
     AuthError,
@@ -308,6 +309,11 @@ class GraphClient:
         self.rng = rng or random.Random()
         self.api_calls = 0  # every request sent, throttled ones included
         self.throttled = 0
+
+    def serves(self, link: str) -> bool:
+        """Whether a link Graph gave earlier points at this client's host: only there does
+        the token go (mailsync.auth)."""
+        return url_origin(link) == url_origin(self.base_url)
 
     def fork(self) -> GraphClient:
         """A client over the same connection, token and retry policy, counting its own

@@ -16,15 +16,19 @@ and its messages presumed removed (moved mail is seen elsewhere).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mailsync.db import Database, Row, Session
 from mailsync.errors import InvalidInputError
 from mailsync.folders import Folder, list_folders, resolve_folder
 from mailsync.graph import GraphClient
 from mailsync.jobs import graph_time
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,18 @@ def _windowed(job: Row) -> bool:
 
 
 def _plan_folder(graph: GraphClient, job: Row, store: Row, folder: Row) -> FolderPlan:
-    folder_id = folder["graph_id"]
-    if not (_windowed(job) or job["force_full"] or folder["delta_link"] is None):
-        return FolderPlan(folder_id, full=False, estimated=0, start_link=folder["delta_link"])
+    folder_id, link = folder["graph_id"], folder["delta_link"]
+    if link is not None and not graph.serves(link):
+        # Kept from another Graph host (MAILSYNC_GRAPH_URL changed: another simulator, a
+        # proxy, a national cloud): the token may not go there, and that host's delta state
+        # means nothing here. The folder is read from scratch, as after Graph's 410.
+        logger.warning(
+            "folder %s: its deltaLink is for %s, not %s; reading it in full",
+            folder["path"], urlsplit(link).netloc, urlsplit(graph.base_url).netloc,
+        )  # fmt: skip
+        link = None
+    if not (_windowed(job) or job["force_full"] or link is None):
+        return FolderPlan(folder_id, full=False, estimated=0, start_link=link)
     count = graph.count_messages(
         store["mailbox"], folder_id, graph_time(job["sync_from"]), graph_time(job["sync_to"])
     )

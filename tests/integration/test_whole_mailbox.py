@@ -15,6 +15,8 @@ from psycopg.rows import dict_row
 
 from mailsync.errors import InvalidInputError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.runtime import reset_runtime
+from mailsync.simulator import GraphSimulator
 from mailsync.simulator.admin import describe_folders
 from mailsync.simulator.folders import DEFAULT_TREE
 
@@ -132,6 +134,27 @@ def test_an_expired_delta_token_restarts_the_round_and_reconciles(
     assert live(database_url) == in_mailbox(box)
     gone = rows(database_url, "SELECT graph_id FROM emails WHERE deleted_at IS NOT NULL")
     assert {r["graph_id"] for r in gone} == set(deleted)
+
+
+def test_delta_links_of_another_graph_host_are_not_followed_and_the_folders_read_again(
+    runtime: Any, simulator: Any, box: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAILSYNC_GRAPH_URL changed since the last sync (here: `mailsync demo` run again, its
+    simulator on a new port): the kept deltaLinks name the old host. They are not followed
+    (the token may not go there); every folder is read from scratch, and the job is exact."""
+    sync(simulator)
+    with GraphSimulator() as moved:
+        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+        again.delete_messages(30)
+        monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
+        reset_runtime()
+
+        summary, host = sync(moved), moved.url
+
+    assert summary["status"] == "completed" and summary["sync_type"] == "full"
+    assert live(database_url) == in_mailbox(again)
+    links = rows(database_url, "SELECT delta_link FROM mail_folders WHERE deleted_at IS NULL")
+    assert links and all(r["delta_link"].startswith(host) for r in links)
 
 
 def test_a_token_that_expires_in_the_middle_of_a_round_is_survived(
