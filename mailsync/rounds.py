@@ -39,6 +39,7 @@ import logging
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any, TypedDict, cast
+from urllib.parse import urlsplit
 
 from mailsync.chunks import Attempt, Position, prefetched
 from mailsync.db import Session
@@ -96,6 +97,13 @@ class DeltaAttempt(Attempt):
         """Follow the round from ``state`` until the chunk is done (None), or until a round
         from scratch ends: then where its catch-up round starts."""
         link = state.get("next_link")
+        if link is not None and not self.graph.serves(link):
+            # Kept from another Graph host (the Graph URL changed while the job was planned
+            # or unfinished): the token may not go there, and its state means nothing here.
+            raise SyncStateExpiredError(
+                f"the round's link is for {urlsplit(link).netloc}, not this Graph host",
+                code="OtherGraphHost",
+            )
         mailbox, folder = self.store["mailbox"], self.folder_id
         pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"])
         with closing(pages):

@@ -15,6 +15,8 @@ from psycopg.rows import dict_row
 
 from mailsync.errors import InvalidInputError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.jobs import begin_job, load_store
+from mailsync.planning import plan_job
 from mailsync.runtime import reset_runtime
 from mailsync.simulator import GraphSimulator
 from mailsync.simulator.admin import describe_folders
@@ -155,6 +157,32 @@ def test_delta_links_of_another_graph_host_are_not_followed_and_the_folders_read
     assert live(database_url) == in_mailbox(again)
     links = rows(database_url, "SELECT delta_link FROM mail_folders WHERE deleted_at IS NULL")
     assert links and all(r["delta_link"].startswith(host) for r in links)
+
+
+def test_a_job_planned_on_another_graph_host_restarts_its_rounds_here(
+    runtime: Any, simulator: Any, box: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job planned (or left unfinished) against the old host, then run against a new one:
+    its rounds' links are treated as expired delta state, every folder restarts from
+    scratch, and the job is exact."""
+    sync(simulator)
+    job, _ = begin_job(
+        runtime.db, runtime.settings, mailbox=MAILBOX, folder="all", business_id=None,
+        sync_from=None, sync_to=None, chunk_size=400, page_size=100, job_id=None,
+    )  # fmt: skip
+    store = load_store(runtime.db, job)
+    plan_job(runtime.db, runtime.graph(simulator.url), job, store, 3)  # incremental, old links
+    with GraphSimulator() as moved:
+        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+        again.add_messages(25, "inbox")
+        monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
+        reset_runtime()
+
+        summary = sync_mailbox(job_id=str(job["id"]), graph_url=moved.url)
+
+    assert summary["status"] == "completed" and summary["sync_type"] == "incremental"
+    assert summary["delta_resets"] == len(summary["folders"]) > 1
+    assert live(database_url) == in_mailbox(again)
 
 
 def test_a_token_that_expires_in_the_middle_of_a_round_is_survived(
