@@ -186,22 +186,24 @@ def postmaster_pid(database_url: str) -> int | None:
     return parent.pid if parent and "postgres" in parent.name() else None
 
 
-def server_and_simulator(database_url: str, sim_pid: int) -> dict[str, int]:
-    """The processes whose CPU a bench reads besides the sync's: the simulator, and the
-    local Postgres server (once the bench's own connection to find it has ended)."""
-    watched = {"simulator": sim_pid}
-    if (postmaster := postmaster_pid(database_url)) is not None:
-        watched["postgres"] = postmaster
-        settle(watched, database_url)
-    return watched
-
-
-def settle(watched: dict[str, int], database_url: str) -> None:
-    """Before reading the server's CPU: every session of the database has ended."""
+def cpu_during(
+    run: Callable[[], dict[str, Any]], database_url: str, sim_pid: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """``run()`` (the measured child) and the CPU seconds the simulator and the local
+    Postgres server (when it is a process of this host) spent meanwhile. The server is read
+    only once the database's sessions have ended: the bench's own before, the sync's after."""
     from psycopg.conninfo import conninfo_to_dict
 
-    if "postgres" in watched:
-        backends_gone(watched["postgres"], str(conninfo_to_dict(database_url)["dbname"]))
+    watched = {"simulator": sim_pid}
+    database = str(conninfo_to_dict(database_url)["dbname"])
+    if (postmaster := postmaster_pid(database_url)) is not None:
+        watched["postgres"] = postmaster
+        backends_gone(postmaster, database)
+    before = {name: process_cpu_s(pid) for name, pid in watched.items()}
+    result = run()
+    if postmaster is not None:
+        backends_gone(postmaster, database)
+    return result, {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
 
 
 def set_latency(sim_url: str, latency_ms: float) -> None:
@@ -372,11 +374,9 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
                 "page_size": config.page_size,
                 "graph_url": sim_url,
             }
-            watched = server_and_simulator(database_url, sim_pid)
-            before = {name: process_cpu_s(pid) for name, pid in watched.items()}
-            measured = run_sync_child(child, spec, env)
-            settle(watched, database_url)
-            cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
+            measured, cpu = cpu_during(
+                lambda: run_sync_child(child, spec, env), database_url, sim_pid
+            )
     cpu["sync_process"] = measured["cpu_s"]
     return summarize(config, floor, measured, cpu, prefect_start_s, own_server)
 

@@ -29,14 +29,12 @@ from mailsync.bench import (
     TENANT,
     Floor,
     child_env,
+    cpu_during,
     fetch_token,
     fresh_database,
     measure_floor,
-    process_cpu_s,
     run_sync_child,
-    server_and_simulator,
     set_latency,
-    settle,
     simulator_process,
 )
 from mailsync.errors import MailsyncError
@@ -144,12 +142,10 @@ def run_bench_many(config: ManyConfig, child: Sequence[str]) -> dict[str, Any]:
                 "chunk_size": config.chunk_size,
                 "page_size": config.page_size,
             }
-            watched = server_and_simulator(database_url, sim_pid)
             http.post(f"{sim_url}/_sim/stats/reset").raise_for_status()
-            before = {name: process_cpu_s(pid) for name, pid in watched.items()}
-            measured = run_sync_child(child, spec, env)
-            settle(watched, database_url)
-            cpu = {name: process_cpu_s(watched[name]) - s for name, s in before.items()}
+            measured, cpu = cpu_during(
+                lambda: run_sync_child(child, spec, env), database_url, sim_pid
+            )
             sync_usage = simulator_usage(sim_url)
     cpu["sync_process"] = measured["cpu_s"]
     return summarize(

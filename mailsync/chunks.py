@@ -146,8 +146,8 @@ def claim_chunk(
     checkpoint in the chunk's folder (read after the claim, which may have waited for a
     page's commit), the job, its store and the folder's path. The tenant is
     ``business_id``, or the job's own when the caller knows only its id
-    (``Database.pipelined``). The claim's lease
-    starts with it (heartbeat_at): the heartbeat's first beat is one interval later.
+    (``Database.pipelined``). The claim's lease starts with it (heartbeat_at): the
+    heartbeat's first beat is one interval later.
 
     This only waits as long as the claim's answer says: until a retrying chunk is due, or
     until a live holder's lease would expire (up to two stuck thresholds, then

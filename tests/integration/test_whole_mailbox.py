@@ -7,6 +7,8 @@ mailbox's messages, one row each, filed under the folder that holds them, with i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -138,6 +140,17 @@ def test_an_expired_delta_token_restarts_the_round_and_reconciles(
     assert {r["graph_id"] for r in gone} == set(deleted)
 
 
+@contextmanager
+def graph_moved(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    """The same mailbox (the ``box`` fixture's seed) on a second simulator, another port,
+    configured as the Graph host: what a second `mailsync demo` meets."""
+    with GraphSimulator() as moved:
+        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+        monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
+        reset_runtime()
+        yield moved, again
+
+
 def test_delta_links_of_another_graph_host_are_not_followed_and_the_folders_read_again(
     runtime: Any, simulator: Any, box: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,12 +158,8 @@ def test_delta_links_of_another_graph_host_are_not_followed_and_the_folders_read
     simulator on a new port): the kept deltaLinks name the old host. They are not followed
     (the token may not go there); every folder is read from scratch, and the job is exact."""
     sync(simulator)
-    with GraphSimulator() as moved:
-        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+    with graph_moved(monkeypatch) as (moved, again):
         again.delete_messages(30)
-        monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
-        reset_runtime()
-
         summary, host = sync(moved), moved.url
 
     assert summary["status"] == "completed" and summary["sync_type"] == "full"
@@ -172,12 +181,8 @@ def test_a_job_planned_on_another_graph_host_restarts_its_rounds_here(
     )  # fmt: skip
     store = load_store(runtime.db, job)
     plan_job(runtime.db, runtime.graph(simulator.url), job, store, 3)  # incremental, old links
-    with GraphSimulator() as moved:
-        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+    with graph_moved(monkeypatch) as (moved, again):
         again.add_messages(25, "inbox")
-        monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
-        reset_runtime()
-
         summary = sync_mailbox(job_id=str(job["id"]), graph_url=moved.url)
 
     assert summary["status"] == "completed" and summary["sync_type"] == "incremental"
