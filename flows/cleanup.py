@@ -26,8 +26,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
-from mailsync.maintenance import cleanup_lock
 from mailsync.runtime import get_runtime
+from mailsync.store.maintenance import cleanup_lock
 from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
 from mailsync.tasks.retention import RetentionPolicy, apply_retention
 

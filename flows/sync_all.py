@@ -28,8 +28,8 @@ from prefect.futures import wait
 
 from mailsync import validate
 from mailsync.flows.cleanup import inside_deployment
-from mailsync.jobs import default_business_id
 from mailsync.runtime import get_runtime
+from mailsync.sync.jobs import default_business_id
 from mailsync.tasks.sync_all import (
     claim_due_mailboxes,
     start_through_deployment,

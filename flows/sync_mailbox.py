@@ -14,8 +14,8 @@ from prefect import Task, flow, get_run_logger
 
 from mailsync.artifacts import ChunkProgress, publish_job_table
 from mailsync.errors import ChunkAttemptError, MailsyncError, SyncIncompleteError
-from mailsync.jobs import begin_job, fail_job, finish_job, incomplete_message
 from mailsync.runtime import get_runtime
+from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
 from mailsync.tasks.plan import plan_chunks
 from mailsync.tasks.sync_chunk import sync_chunk
 

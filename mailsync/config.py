@@ -99,9 +99,9 @@ class Settings:
     http_timeout_s: float = 60.0
     # Connections of the process's pool: a sync uses about three at a time (a page staged
     # while the one before it commits, its heartbeat, Graph's limits); `mailsync sync-all
-    # --parallel N` asks for 2 + 3N (mailsync.registry.pool_size_for).
+    # --parallel N` asks for 2 + 3N (mailsync.sync.registry.pool_size_for).
     db_pool_size: int = 5
-    # Graph's limits, held by every worker at once through Postgres (mailsync/limits.py):
+    # Graph's limits, held by every worker at once through Postgres (mailsync/graph/limits.py):
     # per mailbox (Outlook's: 4 in flight, 10,000 requests in 10 minutes) and for the app
     # as a whole (a ceiling of our own; Graph's global limit is 130,000 per 10 s).
     graph_limits: bool = True

@@ -172,13 +172,13 @@ class SyncIncompleteError(MailsyncError):
 
 class SyncStateExpiredError(GraphError):
     """410 Gone / SyncStateNotFound / resyncRequired: the folder's delta state is gone. Not a
-    failure of the sync: its round restarts from scratch and reconciles (mailsync.rounds)."""
+    failure of the sync: its round restarts from scratch and reconciles (mailsync.sync.rounds)."""
 
     category = "delta_expired"
 
 
 class DeltaQuotaExceededError(GraphError):
     """403 ErrorQuotaExceeded on a delta request: the mailbox cannot keep more sync state.
-    The folder falls back to a full listing and reconciles (mailsync.rounds)."""
+    The folder falls back to a full listing and reconciles (mailsync.sync.rounds)."""
 
     category = "delta_quota"

@@ -36,8 +36,8 @@ from uuid import UUID
 import pandas as pd
 
 from mailsync import validate
-from mailsync.db import Database, Session
 from mailsync.errors import InvalidInputError
+from mailsync.store.db import Database, Session
 
 Source = Database | Session | str  # a database, a transaction already open, or a URL
 
@@ -223,7 +223,7 @@ def _session(source: Source, business: UUID | None = None) -> Iterator[Session]:
 
     Row-level security shows a transaction only its tenant's rows: one business is read as
     ``mailsync_reporting`` in that tenant; a report over all businesses needs the
-    cross-tenant ``mailsync_maintenance`` role (mailsync.roles, docs/security.md).
+    cross-tenant ``mailsync_maintenance`` role (mailsync.store.roles, docs/security.md).
     """
     if isinstance(source, Session):
         yield source

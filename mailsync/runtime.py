@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mailsync.auth import GraphAuth, RoutedHttpClient, TokenProvider
 from mailsync.config import GRAPH_URL, Settings, load_settings
-from mailsync.db import Database
 from mailsync.errors import ConfigError, InvalidInputError
-from mailsync.graph import GraphClient
-from mailsync.limits import graph_transport
-from mailsync.pgembed import embedded_database_url
+from mailsync.graph.auth import GraphAuth, RoutedHttpClient, TokenProvider
+from mailsync.graph.client import GraphClient
+from mailsync.graph.limits import graph_transport
+from mailsync.store.db import Database
+from mailsync.store.pgembed import embedded_database_url
 
 SECRET_BLOCK = "mailsync-client-secret"
 

@@ -7,7 +7,7 @@ that nothing like ``../`` can steer a request to another path.
 A mailbox is any address Exchange accepts, or an Entra object id (a GUID). Addresses are
 RFC 5322 dot-atoms: ``o'brien@…``, ``support+billing@…``, guest UPNs
 (``x_contoso.com#EXT#@…``) and every other ``atext`` character pass, except ``/``: no path
-separator reaches a URL. ``mailsync.graph`` percent-encodes everything but ``@`` in the URL's
+separator reaches a URL. ``mailsync.graph.client`` percent-encodes everything but ``@`` in the URL's
 path, so a ``%``, ``?`` or ``#`` in an address stays part of the user's segment (``%2F``
 arrives as the literal three characters, never as a slash).
 """

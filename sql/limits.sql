@@ -1,4 +1,4 @@
--- Named queries of Graph's limits, shared by every worker (mailsync/limits.py); the tables
+-- Named queries of Graph's limits, shared by every worker (mailsync/graph/limits.py); the tables
 -- and acquire_graph_slot are in migrations/0007_mailbox_registry.sql.
 
 -- name: acquire_graph_slot

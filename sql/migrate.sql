@@ -1,4 +1,4 @@
--- Named queries of the migrator (mailsync.migrate): the bookkeeping around the numbered
+-- Named queries of the migrator (mailsync.store.migrate): the bookkeeping around the numbered
 -- files in migrations/, which hold the schema itself.
 
 -- name: migrations_table_exists

@@ -1,4 +1,4 @@
--- Named queries of the mailbox registry (mailsync/registry.py) and of sync-all
+-- Named queries of the mailbox registry (mailsync/sync/registry.py) and of sync-all
 -- (flows/sync_all.py). The columns, the backoff and the job-outcome trigger are in
 -- migrations/0007_mailbox_registry.sql. Every statement runs as the tenant (row-level
 -- security) and names its business too, so that the index on (business_id, …) serves it.

@@ -1,4 +1,4 @@
--- Named queries of tenant isolation (mailsync/roles.py, mailsync/jobs.py); the roles and
+-- Named queries of tenant isolation (mailsync/store/roles.py, mailsync/sync/jobs.py); the roles and
 -- policies themselves are in migrations/0004_tenant_isolation.sql.
 
 -- name: acting_role

@@ -7,9 +7,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync.jobs import load_job, load_store
-from mailsync.planning import plan_job
 from mailsync.runtime import get_runtime
+from mailsync.sync.jobs import load_job, load_store
+from mailsync.sync.planning import plan_job
 from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 

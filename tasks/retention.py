@@ -18,8 +18,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from mailsync.config import env_float, env_int
-from mailsync.db import Database
 from mailsync.runtime import get_runtime
+from mailsync.store.db import Database
 from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 DAY_S = 86_400.0

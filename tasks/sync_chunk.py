@@ -8,10 +8,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from mailsync.chunks import ChunkOutcome, FullAttempt, Worker, claim_chunk
 from mailsync.config import default_worker_id
-from mailsync.rounds import DeltaAttempt
 from mailsync.runtime import get_runtime
+from mailsync.sync.attempt import ChunkOutcome, WindowAttempt, Worker, claim_chunk
+from mailsync.sync.rounds import DeltaAttempt
 from mailsync.tasks.retry import only_retryable
 
 WORKER_ID = default_worker_id()  # one per process: host:pid:random
@@ -41,7 +41,7 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         claim.folder,
         chunk["attempts"],
     )
-    kind = DeltaAttempt if chunk["kind"] == "delta" else FullAttempt
+    kind = DeltaAttempt if chunk["kind"] == "delta" else WindowAttempt
     graph = runtime.graph(graph_url)
     attempt = kind(runtime.db, graph, claim.job, claim.store, worker, chunk, claim.position)
     outcome = attempt.run()

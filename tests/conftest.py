@@ -113,7 +113,7 @@ def pg_admin_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from mailsync.pgembed import embedded_database_url, stop_embedded
+    from mailsync.store.pgembed import embedded_database_url, stop_embedded
 
     home = session_dir() / "pg"
     yield embedded_database_url(home, keep_running=False)
@@ -140,7 +140,7 @@ def drop_database(admin_url: str, name: str) -> None:
 def template_db(pg_admin_url: str) -> Iterator[str]:
     import psycopg
 
-    from mailsync.migrate import upgrade
+    from mailsync.store.migrate import upgrade
 
     name = f"mailsync_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:

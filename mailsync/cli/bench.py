@@ -1,4 +1,4 @@
-"""`mailsync bench`: sync throughput against the raw-fetch floor (the logic is mailsync.bench).
+"""`mailsync bench`: sync throughput against the raw-fetch floor (logic: mailsync.bench.mailbox).
 
 The sync it measures runs in a fresh process, ``mailsync bench-child SPEC`` (hidden; run as
 ``python -m mailsync.cli`` so that it is this interpreter's mailsync).
@@ -13,10 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mailsync.bench import BenchConfig, measure_sync, run_bench
-from mailsync.bench_incremental import IncrementalConfig, run_bench_incremental
-from mailsync.bench_many import ManyConfig, measure_sync_all, run_bench_many
-from mailsync.bench_store import StoreConfig, run_bench_store
+from mailsync.bench.incremental import IncrementalConfig, run_bench_incremental
+from mailsync.bench.mailbox import BenchConfig, measure_sync, run_bench
+from mailsync.bench.many import ManyConfig, measure_sync_all, run_bench_many
+from mailsync.bench.store import StoreConfig, run_bench_store
 from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -65,7 +65,7 @@ def bench(
         typer.Option(
             min=1,
             help="Sync this many mailboxes (of --messages each) at once through sync-all, "
-            "against as many fetchers in parallel (mailsync.bench_many).",
+            "against as many fetchers in parallel (mailsync.bench.many).",
         ),
     ] = None,
     incremental: Annotated[
@@ -73,7 +73,7 @@ def bench(
         typer.Option(
             "--incremental",
             help="Instead: a full sync of a mailbox with folders, then one after --changes "
-            "changes, then one with none: seconds and requests (mailsync.bench_incremental).",
+            "changes, then one with none: seconds and requests (mailsync.bench.incremental).",
         ),
     ] = False,
     changes: Annotated[int, typer.Option(min=0, help="Changes before the incremental sync.")] = 500,
@@ -82,7 +82,7 @@ def bench(
         typer.Option(
             "--store",
             help="Instead: Postgres CPU per stored message, as the schema is and with one "
-            "thing changed per variant (mailsync.bench_store).",
+            "thing changed per variant (mailsync.bench.store).",
         ),
     ] = False,
     variant: Annotated[

@@ -18,8 +18,8 @@ from mailsync import runtime
 from mailsync.cli import startup
 from mailsync.config import load_settings
 from mailsync.errors import MailsyncError
-from mailsync.migrate import upgrade
 from mailsync.runtime import Runtime, graph_credentials
+from mailsync.store.migrate import upgrade
 
 console = Console(stderr=True)
 out = Console()

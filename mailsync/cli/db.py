@@ -6,10 +6,10 @@ import typer
 
 from mailsync.cli.common import configure_runtime, out
 from mailsync.cli.startup import database_url
-from mailsync.db import redact_url
-from mailsync.migrate import upgrade
-from mailsync.pgembed import stop_embedded
 from mailsync.runtime import resolve_database_url
+from mailsync.store.db import redact_url
+from mailsync.store.migrate import upgrade
+from mailsync.store.pgembed import stop_embedded
 
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 

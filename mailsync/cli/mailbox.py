@@ -23,8 +23,9 @@ from mailsync.cli.common import (
     upgrade_database,
 )
 from mailsync.errors import ConflictError, InvalidInputError
-from mailsync.jobs import default_business_id
-from mailsync.registry import (
+from mailsync.runtime import Runtime, graph_credentials
+from mailsync.sync.jobs import default_business_id
+from mailsync.sync.registry import (
     DEFAULT_INTERVAL_MINUTES,
     MAX_INTERVAL_MINUTES,
     Registration,
@@ -35,7 +36,6 @@ from mailsync.registry import (
     remove_mailbox,
     set_enabled,
 )
-from mailsync.runtime import Runtime, graph_credentials
 
 app = typer.Typer(help="The mailboxes sync-all keeps current.", no_args_is_help=True)
 
@@ -221,7 +221,7 @@ def discover(
     as_json: JsonOpt = False,
 ) -> None:
     """List the tenant's mailboxes through Graph (needs User.Read.All); --add registers them."""
-    from mailsync.discovery import discover as discover_mailboxes
+    from mailsync.graph.discovery import discover as discover_mailboxes
 
     runtime = configure_runtime(graph_url=graph_url)
     _, business_id = _business(business, runtime)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from mailsync.db import check_connectable
 from mailsync.errors import AuthError, ConfigError, DatabaseError, GraphError
 from mailsync.runtime import Runtime, resolve_database_url
+from mailsync.store.db import check_connectable
 
 PROBE_TIMEOUT_S = 5.0
 

@@ -17,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mailsync import shutdown, validate
+from mailsync import validate
 from mailsync.cli.common import (
     JsonOpt,
     configure_runtime,
@@ -27,9 +27,11 @@ from mailsync.cli.common import (
     prepare_flow_run,
     upgrade_database,
 )
-from mailsync.db import redact_url
 from mailsync.errors import DatabaseError, SyncIncompleteError
-from mailsync.jobs import (
+from mailsync.runtime import Runtime
+from mailsync.store.db import redact_url
+from mailsync.sync import shutdown
+from mailsync.sync.jobs import (
     SyncRequest,
     default_business_id,
     incomplete_message,
@@ -39,7 +41,6 @@ from mailsync.jobs import (
     open_job,
     start_job,
 )
-from mailsync.runtime import Runtime
 
 Summary = dict[str, Any]
 

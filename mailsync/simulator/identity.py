@@ -80,7 +80,7 @@ class IdentityPlatform:
         return None
 
     def _authority(self, request: Request) -> str:
-        # Behind mailsync.auth.RoutedHttpClient the client believes it talks to the real
+        # Behind mailsync.graph.auth.RoutedHttpClient the client believes it talks to the real
         # authority host; msal insists on https endpoints, so answer in its terms.
         host = request.headers.get("x-forwarded-host")
         if host:

@@ -31,7 +31,7 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
 
-    # the folder's first delta round, in two chunks (mailsync/rounds.py)
+    # the folder's first delta round, in two chunks (mailsync/sync/rounds.py)
     assert result["messages"] == 2000 and result["chunks"] == 2
     for key in (
         "floor_s",

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from mailsync.flows.cleanup import cleanup
-from mailsync.maintenance import CLEANUP_LOCK_KEY
+from mailsync.store.maintenance import CLEANUP_LOCK_KEY
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
 pytestmark = pytest.mark.e2e

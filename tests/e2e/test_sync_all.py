@@ -20,9 +20,9 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from mailsync.db import Database
-from mailsync.registry import Registration, add_mailbox
 from mailsync.simulator import GraphSimulator
+from mailsync.store.db import Database
+from mailsync.sync.registry import Registration, add_mailbox
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
 pytestmark = pytest.mark.e2e

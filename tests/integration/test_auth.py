@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mailsync.auth import (
+from mailsync.errors import AuthError, ConfigError, TransientError
+from mailsync.graph.auth import (
     DEFAULT_AUTHORITY_HOST,
     GraphAuth,
     RoutedHttpClient,
     TokenProvider,
 )
-from mailsync.errors import AuthError, ConfigError, TransientError
 from mailsync.simulator import GraphSimulator
 
 USER = "adele@contoso.example"

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from mailsync.bench import backends_gone, postmaster_pid, process_cpu_s
+from mailsync.bench.mailbox import backends_gone, postmaster_pid, process_cpu_s
 from mailsync.errors import MailsyncError
 
 BURN = "SELECT count(*) FROM generate_series(1, 4000000) AS g WHERE g % 7 = 0"

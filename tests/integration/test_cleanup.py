@@ -17,8 +17,8 @@ from psycopg.rows import dict_row
 
 from mailsync.flows.cleanup import cleanup
 from mailsync.flows.sync_mailbox import sync_mailbox
-from mailsync.maintenance import CLEANUP_LOCK_KEY
 from mailsync.runtime import get_runtime, reset_runtime
+from mailsync.store.maintenance import CLEANUP_LOCK_KEY
 
 BUSINESS = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
 OTHER_BUSINESS = uuid.UUID("00000000-0000-4000-8000-0000000000b2")

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from mailsync.discovery import discover
 from mailsync.errors import PermissionDeniedError
+from mailsync.graph.discovery import discover
 
 USERS = ("ada@contoso.example", "bob@contoso.example", "cy@contoso.example")
 SHARED = "support@contoso.example"

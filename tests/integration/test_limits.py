@@ -1,4 +1,4 @@
-"""Graph's limits held in Postgres (mailsync/limits.py): real database, real HTTP.
+"""Graph's limits held in Postgres (mailsync/graph/limits.py): real database, real HTTP.
 
 Two limiters with their own pools stand for two workers; the simulator enforces the same
 limits Graph does and counts every request over them.
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from mailsync.config import Settings, load_settings
-from mailsync.db import Database
-from mailsync.graph import GraphClient
-from mailsync.limits import GraphLimiter
+from mailsync.graph.client import GraphClient
+from mailsync.graph.limits import GraphLimiter
+from mailsync.store.db import Database
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""The pool checks a connection at every checkout (mailsync.db): connections that died
+"""The pool checks a connection at every checkout (mailsync.store.db): connections that died
 while idle (killed backends, a restart) cost no failed statement."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import uuid
 
 import psycopg
 
-from mailsync.db import Database
+from mailsync.store.db import Database
 
 
 def test_backends_killed_while_idle_cost_no_failed_statement(database_url: str) -> None:

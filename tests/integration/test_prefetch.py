@@ -1,6 +1,6 @@
 """A delta round's next page is requested (and parsed, in its own thread) as soon as a page
 is in hand; a caller that stops after a page (a chunk that has its share) leaves that
-request to whoever continues from the same link (mailsync.prefetch): the round is read
+request to whoever continues from the same link (mailsync.graph.prefetch): the round is read
 once, and each request is counted by the client that used it. Real simulator over HTTP,
 real Graph client."""
 
@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mailsync.delta import iter_delta
-from mailsync.graph import GraphClient
-from mailsync.prefetch import NextLink, PagePrefetch, Sent
+from mailsync.graph.client import GraphClient
+from mailsync.graph.delta import iter_delta
+from mailsync.graph.prefetch import NextLink, PagePrefetch, Sent
 from mailsync.simulator import GraphSimulator
 
 MAILBOX = "pat@contoso.example"

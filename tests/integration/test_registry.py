@@ -22,9 +22,9 @@ from psycopg.rows import dict_row
 from typer.testing import CliRunner, Result
 
 from mailsync.flows.sync_all import sync_all
-from mailsync.jobs import default_business_id
 from mailsync.report import build_report
 from mailsync.runtime import get_runtime
+from mailsync.sync.jobs import default_business_id
 
 TENANT = "contoso-test"  # the simulator fixture's MAILSYNC_TENANT_ID
 BUSINESS = default_business_id(TENANT)

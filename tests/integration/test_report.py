@@ -18,8 +18,8 @@ from click.testing import Result
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from mailsync.db import Database
 from mailsync.report import TABLES, ChunkReport, build_report, records, short_report
+from mailsync.store.db import Database
 
 ACME = UUID("00000000-0000-4000-8000-00000000ac3e")
 FABRIKAM = UUID("00000000-0000-4000-8000-0000000fab00")

@@ -232,7 +232,7 @@ def test_database_urls_are_shown_without_their_password(
     sim: RecordingSimulator, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mailsync.cli import app
-    from mailsync.db import check_connectable
+    from mailsync.store.db import check_connectable
 
     password = f"pw-{secrets.token_hex(8)}"
     # The embedded server trusts local connections: a password is accepted and ignored.

@@ -227,12 +227,12 @@ def test_claim_chunk_fails_an_expired_chunk_whose_attempts_are_spent(conn: Any) 
 def test_an_attempt_starts_in_one_transaction_as_its_jobs_tenant(
     conn: Any, database_url: str
 ) -> None:
-    """claim_chunk as the sync task calls it (mailsync.chunks): the claim, the job's newest
+    """claim_chunk as the sync task calls it (mailsync.sync.attempt): the claim, the job's newest
     checkpoint in the chunk's folder, the job and its store, in one pipelined transaction
     whose tenant is the job's own; another business's job is not there at all."""
-    from mailsync.chunks import Worker, claim_chunk
-    from mailsync.db import Database
     from mailsync.errors import InvalidInputError, StatementError
+    from mailsync.store.db import Database
+    from mailsync.sync.attempt import Worker, claim_chunk
 
     job = setup_job(conn, chunks=2)
     first = conn.execute(

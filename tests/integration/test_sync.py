@@ -10,7 +10,6 @@ import psycopg
 import pytest
 from prefect import flow
 
-from mailsync.chunks import Worker, claim_chunk
 from mailsync.errors import (
     InvalidInputError,
     LeaseLostError,
@@ -18,10 +17,11 @@ from mailsync.errors import (
     SyncIncompleteError,
 )
 from mailsync.flows.sync_mailbox import sync_mailbox
-from mailsync.inorder import InOrder
-from mailsync.jobs import SyncRequest, begin_job, default_business_id, load_store, open_job
-from mailsync.planning import plan_job
-from mailsync.rounds import DeltaAttempt
+from mailsync.sync.attempt import Worker, claim_chunk
+from mailsync.sync.inorder import InOrder
+from mailsync.sync.jobs import SyncRequest, begin_job, default_business_id, load_store, open_job
+from mailsync.sync.planning import plan_job
+from mailsync.sync.rounds import DeltaAttempt
 from mailsync.tasks.sync_chunk import sync_chunk
 from tests.e2e.helpers import wait_for
 

@@ -22,10 +22,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from mailsync.db import Database
 from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.flows.sync_mailbox import sync_mailbox
-from mailsync.roles import MAINTENANCE, REPORTING, WORKER
+from mailsync.store.db import Database
+from mailsync.store.roles import MAINTENANCE, REPORTING, WORKER
 
 ACME = UUID("00000000-0000-4000-8000-0000000000a1")
 GLOBEX = UUID("00000000-0000-4000-8000-0000000000b2")
@@ -404,7 +404,7 @@ def test_roles_are_as_documented(database_url: str) -> None:
 
 
 def test_upgrading_again_changes_nothing(database_url: str) -> None:
-    from mailsync.migrate import upgrade
+    from mailsync.store.migrate import upgrade
 
     assert upgrade(database_url) == []
 

@@ -17,12 +17,12 @@ from psycopg.rows import dict_row
 
 from mailsync.errors import InvalidInputError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
-from mailsync.jobs import begin_job, load_store
-from mailsync.planning import plan_job
 from mailsync.runtime import reset_runtime
 from mailsync.simulator import GraphSimulator
 from mailsync.simulator.admin import describe_folders
 from mailsync.simulator.folders import DEFAULT_TREE
+from mailsync.sync.jobs import begin_job, load_store
+from mailsync.sync.planning import plan_job
 
 MAILBOX = "grace@contoso.example"
 

@@ -61,7 +61,7 @@ def referenced_docs() -> dict[str, list[str]]:
 def test_the_scan_finds_the_documents_the_error_messages_name() -> None:
     found = referenced_docs()
     assert {"docs/security.md", "docs/schedule.md"} <= set(found)
-    assert "mailsync/roles.py" in found["docs/security.md"]
+    assert "mailsync/store/roles.py" in found["docs/security.md"]
 
 
 def test_every_referenced_document_exists() -> None:

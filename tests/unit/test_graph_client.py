@@ -16,7 +16,7 @@ from mailsync.errors import (
     PermissionDeniedError,
     ThrottledError,
 )
-from mailsync.graph import Cursor, GraphClient, parse_message
+from mailsync.graph.client import Cursor, GraphClient, parse_message
 
 
 def msg(i: int, ts: str) -> dict[str, Any]:

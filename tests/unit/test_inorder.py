@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from mailsync.errors import DatabaseError, GraphError, LeaseLostError
-from mailsync.inorder import Handover, InOrder
+from mailsync.sync.inorder import Handover, InOrder
 
 
 def failing(error: Exception) -> Callable[[], None]:

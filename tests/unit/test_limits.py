@@ -1,10 +1,10 @@
-"""The arithmetic of Graph's shared limits (mailsync/limits.py), without a database."""
+"""The arithmetic of Graph's shared limits (mailsync/graph/limits.py), without a database."""
 
 from __future__ import annotations
 
 import pytest
 
-from mailsync.limits import ARRIVAL_HEADROOM_S, Limit, mailbox_of
+from mailsync.graph.limits import ARRIVAL_HEADROOM_S, Limit, mailbox_of
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
-"""The plan of a job, as pure logic: which chunks, in which order (mailsync.planning)."""
+"""The plan of a job, as pure logic: which chunks, in which order (mailsync.sync.planning)."""
 
 from __future__ import annotations
 
-from mailsync.planning import FolderPlan, chunk_rows
+from mailsync.sync.planning import FolderPlan, chunk_rows
 
 INBOX = FolderPlan("inbox-id", full=True, estimated=1_200, start_link=None)
 EMPTY = FolderPlan("empty-id", full=True, estimated=0, start_link=None)

@@ -1,6 +1,6 @@
-"""A round requested ahead (mailsync.prefetch): each page as soon as the one before named
+"""A round requested ahead (mailsync.graph.prefetch): each page as soon as the one before named
 its link, never more than ``depth`` untaken; and the nextLink read off a page's raw bytes
-(mailsync.delta.early_next_link). Threads, no I/O: the fetch is a function."""
+(mailsync.graph.delta.early_next_link). Threads, no I/O: the fetch is a function."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import httpx
 import orjson
 
-from mailsync.delta import early_next_link
-from mailsync.graph import GraphClient
-from mailsync.prefetch import NextLink, PagePrefetch, Sent
+from mailsync.graph.client import GraphClient
+from mailsync.graph.delta import early_next_link
+from mailsync.graph.prefetch import NextLink, PagePrefetch, Sent
 
 
 class Round:

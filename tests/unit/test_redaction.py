@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from mailsync import validate
-from mailsync.auth import AccessToken, GraphAuth, TokenProvider
 from mailsync.config import Settings
-from mailsync.db import redact_url
 from mailsync.errors import BadDataError, InvalidInputError
+from mailsync.graph.auth import AccessToken, GraphAuth, TokenProvider
+from mailsync.store.db import redact_url
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from mailsync.backoff import backoff_delay, retry_delay
 from mailsync.errors import (
     AuthError,
     BadDataError,
@@ -21,6 +20,7 @@ from mailsync.errors import (
     ThrottledError,
     is_retryable,
 )
+from mailsync.graph.backoff import backoff_delay, retry_delay
 from mailsync.tasks.retry import MAINTENANCE_RETRIES, only_retryable
 
 

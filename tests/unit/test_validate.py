@@ -8,7 +8,7 @@ import pytest
 
 from mailsync import validate
 from mailsync.errors import InvalidInputError
-from mailsync.graph import GraphClient
+from mailsync.graph.client import GraphClient
 
 GOOD_MAILBOXES = [
     "user@contoso.com",

@@ -19,8 +19,8 @@ from typing import Any
 from uuid import UUID
 
 from mailsync import validate
-from mailsync.db import Database, Row, Session
 from mailsync.errors import ConflictError, InvalidInputError
+from mailsync.store.db import Database, Row, Session
 
 DEFAULT_INTERVAL_MINUTES = 60
 MAX_INTERVAL_MINUTES = 7 * 24 * 60  # the column's CHECK says the same

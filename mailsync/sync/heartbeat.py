@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from mailsync.db import Database, Row
 from mailsync.errors import MailsyncError
+from mailsync.store.db import Database, Row
 
 
 class Heartbeat:

@@ -2,7 +2,7 @@
 runs its flow in a thread (its main thread draws the progress bar and gets the signal).
 
 The attempt looks at ``STOP`` between pages and in its waits; a set ``STOP`` raises
-``StopRequested`` there, and the attempt releases its chunk at once (mailsync.chunks) before
+``StopRequested`` there, and the attempt releases its chunk at once (mailsync.sync.attempt) before
 the run ends. Where a flow runs in the main thread (a Prefect worker's flow run), Prefect's
 own SIGTERM handler raises ``TerminationSignal`` instead, with the same release.
 """

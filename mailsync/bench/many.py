@@ -3,11 +3,11 @@ of N raw fetchers in parallel.
 
 The simulator (its own process) serves N mailboxes of ``messages`` each, with Graph's
 per-mailbox limits enforced and counted. The floor is N threads, one per mailbox, each
-paging its mailbox as mailsync.bench's floor does (nextLinks, JSON parsed, nothing stored),
+paging its mailbox as mailsync.bench.mailbox's floor does (nextLinks, JSON parsed, nothing stored),
 all started together: ``floor_s`` is until the last one is done. The sync is the real
 ``sync-all`` flow in a fresh child process over a fresh database where the N mailboxes are
 registered, N mailboxes at a time (``--parallel N``), every Graph request through the
-shared limits (mailsync.limits): ``sync_s`` is from the flow's call to the last job's
+shared limits (mailsync.graph.limits): ``sync_s`` is from the flow's call to the last job's
 completion. ``throttled_requests`` are the 429s Graph (the simulator) answered and
 ``over_limit_requests`` those that went over a mailbox's limits (both should be 0).
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from mailsync.bench import (
+from mailsync.bench.mailbox import (
     TENANT,
     Floor,
     child_env,
@@ -39,7 +39,7 @@ from mailsync.bench import (
 )
 from mailsync.errors import MailsyncError
 from mailsync.prefect_server import prefect_api
-from mailsync.registry import pool_size_for
+from mailsync.sync.registry import pool_size_for
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -91,9 +91,9 @@ def parallel_floor(sim_url: str, mailboxes: list[str], page_size: int, token: st
 
 def register(database_url: str, mailboxes: list[str]) -> str:
     """The mailboxes registered (due at once) in the bench's business; its id."""
-    from mailsync.db import Database
-    from mailsync.jobs import default_business_id
-    from mailsync.registry import Registration, add_mailbox
+    from mailsync.store.db import Database
+    from mailsync.sync.jobs import default_business_id
+    from mailsync.sync.registry import Registration, add_mailbox
 
     business_id = default_business_id(TENANT)
     with Database(database_url) as db:

@@ -2,14 +2,14 @@
 
 For each folder of the job's selection (every real folder for ``all``):
 - **full** (its first sync, ``--full``, or no deltaLink kept): one delta round from scratch
-  (mailsync.rounds), which returns every message of the folder and ends with its first
+  (mailsync.sync.rounds), which returns every message of the folder and ends with its first
   deltaLink, cut into chunks of ``chunk_size`` messages (in whole pages) by Graph's count
   of the folder.
   Every message the store files there is presumed removed until the job sees it: after
   the job, the live rows equal the folder.
 - **incremental**: one chunk, one delta round from the folder's deltaLink.
 - a **sync window** keeps no delta state: full chunks that list the window by keyset pages
-  (drift-proof; mailsync.chunks.FullAttempt).
+  (drift-proof; mailsync.sync.attempt.WindowAttempt).
 The chunks run in order, folder after folder. A folder gone from the mailbox is tombstoned
 and its messages presumed removed (moved mail is seen elsewhere).
 """
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailsync.db import Database, Row, Session
 from mailsync.errors import InvalidInputError
-from mailsync.folders import Folder, list_folders, resolve_folder
-from mailsync.graph import GraphClient
-from mailsync.jobs import graph_time
+from mailsync.graph.client import GraphClient
+from mailsync.graph.folders import Folder, list_folders, resolve_folder
+from mailsync.store.db import Database, Row, Session
+from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
 

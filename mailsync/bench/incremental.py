@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailsync.bench import SyncFlow, fresh_database
+from mailsync.bench.mailbox import SyncFlow, fresh_database
 from mailsync.prefect_server import prefect_api
 
 TENANT = "contoso-bench"

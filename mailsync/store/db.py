@@ -20,7 +20,6 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from mailsync import roles
 from mailsync.errors import (
     ConfigError,
     ConflictError,
@@ -30,6 +29,7 @@ from mailsync.errors import (
     StatementError,
 )
 from mailsync.sql import queries
+from mailsync.store import roles
 
 Row = dict[str, Any]
 
@@ -209,7 +209,7 @@ class Session:
 
 class Database:
     """A pool whose connections act as ``role`` (``mailsync_worker`` by default), never as a
-    login that bypasses row-level security (mailsync.roles, docs/security.md)."""
+    login that bypasses row-level security (mailsync.store.roles, docs/security.md)."""
 
     def __init__(
         self,

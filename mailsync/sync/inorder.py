@@ -1,7 +1,7 @@
 """Finishing work in a thread of its own, one piece at a time, in the order it was handed over.
 
 An attempt's pages are transactions that must commit in order. Each has a half that touches
-nothing shared (staging its rows, mailsync.ingest.stage_messages) and a half that does (the
+nothing shared (staging its rows, mailsync.sync.ingest.stage_messages) and a half that does (the
 upsert, the fence, the checkpoint, the commit). ``InOrder`` lets the caller stage page N+1
 while page N finishes: ``after_previous`` waits for the piece in flight (and raises its
 error), ``then`` hands over the next one. At most one piece is in flight, so a piece starts

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from mailsync.db import Session
-from mailsync.graph import EMAIL_COLUMNS, EmailRecord
+from mailsync.graph.client import EMAIL_COLUMNS, EmailRecord
+from mailsync.store.db import Session
 
 # The staging table's column types (sql/queries.sql, create_email_staging), for the binary
 # COPY: nothing to escape here, nothing to unescape in the server.
@@ -65,7 +65,7 @@ def write_messages(
 
 def stage_messages(session: Session, messages: list[EmailRecord]) -> None:
     """COPY the page into the connection's staging table: nothing shared is touched, so a
-    page can be staged while the page before it still holds its locks (mailsync.chunks)."""
+    page can be staged while the page before it still holds its locks (mailsync.sync.attempt)."""
     if not messages:
         return
     session.execute("create_email_staging")

@@ -2,7 +2,7 @@
 
 A delta round is a chain: a page's nextLink is known only once the page has arrived. So
 the next page is requested as soon as that link is read off a page's raw bytes, before the
-page is parsed (mailsync.delta.early_next_link), from the thread that fetched it; that
+page is parsed (mailsync.graph.delta.early_next_link), from the thread that fetched it; that
 thread then parses its page, which overlaps the next request and the writing of the page
 before. A round requested ahead this way is a chain, and at most ``depth`` of its pages
 wait untaken (in flight, or parsed): the one in flight and the one parsed next, so memory
@@ -32,9 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mailsync.graph import GraphClient
+from mailsync.graph.client import GraphClient
 
-Page = Any  # what a fetch returns (mailsync.delta: a parsed DeltaPage)
+Page = Any  # what a fetch returns (mailsync.graph.delta: a parsed DeltaPage)
 NextLink = Callable[[str], None]  # called by a fetch with its page's nextLink, read early
 Sent = Callable[[], None]  # called by a fetch once its request is on the wire
 Fetch = Callable[[GraphClient, str, int, NextLink, Sent], Page]  # → the page

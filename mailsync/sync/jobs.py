@@ -10,8 +10,8 @@ from uuid import UUID
 
 from mailsync import validate
 from mailsync.config import Settings
-from mailsync.db import Database, Row
 from mailsync.errors import ConflictError, InvalidInputError
+from mailsync.store.db import Database, Row
 
 TERMINAL_JOB_STATUSES = {"completed", "partial_failure", "failed"}
 

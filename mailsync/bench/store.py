@@ -190,7 +190,7 @@ def build_records(count: int, seed: int) -> list[Any]:
     """The messages as the sync stores them: generated, rendered as Graph JSON, parsed."""
     import orjson
 
-    from mailsync.graph import SELECT_FIELDS, parse_message
+    from mailsync.graph.client import SELECT_FIELDS, parse_message
     from mailsync.simulator.generator import generate_messages
 
     select = SELECT_FIELDS.split(",")
@@ -203,10 +203,10 @@ def build_records(count: int, seed: int) -> list[Any]:
 def measure_variant(variant: Variant, records: Sequence[Any], page_size: int) -> dict[str, float]:
     import psycopg
 
-    from mailsync.bench import fresh_database, postmaster_pid, process_cpu_s
-    from mailsync.db import Database
-    from mailsync.ingest import write_messages
+    from mailsync.bench.mailbox import fresh_database, postmaster_pid, process_cpu_s
     from mailsync.sql import queries
+    from mailsync.store.db import Database
+    from mailsync.sync.ingest import write_messages
 
     business_id, job_id = uuid.uuid4(), uuid.uuid4()
     pages = [records[i : i + page_size] for i in range(0, len(records), page_size)]

@@ -9,7 +9,7 @@ Prefect server, started here unless PREFECT_API_URL names one.
 
 The sync's time is split three ways. Waiting for Graph (the part of fetching that the
 prefetch of the next page did not hide) and writing pages (their transactions) are recorded
-by each chunk in ``checkpoint_data["timing"]`` (mailsync.chunks); the rest is overhead:
+by each chunk in ``checkpoint_data["timing"]`` (mailsync.sync.attempt); the rest is overhead:
 ``per_chunk_overhead_ms`` is all of it per chunk, of which ``chunk_orchestration_ms`` falls
 between the first claim and the last commit (Prefect's task runs, claims, heartbeats) and
 ``flow_fixed_s`` is paid once (the flow run, the job, the count and plan, the job's close).
@@ -81,7 +81,7 @@ def fetch_token(http: httpx.Client, sim_url: str, client_id: str, secret: str) -
 
 def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Floor:
     """Page through the whole mailbox as Graph serves it: nextLinks, parse, store nothing."""
-    from mailsync.graph import EPOCH, EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
+    from mailsync.graph.client import EPOCH, EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
 
     headers = {
         "Authorization": f"Bearer {token}",
@@ -221,8 +221,8 @@ def fresh_database() -> Iterator[str]:
     from psycopg.conninfo import make_conninfo
 
     from mailsync.config import load_settings
-    from mailsync.migrate import upgrade
     from mailsync.runtime import resolve_database_url
+    from mailsync.store.migrate import upgrade
 
     admin_url = resolve_database_url(load_settings())
     name = f"mailsync_bench_{uuid.uuid4().hex[:10]}"
@@ -278,8 +278,8 @@ def measure_sync(spec: dict[str, Any], sync_mailbox: SyncFlow) -> dict[str, Any]
     """The child's work: start up, run the flow, report times, chunk timings, peak RSS."""
     import psutil
 
-    from mailsync.jobs import default_business_id, load_job
     from mailsync.runtime import get_runtime
+    from mailsync.sync.jobs import default_business_id, load_job
 
     runtime = get_runtime()
     business_id = default_business_id(TENANT)

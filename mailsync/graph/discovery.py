@@ -12,7 +12,7 @@
 
 Listing users needs the application permission ``User.Read.All`` besides ``Mail.Read``; a
 403 on the listing says so. Probes run a few at a time: each is one request to its own
-mailbox, within that mailbox's limits (mailsync.limits).
+mailbox, within that mailbox's limits (mailsync.graph.limits).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mailsync.errors import NotFoundError, PermissionDeniedError
-from mailsync.graph import GraphClient
+from mailsync.graph.client import GraphClient
 
 USER_FIELDS = "id,userPrincipalName,mail,displayName,accountEnabled,userType"
 PAGE_SIZE = 999  # users per page: Graph's maximum

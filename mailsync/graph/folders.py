@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mailsync.errors import BadDataError, InvalidInputError, NotFoundError
-from mailsync.graph import GraphClient
+from mailsync.graph.client import GraphClient
 
 SEARCH_FOLDER_TYPE = "#microsoft.graph.mailSearchFolder"
 WELL_KNOWN_NAMES = ("inbox", "sentitems", "archive", "deleteditems", "drafts", "junkemail")

@@ -5,7 +5,7 @@ returns every message of the folder, page by page, chained by nextLinks, and end
 folder's first deltaLink. The plan cuts that round into chunks by the folder's message
 count: each chunk writes about ``chunk_size`` messages and stops after a page, its nextLink
 committed with that page; the next chunk of the folder continues from there (the request
-for that link is usually in flight already: mailsync.prefetch). The folder's last chunk
+for that link is usually in flight already: mailsync.graph.prefetch). The folder's last chunk
 runs to the end of the round, whatever the count said. A later sync is one chunk: one
 round from the folder's deltaLink.
 
@@ -13,7 +13,7 @@ Where a folder's round stands lives in the job's checkpoints (``sync_state_check
 one row per committed page, ``cursor`` = ``RoundState``), written in each page's
 transaction: a retried attempt, the next chunk, a resumed job all continue from the
 newest one. Each page, in one transaction: its messages upserted (seen: no longer
-removal candidates), its ``@removed`` ids recorded as candidates (mailsync.jobs applies
+removal candidates), its ``@removed`` ids recorded as candidates (mailsync.sync.jobs applies
 them when the job ends, once every folder has spoken), the round's position, the chunk's
 progress, and on the round's last page the folder's new deltaLink.
 
@@ -41,12 +41,12 @@ from contextlib import closing
 from typing import Any, TypedDict, cast
 from urllib.parse import urlsplit
 
-from mailsync.chunks import Attempt, Position, prefetched
-from mailsync.db import Session
-from mailsync.delta import DeltaPage, iter_delta
 from mailsync.errors import DeltaQuotaExceededError, GraphError, SyncStateExpiredError
-from mailsync.graph import Cursor, Page
-from mailsync.jobs import graph_time
+from mailsync.graph.client import Cursor, Page
+from mailsync.graph.delta import DeltaPage, iter_delta
+from mailsync.store.db import Session
+from mailsync.sync.attempt import Attempt, Position, prefetched
+from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
 

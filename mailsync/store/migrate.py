@@ -10,9 +10,9 @@ from typing import Any
 
 import psycopg
 
-from mailsync.db import connect, redact_url
 from mailsync.errors import DatabaseError
 from mailsync.sql import migrations, queries
+from mailsync.store.db import connect, redact_url
 
 
 def upgrade(url: str) -> list[str]:

@@ -43,8 +43,8 @@ from uuid import UUID
 import httpx
 
 from mailsync.config import Settings
-from mailsync.db import Database
 from mailsync.errors import ThrottledError
+from mailsync.store.db import Database
 
 ARRIVAL_HEADROOM_S = 2.0  # a slot taken now may reach Graph this much later
 POLL_S = (0.01, 0.5)  # waiting for a free in-flight slot: from 10 ms, doubling, to 0.5 s

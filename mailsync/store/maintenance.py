@@ -1,7 +1,7 @@
 """The cleanup lock: one cleanup at a time on a database, whoever starts it.
 
 The cleanup's statements (``sql/cleanup.sql``) run in ``Database.maintenance_transaction()``,
-the one path that acts across tenants (as ``mailsync_maintenance``, see mailsync/db.py);
+the one path that acts across tenants (as ``mailsync_maintenance``, see mailsync/store/db.py);
 this module only keeps two cleanups from overlapping.
 """
 
@@ -12,11 +12,11 @@ from contextlib import contextmanager
 
 from psycopg.rows import dict_row
 
-from mailsync.db import Database, connect
 from mailsync.sql import queries
+from mailsync.store.db import Database, connect
 
 # One cleanup at a time across every process on the database (CLI, deployments, tests).
-# An arbitrary constant, next to mailsync.migrate's 7_420_001.
+# An arbitrary constant, next to mailsync.store.migrate's 7_420_001.
 CLEANUP_LOCK_KEY = 7_420_003
 
 

@@ -6,7 +6,7 @@
 where the next round starts. The page size is asked with the
 ``Prefer: odata.maxpagesize`` header (Graph documents no ``$top`` for delta). Removed items
 come as ``{"id": …, "@removed": {"reason": …}}`` and mean "no longer in this folder": a
-deletion or a move out, which Graph does not tell apart (mailsync.rounds decides).
+deletion or a move out, which Graph does not tell apart (mailsync.sync.rounds decides).
 
 A token Graph no longer honours answers 410 (or a SyncStateNotFound/resyncRequired code):
 ``SyncStateExpiredError``; a mailbox out of sync-state quota answers 403
@@ -24,14 +24,14 @@ from typing import Any
 import orjson
 
 from mailsync.errors import BadDataError
-from mailsync.graph import (
+from mailsync.graph.client import (
     EXPAND_ATTACHMENTS,
     SELECT_FIELDS,
     EmailRecord,
     GraphClient,
     parse_message,
 )
-from mailsync.prefetch import PREFETCH, PagePrefetch
+from mailsync.graph.prefetch import PREFETCH, PagePrefetch
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def early_next_link(raw: bytes) -> str | None:
     takes longer than the link's search: found here, the next page is on its way while this
     one is parsed. Graph writes the link after ``value`` or before it; the last occurrence
     is searched from the end. What the parsed page says wins: a link it does not confirm is
-    a request nobody takes (mailsync.prefetch drops it)."""
+    a request nobody takes (mailsync.graph.prefetch drops it)."""
     at = raw.rfind(b'"@odata.nextLink"')
     if at < 0:
         return None
@@ -136,7 +136,7 @@ def iter_delta(
     Each page's next one is requested (and parsed, in its own thread) as soon as the page's
     nextLink is read off its bytes, before the page is parsed; a caller that stops early
     leaves those requests to whoever continues the round from the same link
-    (mailsync.prefetch)."""
+    (mailsync.graph.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
     params: dict[str, str] | None = (
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}

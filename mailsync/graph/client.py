@@ -28,8 +28,6 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from mailsync.auth import url_origin
-from mailsync.backoff import retry_delay
 from mailsync.errors import (
     AuthError,
     BadDataError,
@@ -43,6 +41,8 @@ from mailsync.errors import (
     ThrottledError,
     TransientError,
 )
+from mailsync.graph.auth import url_origin
+from mailsync.graph.backoff import retry_delay
 
 SELECT_FIELDS = (
     "id,internetMessageId,conversationId,subject,from,sender,toRecipients,ccRecipients,"
@@ -312,12 +312,12 @@ class GraphClient:
 
     def serves(self, link: str) -> bool:
         """Whether a link Graph gave earlier points at this client's host: only there does
-        the token go (mailsync.auth)."""
+        the token go (mailsync.graph.auth)."""
         return url_origin(link) == url_origin(self.base_url)
 
     def fork(self) -> GraphClient:
         """A client over the same connection, token and retry policy, counting its own
-        requests (mailsync.prefetch: a request made ahead is charged to whoever uses it)."""
+        requests (mailsync.graph.prefetch: a request made ahead is charged to whoever uses it)."""
         return GraphClient(
             self.http,
             base_url=self.base_url,
@@ -354,9 +354,9 @@ class GraphClient:
         headers: dict[str, str] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> bytes:
-        """``get_json``'s request, its answer's body not yet parsed (mailsync.delta reads the
+        """``get_json``'s request, its answer's body not yet parsed (mailsync.graph.delta reads the
         nextLink off it first). ``on_sent`` is called once a request is on the wire, before
-        its answer is awaited (mailsync.prefetch)."""
+        its answer is awaited (mailsync.graph.prefetch)."""
         prefer = 'IdType="ImmutableId"'
         if max_page_size is not None:
             prefer = f"odata.maxpagesize={max_page_size}, {prefer}"

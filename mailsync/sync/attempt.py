@@ -10,7 +10,7 @@ job's new checkpoint and, on the chunk's last page, its completion. A crash anyw
 leaves a page wholly written or not at all, and the next attempt (or chunk) continues
 from the newest checkpoint. The next page is fetched while the current one is written, and
 its rows are staged (on a second connection) while the current one commits; pages commit
-in order, one after the other (mailsync.inorder).
+in order, one after the other (mailsync.sync.inorder).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from mailsync import shutdown, validate
-from mailsync.backoff import retry_delay
+from mailsync import validate
 from mailsync.config import Settings
-from mailsync.db import Database, Row, Session
 from mailsync.errors import (
     ChunkAttemptError,
     ChunkBusyError,
@@ -38,11 +36,14 @@ from mailsync.errors import (
     category_of,
     is_retryable,
 )
-from mailsync.graph import Cursor, EmailRecord, GraphClient, Page
-from mailsync.heartbeat import Heartbeat
-from mailsync.ingest import merge_staged, stage_messages
-from mailsync.inorder import Handover, InOrder
-from mailsync.jobs import graph_time
+from mailsync.graph.backoff import retry_delay
+from mailsync.graph.client import Cursor, EmailRecord, GraphClient, Page
+from mailsync.store.db import Database, Row, Session
+from mailsync.sync import shutdown
+from mailsync.sync.heartbeat import Heartbeat
+from mailsync.sync.ingest import merge_staged, stage_messages
+from mailsync.sync.inorder import Handover, InOrder
+from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
 P = TypeVar("P")  # a page: of a keyset listing (Page) or of a delta round (DeltaPage)
@@ -84,7 +85,7 @@ class Position:
     exhausted: bool = False  # an earlier page reached the end of the folder
     emails_processed: int = 0  # in the whole job so far
     state: dict[str, Any] = field(default_factory=dict)  # the checkpoint as stored (a delta
-    # round's position: mailsync.rounds.RoundState)
+    # round's position: mailsync.sync.rounds.RoundState)
 
     @classmethod
     def of_row(cls, row: Row | None) -> Position:
@@ -203,7 +204,7 @@ class AttemptTiming:
     # for the one before it to commit; the chunk's last page, all of it)
 
     def wait(self, pages: Iterator[P]) -> P | None:
-        """The next page of a pager that requests ahead itself (mailsync.delta): the time
+        """The next page of a pager that requests ahead itself (mailsync.graph.delta): the time
         blocked is waiting, parsing included."""
         begun = time.perf_counter()
         try:
@@ -252,8 +253,8 @@ def prefetched(pages: Iterator[P], timing: AttemptTiming) -> Iterator[P]:
 class Attempt:
     """One claimed attempt at one chunk: its pages, then its completion or its failure.
 
-    Subclasses say how the pages come (``_work``): ``FullAttempt`` lists a folder by keyset
-    pages, ``mailsync.rounds.DeltaAttempt`` follows one delta round. Every page is written
+    Subclasses say how the pages come (``_work``): ``WindowAttempt`` lists a folder by keyset
+    pages, ``mailsync.sync.rounds.DeltaAttempt`` follows one delta round. Every page is written
     by ``_commit``, one transaction each.
     """
 
@@ -527,7 +528,7 @@ class Attempt:
         return int((time.perf_counter() - self.timing.started) * 1000)
 
 
-class FullAttempt(Attempt):
+class WindowAttempt(Attempt):
     """A full chunk: the next ``chunk_size`` messages of its folder, by keyset pages from
     the job's position in that folder (its newest checkpoint there)."""
 

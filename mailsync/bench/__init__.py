@@ -1,0 +1,1 @@
+"""Benchmarks: `mailsync bench` and its variants (not imported by the product)."""

@@ -1,0 +1,1 @@
+"""Microsoft Graph: the HTTP client, auth, delta paging, folders, Graph's limits, discovery."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: the connection seam, roles, migrations, the embedded server, cleanup lock."""
