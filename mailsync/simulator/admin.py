@@ -6,6 +6,9 @@ in-process attributes steer one in a test. Admin requests are never counted in t
 - ``GET /_sim/stats``, ``POST /_sim/stats/reset``; ``GET /_sim/limits``: per-mailbox usage
 - ``GET /_sim/faults``, ``POST /_sim/faults`` (an object of ``Faults`` fields),
   ``POST /_sim/faults/reset``
+- ``POST /_sim/hold/wait`` (optional body ``{"timeout_s": …}``): 200 once a page request is
+  held (``hold_after_pages``), 408 when none was within the timeout; ``POST
+  /_sim/hold/release``: answer the held requests, hold no more
 - ``POST /_sim/tokens/expire``: every access token
 - ``POST /_sim/delta/expire`` (optional body ``{"user": …}``): every delta and skip token
 - ``POST /_sim/mailboxes`` ``{"user", "count" | "messages", "seed", "folder",
@@ -80,6 +83,11 @@ class AdminApi:
         if method == "POST" and segments == ["faults", "reset"]:
             controls.faults.reset()
             return json_response(200, controls.faults.as_dict())
+        if method == "POST" and segments == ["hold", "wait"]:
+            return self._wait_held(request)
+        if method == "POST" and segments == ["hold", "release"]:
+            controls.faults.release_held()
+            return json_response(200, {"released": True})
         if method == "POST" and segments == ["tokens", "expire"]:
             controls.expire_all_tokens()
             return json_response(200, {"expired": True})
@@ -119,6 +127,15 @@ class AdminApi:
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         return json_response(200, self._controls.faults.as_dict())
+
+    def _wait_held(self, request: Request) -> Response:
+        body = json.loads(request.body or b"{}")
+        timeout = body.get("timeout_s", 30) if isinstance(body, dict) else 30
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise bad_request("'timeout_s' must be a number of seconds >= 0")
+        if self._controls.faults.wait_held(float(timeout)):
+            return json_response(200, {"held": True})
+        return json_response(408, {"held": False})
 
     def _expire_delta(self, request: Request) -> Response:
         body = json.loads(request.body or b"{}")

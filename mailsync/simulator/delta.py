@@ -135,6 +135,7 @@ class DeltaApi:
             round_id, offset = self._start(mailbox, folder, pairs, asked_size)
         if self._faults.delta_rendezvous > 1:
             self._faults.rendezvous(mailbox.user_id)
+        self._faults.hold_point()
         if self._faults.latency_ms > 0:
             time.sleep(self._faults.latency_ms / 1000)
         return self._page(request, mailbox, folder, round_id, offset, asked_size)

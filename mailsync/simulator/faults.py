@@ -81,6 +81,13 @@ class Faults:
     holds every delta request until N mailboxes have each sent one (at most
     ``rendezvous_timeout_s``): syncs of N mailboxes that run in parallel then overlap for
     certain, and serial ones wait out the timeout.
+
+    ``hold_after_pages = N`` holds every page request (listed or delta) after the Nth since
+    the switch was set, before it is answered, until ``release_held()`` (``POST
+    /_sim/hold/release``) or ``hold_timeout_s``. ``wait_held()`` (``POST /_sim/hold/wait``)
+    returns once a request is held: a test kills, stops or restarts at that event, with a
+    request known to be on the wire, instead of watching the database for "part-way".
+    ``hold_after_pages = 0`` holds the very first page.
     """
 
     latency_ms: float = 0.0
@@ -112,6 +119,8 @@ class Faults:
     delta_mutations: list[dict[str, Any]] = field(default_factory=list)
     delta_rendezvous: int = 0
     rendezvous_timeout_s: float = 30.0
+    hold_after_pages: int | None = None
+    hold_timeout_s: float = 120.0
     # Run-time state, not switches:
     _mutation_pages: dict[str, int] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -131,6 +140,12 @@ class Faults:
         default_factory=threading.Condition, init=False, repr=False, compare=False
     )
 
+    _hold_seen: int = field(default=0, init=False, repr=False, compare=False)
+    _held_now: int = field(default=0, init=False, repr=False, compare=False)
+    _hold_changed: threading.Condition = field(
+        default_factory=threading.Condition, init=False, repr=False, compare=False
+    )
+
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, _checked(name, value))
         # "Since the fault was set": (re)assigning a counted fault restarts its count.
@@ -141,6 +156,10 @@ class Faults:
             super().__setattr__("_mutation_pages", {})
         elif name == "delta_rendezvous" and "_met" in self.__dict__:
             self._met.clear()
+        elif name == "hold_after_pages" and "_hold_changed" in self.__dict__:
+            with self._hold_changed:
+                super().__setattr__("_hold_seen", 0)
+                self._hold_changed.notify_all()  # None releases whatever is held
         elif name in _OPTIONAL_COUNTS and "_trigger_pages" in self.__dict__:
             self._trigger_pages[name] = 0
 
@@ -208,6 +227,32 @@ class Faults:
                 lambda: len(self._met) >= self.delta_rendezvous, self.rendezvous_timeout_s
             )
 
+    def hold_point(self) -> None:
+        """Where a page request waits while ``hold_after_pages`` holds it."""
+        with self._hold_changed:
+            if self.hold_after_pages is None:
+                return
+            self._hold_seen += 1
+            if self._hold_seen <= self.hold_after_pages:
+                return
+            self._held_now += 1
+            self._hold_changed.notify_all()
+            try:
+                self._hold_changed.wait_for(
+                    lambda: self.hold_after_pages is None, self.hold_timeout_s
+                )
+            finally:
+                self._held_now -= 1
+
+    def wait_held(self, timeout_s: float) -> bool:
+        """Block until a page request is held (True), or ``timeout_s`` passed (False)."""
+        with self._hold_changed:
+            return self._hold_changed.wait_for(lambda: self._held_now > 0, timeout_s)
+
+    def release_held(self) -> None:
+        """Answer every held request, and hold no more."""
+        self.hold_after_pages = None
+
     def count_delta_page(self) -> DeltaPageEvents:
         """Count one served delta page: what does it set off?"""
         with self._lock:
@@ -250,6 +295,9 @@ def _checked(name: str, value: Any) -> Any:
     if name in _OPTIONAL_COUNTS and value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"fault {name!r} must be None or a count >= 1, not {value!r}")
+    if name == "hold_after_pages" and value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"fault {name!r} must be None or a count >= 0, not {value!r}")
     if name == "delta_expired_code" and value not in SYNC_STATE_CODES:
         raise ValueError(f"fault 'delta_expired_code' must be one of {SYNC_STATE_CODES}")
     if name == "delta_mutations":  # checked now, not when it fires mid-sync
@@ -263,7 +311,7 @@ def coerce_fault(name: str, value: Any) -> Any:
     if name not in defaults or not defaults[name].init:
         raise ValueError(f"unknown fault {name!r}")
     default = defaults[name].default
-    if name in _OPTIONAL_COUNTS and value is None:
+    if name in (*_OPTIONAL_COUNTS, "hold_after_pages") and value is None:
         return None
     if name == "delta_mutations":
         return _checked(name, value)

@@ -169,6 +169,7 @@ class MailApi:
 
     def _message_page(self, request: Request, mailbox: Mailbox, folder: Folder | None) -> Response:
         query = parse_query(request.query)
+        self._faults.hold_point()
         if self._faults.latency_ms > 0:
             time.sleep(self._faults.latency_ms / 1000)
         page, total = mailbox.page(

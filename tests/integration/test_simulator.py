@@ -616,3 +616,37 @@ def test_throughput_with_full_bodies(
     # a fifth of that when the box is busy: only a sanity floor here. What the speed rests on
     # is asserted deterministically by test_each_message_is_rendered_once_per_shape.
     assert rates["warm"] > 500
+
+
+# --- the hold fault: a request known to be on the wire ------------------------------------
+
+
+def test_hold_after_pages_holds_the_next_page_until_released(
+    sim: GraphSimulator, client: httpx.Client, http: httpx.Client
+) -> None:
+    first = client.get(FOLDER_MESSAGES, params={"$top": "10"})
+    assert first.status_code == 200
+    sim.faults.hold_after_pages = 1  # the page after this one waits
+    assert client.get(FOLDER_MESSAGES, params={"$top": "10"}).status_code == 200
+    assert not sim.faults.wait_held(0)
+    answered: list[int] = []
+    request = threading.Thread(
+        target=lambda: answered.append(
+            client.get(FOLDER_MESSAGES, params={"$top": "10"}).status_code
+        )
+    )
+    request.start()
+    # From another process: the admin API sees the same event.
+    assert http.post(f"{sim.url}/_sim/hold/wait", json={"timeout_s": 10}).json() == {"held": True}
+    assert answered == []
+    assert http.post(f"{sim.url}/_sim/hold/release").status_code == 200
+    request.join(10)
+    assert answered == [200]
+    assert sim.faults.hold_after_pages is None  # released: nothing more is held
+    assert client.get(FOLDER_MESSAGES, params={"$top": "10"}).status_code == 200
+
+
+def test_hold_wait_times_out_when_nothing_is_held(sim: GraphSimulator, http: httpx.Client) -> None:
+    response = http.post(f"{sim.url}/_sim/hold/wait", json={"timeout_s": 0.05})
+    assert response.status_code == 408
+    assert http.post(f"{sim.url}/_sim/faults", json={"hold_after_pages": -1}).status_code == 400
