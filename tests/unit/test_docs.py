@@ -21,7 +21,8 @@ SCANNED = {".py", ".md", ".yaml", ".yml", ".sql", ".toml"}
 # A repository path such as docs/security.md, not the tail of a URL or of another path.
 DOC_PATH = re.compile(r"(?<![\w/.-])docs/[\w./-]+?\.md\b")
 MD_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+# Fenced code, also when indented under a list item.
+FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.MULTILINE | re.DOTALL)
 
 
 def project_files(suffixes: set[str]) -> list[Path]:
@@ -133,6 +134,7 @@ LINK_TEXT = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 LIST_MARK = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 HEADING = re.compile(r"^\s*#{1,6}\s")
 TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
 
 
 def documentation() -> list[Path]:
@@ -176,14 +178,21 @@ def blocks(markdown: str) -> list[str]:
     return found
 
 
+def long_units(text: str) -> set[str]:
+    """A normalised block and each of its sentences, those of at least MIN_WORDS words: a
+    copy that drifted in one sentence still repeats the others."""
+    sentences = SENTENCE_END.split(text)
+    return {unit for unit in [text, *sentences] if len(unit.split()) >= MIN_WORDS}
+
+
 def repeated_blocks(documents: dict[str, str]) -> dict[str, list[str]]:
-    """{normalised block: the documents holding it} for every long block found twice."""
+    """{normalised block or sentence: the documents holding it} for every long one found
+    twice."""
     seen: dict[str, list[str]] = {}
     for name, markdown in documents.items():
         for block in blocks(markdown):
-            text = normalise(block)
-            if len(text.split()) >= MIN_WORDS:
-                seen.setdefault(text, []).append(name)
+            for unit in long_units(normalise(block)):
+                seen.setdefault(unit, []).append(name)
     return {text: names for text, names in seen.items() if len(names) > 1}
 
 
@@ -210,6 +219,14 @@ def test_a_repeated_paragraph_is_found_across_wrapping_emphasis_and_links() -> N
     assert list(repeated_blocks({"one.md": one, "two.md": two}).values()) == [["one.md", "two.md"]]
 
 
+def test_a_copy_that_drifted_in_one_sentence_still_repeats_the_others() -> None:
+    one = f"Short start. {WORDS} first. Short end.\n"
+    two = f"Another start, longer. {WORDS} first. Short end.\n"
+    assert repeated_blocks({"one.md": one, "two.md": two}) == {
+        f"{WORDS} first.": ["one.md", "two.md"]
+    }
+
+
 def test_a_repeat_inside_one_document_counts_too() -> None:
     text = f"{WORDS}\n\n| {WORDS} |\n\n{WORDS}\n"
     assert repeated_blocks({"one.md": text}) == {WORDS: ["one.md", "one.md"]}
@@ -220,6 +237,11 @@ def test_short_paragraphs_code_and_different_words_are_not_repeats() -> None:
     one = f"{short}\n\n```\n{WORDS}\n```\n\n{WORDS} one\n"
     two = f"{short}\n\n```\n{WORDS}\n```\n\n{WORDS} two\n"
     assert repeated_blocks({"one.md": one, "two.md": two}) == {}
+
+
+def test_code_fenced_under_a_list_item_is_not_prose() -> None:
+    markdown = f"1. Run:\n   ```sql\n   -- {WORDS}\n   ```\n2. Then.\n"
+    assert blocks(markdown) == ["1. Run:", "2. Then."]
 
 
 def test_list_items_are_blocks_of_their_own() -> None:
