@@ -283,7 +283,18 @@ def test_named_paths_are_recognised() -> None:
     ]
 
 
-@pytest.mark.parametrize("markdown", [p.relative_to(REPO_ROOT).as_posix() for p in documentation()])
+# docs/benchmark.md is a dated record: each section names the code as it was measured.
+DATED_RECORDS = {"docs/benchmark.md"}
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        path
+        for path in (p.relative_to(REPO_ROOT).as_posix() for p in documentation())
+        if path not in DATED_RECORDS
+    ],
+)
 def test_every_path_a_document_names_exists(markdown: str) -> None:
     source = REPO_ROOT / markdown
     missing = [
