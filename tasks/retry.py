@@ -1,4 +1,4 @@
-"""Prefect's part in retries: re-enter, nothing more (README, "Retries").
+"""Prefect's part in retries: re-enter, nothing more (docs/design.md, "Retries").
 
 A chunk attempt's retry is decided by its chunk row (``fail_chunk_job``: retrying while
 attempts are left, with ``next_attempt_at`` from Graph's Retry-After or our backoff) and

@@ -1,6 +1,6 @@
 """How long to wait before trying again: the one backoff formula of mailsync.
 
-Two layers use it (README, "Retries"): the Graph client between the in-request retries of
+Two layers use it (docs/design.md, "Retries"): the Graph client between the in-request retries of
 one HTTP request (429, 5xx, timeouts), and a failed chunk attempt, whose delay is stored in
 the chunk row as ``next_attempt_at`` (the row, not Prefect, decides when the next attempt
 may start). Graph's ``Retry-After`` always wins over our own guess when it asks for longer.

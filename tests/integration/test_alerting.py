@@ -1,4 +1,4 @@
-"""deployments/automations/sync-failed.yaml, as README "Alerting" tells an operator to use it:
+"""deployments/automations/sync-failed.yaml, as docs/reports.md tells an operator to use it:
 created with `prefect automation create --from-file` on the session's Prefect server, read
 back, and seen to notify (a webhook block pointing at this test) when a real sync-mailbox
 flow run fails."""
@@ -61,7 +61,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def create_from_file(prefect_api_url: str, block_id: uuid.UUID, tmp_path: Path) -> str:
-    """The README's two steps: the block id put in the file, then the CLI; the name made
+    """docs/reports.md's two steps: the block id put in the file, then the CLI; the name made
     unique so the session's other automations are not touched."""
     name = f"mailsync-sync-failed-{uuid.uuid4().hex[:8]}"
     text = AUTOMATION_FILE.read_text()
