@@ -2,6 +2,7 @@
 
     MailsyncError
     ├── ConfigError            config         a missing secret, a bad DSN, a bad setting
+    ├── MigrationHistoryError  migration      an applied migration's file changed or went
     ├── InvalidInputError      invalid_input  a bad mailbox id, date range, chunk size
     ├── DatabaseError          db             Postgres unreachable, a connection lost
     │   ├── ConflictError      conflict       a unique key refused the row (not retried)
@@ -46,6 +47,14 @@ class MailsyncError(Exception):
 
 class ConfigError(MailsyncError):
     category = "config"
+
+
+class MigrationHistoryError(MailsyncError):
+    """The database applied a migration file that is no longer as it was: edited, renamed or
+    removed since. Upgrading on top of it would leave a schema that no file describes, so
+    nothing is applied (docs/migrations.md)."""
+
+    category = "migration"
 
 
 class InvalidInputError(MailsyncError):
