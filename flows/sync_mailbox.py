@@ -1,7 +1,8 @@
 """Flow: sync a mailbox (every folder, or one) into Postgres, chunk by chunk, in order.
 
-open (or resume) the job → plan: list the folders, full chunks for folders listed from
-scratch (sized by Graph's count), a delta chunk per folder → each chunk, in order, by the
+open (or resume) the job → plan: list the folders; a folder read from scratch is its delta
+round cut into chunks (sized by Graph's count), an incremental folder one delta chunk, a
+sync window's folder window chunks → each chunk, in order, by the
 sync-chunk task (its chunk row decides retries) → close the job (removals applied) → its
 summary.
 """

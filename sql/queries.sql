@@ -97,12 +97,6 @@ INSERT INTO sync_state_checkpoints (business_id, store_id, sync_job_id, chunk_id
 VALUES (%(business_id)s, %(store_id)s, %(job_id)s, %(chunk_id)s, %(chunk_index)s,
         %(folder_id)s, %(cursor)s, %(emails_processed)s, %(exhausted)s);
 
--- name: latest_checkpoint
--- Where the job continues in a folder: its newest checkpoint there.
-SELECT * FROM sync_state_checkpoints
- WHERE sync_job_id = %(job_id)s AND folder_id IS NOT DISTINCT FROM %(folder_id)s
- ORDER BY id DESC LIMIT 1;
-
 -- name: complete_chunk_job
 -- Fenced completion with the attempt's metrics.
 SELECT complete_chunk_job(%(chunk_id)s, %(worker_id)s, %(attempt)s, %(emails_processed)s,
@@ -255,7 +249,7 @@ UPDATE mail_folders SET delta_link = %(delta_link)s, synced_at = now()
 -- name: job_folder_stats
 -- A job's numbers per folder, in the order the folders ran.
 SELECT c.folder_id, coalesce(f.path, c.folder_id) AS path,
-       CASE WHEN bool_or(c.kind = 'full' OR c.checkpoint_data->>'mode' = 'initial') THEN 'full'
+       CASE WHEN bool_or(c.kind = 'window' OR c.checkpoint_data->>'mode' = 'initial') THEN 'full'
             ELSE 'incremental' END AS sync_type,
        count(*) FILTER (WHERE c.status = 'failed') AS failed_chunks,
        sum(c.emails_added) AS emails_added, sum(c.emails_updated) AS emails_updated,

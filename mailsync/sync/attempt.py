@@ -529,7 +529,7 @@ class Attempt:
 
 
 class WindowAttempt(Attempt):
-    """A full chunk: the next ``chunk_size`` messages of its folder, by keyset pages from
+    """A window chunk: the next ``chunk_size`` messages of its folder, by keyset pages from
     the job's position in that folder (its newest checkpoint there)."""
 
     def _work(self) -> None:

@@ -8,7 +8,7 @@ For each folder of the job's selection (every real folder for ``all``):
   Every message the store files there is presumed removed until the job sees it: after
   the job, the live rows equal the folder.
 - **incremental**: one chunk, one delta round from the folder's deltaLink.
-- a **sync window** keeps no delta state: full chunks that list the window by keyset pages
+- a **sync window** keeps no delta state: window chunks that list it by keyset pages
   (drift-proof; mailsync.sync.attempt.WindowAttempt).
 The chunks run in order, folder after folder. A folder gone from the mailbox is tombstoned
 and its messages presumed removed (moved mail is seen elsewhere).
@@ -154,7 +154,7 @@ def chunk_rows(
         for i in range(count):
             estimated = chunk_size if i < count - 1 else plan.estimated - chunk_size * i
             add(
-                kind="full" if windowed else "delta",
+                kind="window" if windowed else "delta",
                 folder_id=plan.folder_id,
                 estimated_emails=max(estimated, 0),
                 last_in_folder=i == count - 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -38,7 +39,14 @@ def conn(database_url: str) -> Any:
 
 
 def claim(conn: Any, job: uuid.UUID, worker: str) -> dict[str, Any] | None:
-    return conn.execute("SELECT * FROM claim_next_chunk_job(%s, %s)", (job, worker)).fetchone()
+    """claim_chunk on the job's first unfinished chunk: the chunk row when claimed."""
+    row = conn.execute(
+        "SELECT min(chunk_index) AS i FROM chunked_sync_jobs"
+        " WHERE parent_sync_job_id = %s AND status NOT IN ('completed', 'failed')",
+        (job,),
+    ).fetchone()
+    claimed = claim_at(conn, job, row["i"], worker) if row["i"] is not None else None
+    return claimed[2] if claimed and claimed[0] == "claimed" else None
 
 
 def complete(conn: Any, chunk: dict[str, Any], worker: str, attempt: int | None = None) -> bool:
@@ -47,15 +55,6 @@ def complete(conn: Any, chunk: dict[str, Any], worker: str, attempt: int | None 
         (chunk["id"], worker, attempt if attempt is not None else chunk["attempts"]),
     ).fetchone()
     return bool(row["ok"])
-
-
-def test_chunks_are_claimed_strictly_in_order(conn: Any) -> None:
-    job = setup_job(conn)
-    first = claim(conn, job, "w1")
-    assert first["chunk_index"] == 1 and first["attempts"] == 1 and first["status"] == "processing"
-    assert claim(conn, job, "w2") is None  # chunk 2 waits for chunk 1
-    assert complete(conn, first, "w1")
-    assert claim(conn, job, "w2")["chunk_index"] == 2
 
 
 def test_completion_is_fenced_on_worker_and_attempt(conn: Any) -> None:
@@ -95,17 +94,33 @@ def test_a_retryable_failure_waits_then_fails_after_max_attempts(conn: Any) -> N
     assert claim(conn, job, "w3")["chunk_index"] == 2  # a failed chunk does not block the rest
 
 
+def blocked(conn: Any, pid: int) -> bool:
+    """Whether the session pid waits for a lock another session holds."""
+    return bool(conn.execute("SELECT pg_blocking_pids(%s) <> '{}' AS b", (pid,)).fetchone()["b"])
+
+
 def test_a_chunk_has_one_holder_even_under_concurrent_claims(database_url: str, conn: Any) -> None:
+    """A second claim of the same chunk waits for the first one's row lock, then finds it
+    held: busy, not a second holder."""
     job = setup_job(conn)
     with (
         psycopg.connect(database_url, row_factory=dict_row) as a,
         psycopg.connect(database_url, row_factory=dict_row) as b,
+        ThreadPoolExecutor(1) as pool,
     ):
-        got_a = claim(a, job, "a")  # a's transaction is still open: the row stays locked
-        got_b = claim(b, job, "b")
+        got_a = claim_at(a, job, 1, "a")  # a's transaction is still open: the row stays locked
+        b_pid = b.info.backend_pid
+        got_b = pool.submit(claim_at, b, job, 1, "b")
+        # a commits only once b's claim waits for a's row lock (as the server reports it):
+        # a claim that did not wait (SKIP LOCKED, no lock) would have answered by then.
+        while not got_b.done() and not blocked(conn, b_pid):
+            conn.execute("SELECT pg_sleep(0.01)")
+        assert not got_b.done(), "the second claim did not wait for the first one's lock"
         a.commit()
+        outcome_b = got_b.result(timeout=30)
         b.commit()
-    assert got_a["chunk_index"] == 1 and got_b is None
+    assert got_a[0] == "claimed" and got_a[2]["worker_id"] == "a"
+    assert outcome_b[0] == "busy" and outcome_b[2]["worker_id"] == "a"
 
 
 def test_stuck_chunks_are_put_back_or_failed(conn: Any) -> None:

@@ -40,7 +40,7 @@ def stored_ids(url: str, mailbox: str = MAILBOX) -> list[str]:
 
 def chunks(url: str, job_id: str, kind: str = "delta") -> list[dict[str, Any]]:
     """The job's chunks of one kind: 'delta' (a folder's round, cut into chunks: a first
-    sync) or 'full' (a sync window's keyset listing)."""
+    sync) or 'window' (a sync window's keyset listing)."""
     with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute(
             "SELECT * FROM chunked_sync_jobs WHERE parent_sync_job_id = %s AND kind = %s"
@@ -203,6 +203,10 @@ def test_a_date_range_sync_stores_only_its_window(
     assert summary["status"] == "completed" and summary["sync_type"] == "date_range"
     assert set(stored_ids(database_url)) == expected
     assert summary["emails_in_mailbox"] == len(expected)
+    # A window is listed by keyset chunks of kind 'window', no delta round at all.
+    window = chunks(database_url, summary["job_id"], "window")
+    assert len(window) == summary["chunks_total"] >= 2
+    assert chunks(database_url, summary["job_id"], "delta") == []
 
 
 def test_an_unknown_mailbox_fails_the_job_clearly(

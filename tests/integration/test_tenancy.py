@@ -299,10 +299,10 @@ def test_the_state_machine_works_on_the_callers_tenant_only(
         )
     with acting_as(database_url, WORKER, ACME) as conn:
         assert conn.execute("SELECT * FROM cleanup_stuck_chunks('1 minute')").fetchall() == []
-        assert (
-            conn.execute("SELECT * FROM claim_next_chunk_job(%s, 'w')", (globex_job,)).fetchall()
-            == []
-        )
+        claimed = conn.execute(
+            "SELECT * FROM claim_chunk(%s, 1, 'w', interval '1 minute')", (globex_job,)
+        ).fetchall()
+        assert claimed == []  # another tenant's chunk does not exist for this worker
     with acting_as(database_url, MAINTENANCE, None) as conn:  # cleanup sees every tenant
         recovered = conn.execute("SELECT * FROM cleanup_stuck_chunks('1 minute')").fetchall()
         assert [str(r["parent_sync_job_id"]) for r in recovered] == [globex_job]

@@ -25,12 +25,12 @@ def test_a_full_folder_is_one_round_cut_by_its_count_an_incremental_one_is_one_c
     assert starts["archive-id"] == {"start_link": KEPT.start_link, "mode": "incremental"}
 
 
-def test_a_windowed_job_is_full_chunks_only_and_lists_even_an_empty_folder() -> None:
+def test_a_windowed_job_is_window_chunks_only_and_lists_even_an_empty_folder() -> None:
     chunks = chunk_rows([INBOX, EMPTY], chunk_size=1_000, page_size=250, windowed=True)
     assert [(c["kind"], c["folder_id"]) for c in chunks] == [
-        ("full", "inbox-id"),
-        ("full", "inbox-id"),
-        ("full", "empty-id"),
+        ("window", "inbox-id"),
+        ("window", "inbox-id"),
+        ("window", "empty-id"),
     ]
 
 
