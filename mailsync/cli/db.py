@@ -16,7 +16,8 @@ app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 @app.command("upgrade")
 def db_upgrade() -> None:
-    """Create or update the schema (safe to run concurrently)."""
+    """Create or update the schema (safe to run concurrently). Refuses, changing nothing,
+    when a migration this database applied has changed since (docs/migrations.md)."""
     url = database_url(configure_runtime())
     applied = upgrade(url)
     out.print(f"{redact_url(url)}: " + (", ".join(applied) if applied else "up to date"))

@@ -68,7 +68,14 @@ def history_problems(applied: list[AppliedMigration], files: list[MigrationFile]
     for row in applied:
         recorded = f"{row.version:04d}_{row.name}.sql"
         file = by_version.get(row.version)
-        if file is None:
+        if file is None and row.version > max(by_version, default=0):
+            # Not a removal: a newer mailsync upgraded this database. Its schema may not
+            # be what this code expects, so this code does not run on it.
+            problems.append(
+                f"{recorded} was applied by a newer mailsync (this one's newest migration is"
+                f" {max(by_version, default=0):04d}): run that version"
+            )
+        elif file is None:
             problems.append(f"{recorded} was applied, but sql/migrations/ has no such file")
         elif file.name != row.name:
             problems.append(f"{recorded} was applied, but that number is now {file.filename}")

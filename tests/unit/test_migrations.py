@@ -71,10 +71,19 @@ def test_an_edited_file_is_named() -> None:
 
 
 def test_a_renamed_or_removed_file_is_named_even_before_its_digest_is_adopted() -> None:
-    problems = history_problems([recorded(1, "uno", None), recorded(3, "three", None)], FILES)
+    files = [FILES[0], MigrationFile(3, "three", "SELECT 3;")]
+    problems = history_problems([recorded(1, "uno", None), recorded(2, "two", None)], files)
     assert problems == [
         "0001_uno.sql was applied, but that number is now 0001_one.sql",
-        "0003_three.sql was applied, but sql/migrations/ has no such file",
+        "0002_two.sql was applied, but sql/migrations/ has no such file",
+    ]
+
+
+def test_a_database_upgraded_by_a_newer_version_is_told_so() -> None:
+    problems = history_problems([recorded(3, "three", None)], FILES)
+    assert problems == [
+        "0003_three.sql was applied by a newer mailsync (this one's newest migration is 0002):"
+        " run that version"
     ]
 
 
