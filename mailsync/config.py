@@ -97,10 +97,10 @@ class Settings:
     http_backoff_base_s: float = 0.5
     http_backoff_max_s: float = 30.0
     http_timeout_s: float = 60.0
-    # Connections of the process's pool: a sync uses about three at a time (a page staged
-    # while the one before it commits, its heartbeat, Graph's limits); `mailsync sync-all
-    # --parallel N` asks for 2 + 3N (mailsync.sync.registry.pool_size_for).
-    db_pool_size: int = 5
+    # Connections of the process's pool: a sync uses about two at a time (its page writes,
+    # one transaction each on the attempt's thread; its heartbeat and Graph's limits);
+    # `mailsync sync-all --parallel N` asks for 2 + 2N (mailsync.sync.registry.pool_size_for).
+    db_pool_size: int = 4
     # Graph's limits, held by every worker at once through Postgres (mailsync/graph/limits.py):
     # per mailbox (Outlook's: 4 in flight, 10,000 requests in 10 minutes) and for the app
     # as a whole (a ceiling of our own; Graph's global limit is 130,000 per 10 s).
@@ -137,7 +137,7 @@ def load_settings() -> Settings:
         http_backoff_base_s=env_float("MAILSYNC_HTTP_BACKOFF_BASE_S", 0.5),
         http_backoff_max_s=env_float("MAILSYNC_HTTP_BACKOFF_MAX_S", 30.0),
         http_timeout_s=env_float("MAILSYNC_HTTP_TIMEOUT_S", 60.0),
-        db_pool_size=env_int("MAILSYNC_DB_POOL_SIZE", 5),
+        db_pool_size=env_int("MAILSYNC_DB_POOL_SIZE", 4),
         graph_limits=_env_flag("MAILSYNC_GRAPH_LIMITS", True),
         graph_mailbox_concurrency=env_int("MAILSYNC_GRAPH_MAILBOX_CONCURRENCY", 4),
         graph_mailbox_requests=env_int("MAILSYNC_GRAPH_MAILBOX_REQUESTS", 10_000),

@@ -1,4 +1,5 @@
-"""The process's long-lived resources: one database pool, one Graph HTTP client per URL.
+"""The process's long-lived resources: one database pool, one Graph HTTP client per URL,
+one page prefetcher (its threads), all closed together.
 
 Flows and tasks ask for them here instead of receiving them as parameters: Prefect stores
 parameters (and shows them in the UI), and a pool or a client with a secret inside does not
@@ -19,8 +20,10 @@ from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.graph.auth import GraphAuth, RoutedHttpClient, TokenProvider
 from mailsync.graph.client import GraphClient
 from mailsync.graph.limits import graph_transport
+from mailsync.graph.prefetch import PagePrefetch
 from mailsync.store.db import Database
 from mailsync.store.pgembed import embedded_database_url
+from mailsync.sync import shutdown
 
 SECRET_BLOCK = "mailsync-client-secret"
 
@@ -66,7 +69,18 @@ class Runtime:
     _http: dict[str, httpx.Client] = field(default_factory=dict)
     # Per Graph URL: its token provider and the HTTP client msal's requests go through.
     _tokens: dict[str, tuple[TokenProvider, httpx.Client]] = field(default_factory=dict)
+    _prefetch: PagePrefetch | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def prefetch(self) -> PagePrefetch:
+        """The process's page prefetcher: every attempt's pages come through it, in waits
+        that a stop wakes (mailsync.sync.shutdown), and a round's requests made ahead are
+        handed from one chunk to the next."""
+        with self._lock:
+            if self._prefetch is None:
+                self._prefetch = PagePrefetch(wait=shutdown.result)
+            return self._prefetch
 
     @property
     def db(self) -> Database:
@@ -143,6 +157,12 @@ class Runtime:
         )
 
     def close(self) -> None:
+        with self._lock:
+            prefetch, self._prefetch = self._prefetch, None
+        # First, and outside the lock: its threads finish their requests through the HTTP
+        # clients, and Graph's limits (their slots) ask ``db`` for the pool, under the lock.
+        if prefetch is not None:
+            prefetch.close()
         with self._lock:
             for client in self._http.values():
                 client.close()

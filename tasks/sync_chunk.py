@@ -43,7 +43,16 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
     )
     kind = DeltaAttempt if chunk["kind"] == "delta" else WindowAttempt
     graph = runtime.graph(graph_url)
-    attempt = kind(runtime.db, graph, claim.job, claim.store, worker, chunk, claim.position)
+    attempt = kind(
+        runtime.db,
+        graph,
+        claim.job,
+        claim.store,
+        worker,
+        chunk,
+        claim.position,
+        prefetch=runtime.prefetch,
+    )
     outcome = attempt.run()
     logger.info(
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",

@@ -31,7 +31,7 @@ from mailsync.graph.client import (
     GraphClient,
     parse_message,
 )
-from mailsync.graph.prefetch import PREFETCH, PagePrefetch
+from mailsync.graph.prefetch import PagePrefetch
 
 logger = logging.getLogger(__name__)
 
@@ -128,24 +128,21 @@ def iter_delta(
     folder_id: str,
     link: str | None,
     page_size: int,
-    prefetch: PagePrefetch = PREFETCH,
+    prefetch: PagePrefetch,
 ) -> Generator[DeltaPage, None, None]:
     """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
     a new round (every message of the folder) when ``link`` is None.
 
-    Each page's next one is requested (and parsed, in its own thread) as soon as the page's
-    nextLink is read off its bytes, before the page is parsed; a caller that stops early
-    leaves those requests to whoever continues the round from the same link
-    (mailsync.graph.prefetch)."""
+    Every request runs in a thread of ``prefetch``, and each page's next one is requested
+    (and parsed, in its own thread) as soon as the page's nextLink is read off its bytes,
+    before the page is parsed; a caller that stops early leaves those requests to whoever
+    continues the round from the same link (mailsync.graph.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
     params: dict[str, str] | None = (
         None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
     )
     while True:
-        page = prefetch.take(graph, url, page_size) if params is None else None
-        if page is None:
-            ahead = prefetch.chain(graph, page_size, fetch_page)
-            page = fetch_page(graph, url, page_size, ahead, params=params)
+        page: DeltaPage = prefetch.page(graph, url, page_size, fetch_page, params)
         if page.next_link is not None:  # read early, its request is on its way already
             prefetch.start(graph, page.next_link, page_size, fetch_page)
         yield page

@@ -1,4 +1,4 @@
-"""Delta pages requested before they are needed, across chunk boundaries.
+"""Pages requested before they are needed: one prefetcher per process, owned by its runtime.
 
 A delta round is a chain: a page's nextLink is known only once the page has arrived. So
 the next page is requested as soon as that link is read off a page's raw bytes, before the
@@ -7,13 +7,21 @@ thread then parses its page, which overlaps the next request and the writing of 
 before. A round requested ahead this way is a chain, and at most ``depth`` of its pages
 wait untaken (in flight, or parsed): the one in flight and the one parsed next, so memory
 stays flat however slowly pages are written. A link named while the chain is full is
-requested when its taker takes the next page.
+requested when its taker takes the next page. A keyset listing (``ahead``) is simpler: its
+next page is asked while the caller writes this one, one at a time.
+
+Every request, the first of a round too, runs in one of this object's threads, and the
+caller waits for its page with ``wait`` (the runtime's: one that a stop wakes,
+mailsync.sync.shutdown.result). So a stop that lands while a Graph request hangs (or
+waits out its retries) is seen at once, and the chunk is released without waiting for it.
 
 When a chunk stops in the middle of a round, the requests on their way stay for whichever
 attempt continues the round from the same link: in this process, the next chunk of the
-folder, which takes them over instead of asking again. A request nobody takes within
-``max_age_s`` is dropped (another worker took the next chunk, or the job stopped), and its
-chain with it; so is the oldest when ``max_pending`` are waiting.
+folder, which takes them over instead of asking again. A page requested more than
+``max_age_s`` ago is not handed over: it is dropped when it is taken (and asked again) or
+when another request is made (another worker took the next chunk, or the job stopped), and
+its chain with it; so is the oldest when ``max_pending`` are waiting. ``close`` drops every
+request and joins the threads (mailsync.runtime closes it with the process's resources).
 
 Nothing here writes: a page taken over is written under its taker's claim and fence, like
 any page, and its requests (retries included) are counted by its taker's client. A request
@@ -27,21 +35,43 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mailsync.graph.client import GraphClient
 
+P = TypeVar("P")
 Page = Any  # what a fetch returns (mailsync.graph.delta: a parsed DeltaPage)
 NextLink = Callable[[str], None]  # called by a fetch with its page's nextLink, read early
 Sent = Callable[[], None]  # called by a fetch once its request is on the wire
-Fetch = Callable[[GraphClient, str, int, NextLink, Sent], Page]  # → the page
+Params = dict[str, str] | None  # a round's first request has options; its links carry theirs
+Wait = Callable[[Future[Any]], Any]  # a future's result, as the caller may wait for it
+Key = tuple[str, int, tuple[tuple[str, str], ...]]
 # How long the thread that named a link waits for its request to be on the wire, before it
 # parses its own page: a parse holds the GIL for tens of milliseconds (orjson does not let
 # it go), and the new request would wait behind it.
 SEND_WAIT_S = 0.05
+
+
+class Fetch(Protocol):
+    """A page's request and parse (mailsync.graph.delta.fetch_page), in a prefetch thread."""
+
+    def __call__(
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        on_next_link: NextLink,
+        on_sent: Sent,
+        *,
+        params: Params = None,
+    ) -> Page: ...
+
+
+class PrefetchClosedError(RuntimeError):
+    """A page asked of a prefetcher that was closed (its runtime's resources are gone)."""
 
 
 @dataclass
@@ -65,6 +95,10 @@ class _Request:
     sent: threading.Event  # its request is on the wire (or it ended)
 
 
+def _key(url: str, page_size: int, params: Params) -> Key:
+    return url, page_size, tuple(sorted((params or {}).items()))
+
+
 class PagePrefetch:
     def __init__(
         self,
@@ -72,13 +106,17 @@ class PagePrefetch:
         max_age_s: float = 60.0,
         max_pending: int = 32,
         depth: int = 2,
+        wait: Wait = Future.result,
+        name: str = "page-prefetch",
     ) -> None:
         # A thread per request on its way: mailboxes synced in parallel in one process each
-        # keep their own round going, ``depth`` requests each.
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="page-prefetch")
+        # keep their own round going, ``depth`` requests each. Threads start as needed.
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix=name)
         self._lock = threading.Lock()
-        self._pending: OrderedDict[tuple[str, int], _Request] = OrderedDict()
+        self._pending: OrderedDict[Key, _Request] = OrderedDict()
+        self._closed = False
         self.max_age_s, self.max_pending, self.depth = max_age_s, max_pending, depth
+        self._wait = wait
 
     def start(self, graph: GraphClient, url: str, page_size: int, fetch: Fetch) -> None:
         """Request the page at ``url`` (a nextLink, replayed exactly) now, for a later take,
@@ -86,29 +124,82 @@ class PagePrefetch:
         and requests the pages after it the same way."""
         self._next(_Chain(graph, page_size, fetch), url)
 
-    def chain(self, graph: GraphClient, page_size: int, fetch: Fetch) -> NextLink:
-        """For a page fetched by its taker itself: the callback that requests the pages
-        after it, as ``start`` does."""
-        return self._follow(_Chain(graph, page_size, fetch))
-
-    def take(self, graph: GraphClient, url: str, page_size: int) -> Page | None:
-        """The page at ``url`` if it was requested ahead (waiting for it if need be), its
-        requests now counted by ``graph``; None: ask it yourself."""
+    def page(
+        self, graph: GraphClient, url: str, page_size: int, fetch: Fetch, params: Params = None
+    ) -> Page:
+        """The page at ``url``: the one requested ahead if there is one, else requested now
+        (a chain of its own, so the pages after it are requested ahead); waited for as
+        ``take`` waits."""
+        page = self.take(graph, url, page_size, params)
+        if page is not None:
+            return page
+        key = _key(url, page_size, params)
         with self._lock:
-            request = self._pending.pop((url, page_size), None)
-            if request is not None:
-                chain = request.chain
-                chain.waiting -= 1
-                if chain.deferred is not None:  # the chain was full: it goes on now
-                    link, chain.deferred = chain.deferred, None
-                    self._request(chain, link)
-        if request is None:
-            return None
+            if self._closed:
+                raise PrefetchClosedError("the page prefetch is closed")
+            # A new chain is neither full nor dropped: the request is made, unless another
+            # caller's request for the same page came first (then that one is ours).
+            self._request(_Chain(graph, page_size, fetch), url, params)
+            request = self._pending.pop(key)
+            request.chain.waiting -= 1
+        return self._collect(graph, request)
+
+    def take(
+        self, graph: GraphClient, url: str, page_size: int, params: Params = None
+    ) -> Page | None:
+        """The page at ``url`` if it was requested ahead, less than ``max_age_s`` ago
+        (waiting for it if need be, in a wait that a stop wakes), its requests now counted
+        by ``graph``; None: ask it yourself."""
+        with self._lock:
+            request = self._pending.pop(_key(url, page_size, params), None)
+            if request is None:
+                return None
+            chain = request.chain
+            chain.waiting -= 1
+            if time.monotonic() - request.started >= self.max_age_s:
+                self._drop(request)  # too old to trust: asked again, by the caller
+                return None
+            if chain.deferred is not None:  # the chain was full: it goes on now
+                link, chain.deferred = chain.deferred, None
+                self._request(chain, link)
+        return self._collect(graph, request)
+
+    def _collect(self, graph: GraphClient, request: _Request) -> Page:
+        """The request's page, once it has come; its requests charged to ``graph``."""
         try:
-            return request.future.result()
+            return self._wait(request.future)
         finally:
             graph.api_calls += request.client.api_calls
             graph.throttled += request.client.throttled
+
+    def ahead(self, pages: Iterator[P]) -> Generator[P, None, None]:
+        """The pages of a pager that requests one at a time (a keyset listing), the next one
+        requested in a thread here while the caller writes this one, and waited for as
+        ``take`` waits. A pager ends after its last page without another request, so nothing
+        is fetched past the end; an error of the request in flight is raised where its page
+        is taken."""
+        upcoming = self._submit(next, pages, None)
+        try:
+            while (page := self._wait(upcoming)) is not None:
+                upcoming = self._submit(next, pages, None)
+                yield page
+        finally:
+            upcoming.cancel()  # not started: never sent; started: its page is nobody's
+
+    def close(self) -> None:
+        """Drop every request waiting to be taken and join the threads (a request on the
+        wire is answered first: httpx cannot abandon one from another thread)."""
+        with self._lock:
+            self._closed = True
+            while self._pending:
+                self._drop(self._pending.popitem(last=False)[1])
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, call: Callable[..., P], *args: Any) -> Future[P]:
+        with self._lock:
+            if self._closed:
+                raise PrefetchClosedError("the page prefetch is closed")
+            return self._pool.submit(call, *args)
 
     def _next(self, chain: _Chain, url: str) -> None:
         """Request ``url`` for the chain, and return once the request is on the wire."""
@@ -118,23 +209,26 @@ class PagePrefetch:
         if request is not None:
             request.sent.wait(SEND_WAIT_S)
 
-    def _request(self, chain: _Chain, url: str) -> _Request | None:
+    def _request(self, chain: _Chain, url: str, params: Params = None) -> _Request | None:
         """(Lock held.) Send the request for ``url`` in a thread, if the chain may."""
-        key = (url, chain.page_size)
-        if chain.dropped or key in self._pending:
+        key = _key(url, chain.page_size, params)
+        if self._closed or chain.dropped or key in self._pending:
             return None
         if chain.waiting >= self.depth:
             chain.deferred = url
             return None
         ahead, sent = chain.graph.fork(), threading.Event()
-        future = self._pool.submit(self._fetch, chain, ahead, url, sent)
+        future = self._pool.submit(self._fetch, chain, ahead, url, params, sent)
         chain.waiting += 1
         self._pending[key] = request = _Request(time.monotonic(), ahead, future, chain, sent)
         return request
 
-    def _fetch(self, chain: _Chain, ahead: GraphClient, url: str, sent: threading.Event) -> Page:
+    def _fetch(
+        self, chain: _Chain, ahead: GraphClient, url: str, params: Params, sent: threading.Event
+    ) -> Page:
         try:
-            return chain.fetch(ahead, url, chain.page_size, self._follow(chain), sent.set)
+            follow = self._follow(chain)
+            return chain.fetch(ahead, url, chain.page_size, follow, sent.set, params=params)
         finally:
             sent.set()  # failed before it was sent, or a transport that does not trace
 
@@ -145,12 +239,13 @@ class PagePrefetch:
     def _drop_stale(self) -> None:
         now = time.monotonic()
         while self._pending:
-            key, request = next(iter(self._pending.items()))
+            request = next(iter(self._pending.values()))
             if now - request.started < self.max_age_s and len(self._pending) < self.max_pending:
                 return
-            del self._pending[key]
-            request.chain.dropped = True
-            request.future.cancel()  # not started yet: never sent; else its answer is dropped
+            self._drop(self._pending.popitem(last=False)[1])
 
-
-PREFETCH = PagePrefetch()
+    @staticmethod
+    def _drop(request: _Request) -> None:
+        """(Lock held; the request already out of ``_pending``.) Its chain asks no more."""
+        request.chain.dropped = True
+        request.future.cancel()  # not started yet: never sent; else its answer is dropped

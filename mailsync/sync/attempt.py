@@ -8,19 +8,16 @@ that decision, and Prefect's task retry only re-enters (README, "Retries").
 Each page is one transaction: the page's rows, the fence (do we still hold the chunk?), the
 job's new checkpoint and, on the chunk's last page, its completion. A crash anywhere
 leaves a page wholly written or not at all, and the next attempt (or chunk) continues
-from the newest checkpoint. The next page is fetched while the current one is written, and
-its rows are staged (on a second connection) while the current one commits; pages commit
-in order, one after the other (mailsync.sync.inorder).
+from the newest checkpoint. The next page is fetched (mailsync.graph.prefetch) while the
+current one is written, on the attempt's own thread and connection.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
@@ -38,11 +35,11 @@ from mailsync.errors import (
 )
 from mailsync.graph.backoff import retry_delay
 from mailsync.graph.client import Cursor, EmailRecord, GraphClient, Page
+from mailsync.graph.prefetch import PagePrefetch
 from mailsync.store.db import Database, Row, Session
 from mailsync.sync import shutdown
 from mailsync.sync.heartbeat import Heartbeat
-from mailsync.sync.ingest import merge_staged, stage_messages
-from mailsync.sync.inorder import Handover, InOrder
+from mailsync.sync.ingest import write_messages
 from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -200,8 +197,7 @@ class AttemptTiming:
     started: float
     fetch_ms: float = 0.0  # fetching and parsing pages (the prefetch thread)
     fetch_wait_ms: float = 0.0  # the attempt blocked, waiting for a page
-    write_ms: float = 0.0  # the attempt blocked on page transactions (staging a page, waiting
-    # for the one before it to commit; the chunk's last page, all of it)
+    write_ms: float = 0.0  # page transactions, committed
 
     def wait(self, pages: Iterator[P]) -> P | None:
         """The next page of a pager that requests ahead itself (mailsync.graph.delta): the time
@@ -214,40 +210,34 @@ class AttemptTiming:
             self.fetch_ms += waited_ms
             self.fetch_wait_ms += waited_ms
 
-    def fetch(self, pages: Iterator[P]) -> P | None:
+    def wait_ahead(self, pages: Iterator[P]) -> P | None:
+        """The next page of a pager whose pages are fetched in a thread (``fetching``): the
+        time blocked is waiting."""
         begun = time.perf_counter()
         try:
             return next(pages, None)
         finally:
+            self.fetch_wait_ms += (time.perf_counter() - begun) * 1000
+
+    def fetching(self, pages: Iterator[P]) -> Iterator[P]:
+        """The pages, the time each takes to come counted as fetching (the prefetch thread)."""
+        while True:
+            begun = time.perf_counter()
+            page = next(pages, None)
             self.fetch_ms += (time.perf_counter() - begun) * 1000
+            if page is None:
+                return
+            yield page
 
     def as_json(self, writing_ms: float = 0.0) -> dict[str, float]:
         """The times so far, from inside a page's transaction: ``write_ms`` of the pages
-        handed over, ``writing_ms`` of this one's so far (its rows); ``elapsed_ms``
+        committed, ``writing_ms`` of this one's transaction so far (its rows); ``elapsed_ms``
         is now. What the transaction spends after this (fence, completion, commit) is the
         attempt's time beyond ``elapsed_ms``."""
         elapsed_ms = (time.perf_counter() - self.started) * 1000
         times = (self.fetch_ms, self.fetch_wait_ms, self.write_ms, writing_ms, elapsed_ms)
         names = ("fetch_ms", "fetch_wait_ms", "write_ms", "writing_ms", "elapsed_ms")
         return {name: round(ms, 1) for name, ms in zip(names, times, strict=True)}
-
-
-def prefetched(pages: Iterator[P], timing: AttemptTiming) -> Iterator[P]:
-    """The pages, the next one requested (in a thread) while the caller writes this one.
-
-    A pager ends after its last page without another request, so nothing is fetched past
-    the end; an error of the request in flight is raised where its page is taken.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-prefetch") as prefetch:
-        upcoming: Future[P | None] = prefetch.submit(timing.fetch, pages)
-        while True:
-            waited = time.perf_counter()
-            page = upcoming.result()
-            timing.fetch_wait_ms += (time.perf_counter() - waited) * 1000
-            if page is None:
-                return
-            upcoming = prefetch.submit(timing.fetch, pages)
-            yield page
 
 
 class Attempt:
@@ -267,13 +257,14 @@ class Attempt:
         worker: Worker,
         chunk: Row,
         position: Position,
+        *,
+        prefetch: PagePrefetch,
     ) -> None:
         self.db, self.graph, self.job, self.store, self.worker = db, graph, job, store, worker
+        self.prefetch = prefetch  # the process's (mailsync.runtime): its waits see a stop
         self.chunk = chunk
         self.position = position  # where the job stands in the chunk's folder
         self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
-        self.committed: dict[str, Any] = self.progress  # the newest page committed
-        self._writes = InOrder("page-commit")
         self.timing = AttemptTiming(time.perf_counter())
         self.calls_before = graph.api_calls
         self.fence = {
@@ -298,12 +289,9 @@ class Attempt:
         """Run the attempt to completion; or record why it failed and raise
         ``ChunkAttemptError`` (or ``LeaseLostError`` when the chunk is no longer ours)."""
         try:
-            with (
-                Heartbeat(
-                    self.db, self.chunk, self.worker.worker_id, self.worker.heartbeat_s
-                ) as self.heartbeat,
-                self._writes,
-            ):
+            with Heartbeat(
+                self.db, self.chunk, self.worker.worker_id, self.worker.heartbeat_s
+            ) as self.heartbeat:
                 self._work()
         except LeaseLostError:
             raise  # the chunk is someone else's now: nothing of ours may be written
@@ -316,8 +304,8 @@ class Attempt:
             chunk_index=self.index,
             status="completed",
             attempt=self.chunk["attempts"],
-            emails_processed=self.committed.get("emails_processed", 0),
-            emails_failed=self.committed.get("emails_failed", 0),
+            emails_processed=self.progress.get("emails_processed", 0),
+            emails_failed=self.progress.get("emails_failed", 0),
             api_calls=self._api_calls(),
             processing_time_ms=self._elapsed_ms(),
         )
@@ -341,19 +329,17 @@ class Attempt:
         done: bool = False,
         exhausted: bool = False,
     ) -> None:
-        """One transaction: the page's messages, whatever ``first`` writes, their merge, the
-        fence, whatever ``also`` writes (the checkpoint, removals, a delta link), the chunk's
-        progress and, when ``done``, its completion.
+        """One transaction, on the attempt's own thread and connection: whatever ``first``
+        writes, the page's messages, the fence, whatever ``also`` writes (the checkpoint,
+        removals, a delta link), the chunk's progress and, when ``done``, its completion.
+        Progress is kept in memory only once committed.
 
-        Its rows are staged here, on a connection of their own, while the page before it
-        still finishes; then it finishes in the commit thread (``InOrder``) once that page
-        has committed, and this returns, except after the chunk's last page, which is waited
-        for. So commits keep their order, and a page whose predecessor failed is rolled back
-        before it merges anything. Pipelined: the begin and the tenant go with the COPY, the
-        merge is one round trip, and everything after it travels with the commit (the fence
-        raises in the database when the claim is gone, so nothing of a lost claim commits).
-        ``self.progress`` is what the pages handed over add up to; ``self.committed``, what
-        the database holds."""
+        Pipelined, three round trips: the begin, the tenant and the statements before the
+        COPY go with it, the upsert is one trip, and everything after it travels with the
+        commit (the fence raises in the database when the claim is gone, so nothing of a
+        lost claim commits). Staging the next page on a second connection while this one
+        commits was tried and measured; it did not pay for its thread, its connection and
+        its hand-over (docs/benchmark.md, "One write path")."""
         before = self.progress
         progress = {
             **before,
@@ -362,66 +348,21 @@ class Attempt:
             "emails_failed": before.get("emails_failed", 0) + failed,
             "pages": before.get("pages", 0) + (1 if messages or failed or checkpoint else 0),
         }
-        blocked = time.perf_counter()
-        rows = list(messages)
-        staged = Handover(self._stage(rows))
-        try:
-            self._writes.after_previous()
-            self.progress = progress
-            self._writes.then(
-                lambda: self._finish(staged, rows, progress, first, also, done, exhausted, blocked)
-            )
-        except BaseException:  # the page before failed, or a stop landed before the hand-over
-            if (dropped := staged.take()) is not None:
-                dropped[0].__exit__(*sys.exc_info())  # rolled back, its connection back
-            raise
-        if done:
-            self._writes.after_previous()
-        self.timing.write_ms += (time.perf_counter() - blocked) * 1000
-
-    def _stage(self, messages: list[EmailRecord]) -> tuple[ExitStack, Session]:
-        """A page's transaction, begun, its rows in the connection's staging table."""
-        with ExitStack() as stack:
-            session = stack.enter_context(self.db.pipelined(self.job["business_id"]))
-            stage_messages(session, messages)
-            return stack.pop_all(), session
-        raise AssertionError("unreachable")  # pragma: no cover (mypy: the block may swallow)
-
-    def _finish(
-        self,
-        handover: Handover[tuple[ExitStack, Session]],
-        messages: list[EmailRecord],
-        progress: dict[str, Any],
-        first: Callable[[Session], None] | None,
-        also: Callable[[Session], None] | None,
-        done: bool,
-        exhausted: bool,
-        blocked: float,
-    ) -> None:
-        """The rest of a staged page's transaction, and its commit (the commit thread).
-        ``blocked``: when the attempt began to wait for this page (its timing: the last
-        page's is all of it, the others' only their staging and the wait for the one before).
-        Nothing to do when the attempt already dropped the page (it stopped meanwhile)."""
-        if (taken := handover.take()) is None:
-            return
-        staged, session = taken
-        job, committed = self.job, self.committed
-        with staged:
+        write_started = time.perf_counter()
+        job = self.job
+        with self.db.pipelined(job["business_id"]) as session:
             if first is not None:
                 first(session)
-            written = merge_staged(
+            written = write_messages(
                 session,
                 business_id=job["business_id"],
                 store_id=job["store_id"],
                 job_id=job["id"],
-                messages=messages,
+                messages=list(messages),
             )
-            progress = {
-                **progress,
-                "emails_added": committed.get("emails_added", 0) + written.inserted,
-                "emails_updated": committed.get("emails_updated", 0) + written.updated,
-                "timing": self.timing.as_json((time.perf_counter() - blocked) * 1000),
-            }
+            progress["emails_added"] = before.get("emails_added", 0) + written.inserted
+            progress["emails_updated"] = before.get("emails_updated", 0) + written.updated
+            progress["timing"] = self.timing.as_json((time.perf_counter() - write_started) * 1000)
             # The fence: it takes the chunk's row lock and fails the transaction for a worker
             # that lost it. (After the rows, so the lock is held for the least time.)
             session.execute(
@@ -452,7 +393,8 @@ class Attempt:
         # Fenced like the page, in the same transaction: it cannot find the claim gone.
         if completed is not None and not (completed.one() or {}).get("completed"):
             raise LeaseLostError(f"chunk {self.index}: claim lost at completion")
-        self.committed = progress
+        self.timing.write_ms += (time.perf_counter() - write_started) * 1000
+        self.progress = progress
 
     def _checkpoint(
         self, cursor: dict[str, Any], emails_processed: int, *, exhausted: bool
@@ -552,9 +494,10 @@ class WindowAttempt(Attempt):
             page_size=self.job["page_size"],
             limit=remaining,
         )
-        for page in prefetched(pages, self.timing):
-            self._check_lease()
-            self._write(page)
+        with closing(self.prefetch.ahead(self.timing.fetching(pages))) as ahead:
+            while (page := self.timing.wait_ahead(ahead)) is not None:
+                self._check_lease()
+                self._write(page)
 
     def _write(self, page: Page) -> None:
         position = Position(

@@ -1,5 +1,4 @@
-"""Writing a page of messages: binary COPY into a staging table (staging), then one upsert
-into emails (merging).
+"""Writing a page of messages: binary COPY into a staging table, then one upsert into emails.
 
 Replays store nothing twice (unique (store_id, graph_id)); a message whose stored fields
 changed is updated; an identical one costs no write (content_hash).
@@ -56,35 +55,14 @@ def write_messages(
     job_id: UUID,
     messages: list[EmailRecord],
 ) -> WriteResult:
-    """Stage the page and merge it, in the session's transaction."""
-    stage_messages(session, messages)
-    return merge_staged(
-        session, business_id=business_id, store_id=store_id, job_id=job_id, messages=messages
-    )
-
-
-def stage_messages(session: Session, messages: list[EmailRecord]) -> None:
-    """COPY the page into the connection's staging table: nothing shared is touched, so a
-    page can be staged while the page before it still holds its locks (mailsync.sync.attempt)."""
+    """COPY the page into the connection's staging table, then merge it into emails and its
+    attachments, in the session's transaction."""
     if not messages:
-        return
+        return WriteResult(0, 0, 0)
     session.execute("create_email_staging")
     session.copy_rows(
         "email_staging", EMAIL_COLUMNS, (m.row() for m in messages), _STAGING_COLUMN_TYPES
     )
-
-
-def merge_staged(
-    session: Session,
-    *,
-    business_id: UUID,
-    store_id: UUID,
-    job_id: UUID,
-    messages: list[EmailRecord],
-) -> WriteResult:
-    """The staged page (``stage_messages``, same session) into emails and its attachments."""
-    if not messages:
-        return WriteResult(0, 0, 0)
     upserted = session.send(
         "upsert_staged_emails", business_id=business_id, store_id=store_id, job_id=job_id
     )

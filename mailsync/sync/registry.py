@@ -28,9 +28,9 @@ MAX_INTERVAL_MINUTES = 7 * 24 * 60  # the column's CHECK says the same
 
 def pool_size_for(parallel: int) -> int:
     """Database connections for a process syncing ``parallel`` mailboxes at once: each sync
-    stages a page while the one before it commits, renews its heartbeat and takes Graph
-    slots; about three at a time."""
-    return 2 + 3 * parallel
+    writes pages (one transaction at a time), renews its heartbeat and takes Graph slots;
+    about two at a time."""
+    return 2 + 2 * parallel
 
 
 @dataclass(frozen=True)

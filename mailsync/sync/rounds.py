@@ -45,7 +45,7 @@ from mailsync.errors import DeltaQuotaExceededError, GraphError, SyncStateExpire
 from mailsync.graph.client import Cursor, Page
 from mailsync.graph.delta import DeltaPage, iter_delta
 from mailsync.store.db import Session
-from mailsync.sync.attempt import Attempt, Position, prefetched
+from mailsync.sync.attempt import Attempt, Position
 from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class DeltaAttempt(Attempt):
                 code="OtherGraphHost",
             )
         mailbox, folder = self.store["mailbox"], self.folder_id
-        pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"])
+        pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"], self.prefetch)
         with closing(pages):
             while (page := self.timing.wait(pages)) is not None:
                 self._check_lease()
@@ -250,18 +250,19 @@ class DeltaAttempt(Attempt):
             until=graph_time(self.job["sync_to"]),
             page_size=self.job["page_size"],
         )
-        for page in prefetched(pages, self.timing):
-            self._check_lease()
-            after = RoundState(fallback=True, listing=page.cursor.to_json())
-            self._commit(
-                messages=page.messages,
-                failed=len(page.failed_ids),
-                also=self._position_writer(after, exhausted=page.last, delivered=page),
-                done=page.last,
-                exhausted=page.last,
-            )
-            self.position = Position(
-                exhausted=page.last,
-                emails_processed=self.position.emails_processed + len(page.messages),
-                state=dict(after),
-            )
+        with closing(self.prefetch.ahead(self.timing.fetching(pages))) as ahead:
+            while (page := self.timing.wait_ahead(ahead)) is not None:
+                self._check_lease()
+                after = RoundState(fallback=True, listing=page.cursor.to_json())
+                self._commit(
+                    messages=page.messages,
+                    failed=len(page.failed_ids),
+                    also=self._position_writer(after, exhausted=page.last, delivered=page),
+                    done=page.last,
+                    exhausted=page.last,
+                )
+                self.position = Position(
+                    exhausted=page.last,
+                    emails_processed=self.position.emails_processed + len(page.messages),
+                    state=dict(after),
+                )

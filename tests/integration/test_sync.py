@@ -17,8 +17,9 @@ from mailsync.errors import (
     SyncIncompleteError,
 )
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.sync import attempt as attempt_module
+from mailsync.sync import shutdown
 from mailsync.sync.attempt import Worker, claim_chunk
-from mailsync.sync.inorder import InOrder
 from mailsync.sync.jobs import SyncRequest, begin_job, default_business_id, load_store, open_job
 from mailsync.sync.planning import plan_job
 from mailsync.sync.rounds import DeltaAttempt
@@ -367,7 +368,14 @@ def first_chunks_attempt(
     claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
     assert claim.position is not None
     return DeltaAttempt(
-        runtime.db, graph, claim.job, claim.store, worker, claim.chunk, claim.position
+        runtime.db,
+        graph,
+        claim.job,
+        claim.store,
+        worker,
+        claim.chunk,
+        claim.position,
+        prefetch=runtime.prefetch,
     )
 
 
@@ -422,21 +430,18 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     assert processed == 0 and "pages" not in progress
 
 
-def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one_fails(
+def test_a_claim_lost_while_a_page_waits_in_its_fence_rolls_that_page_back(
     runtime: Any, simulator: Any, database_url: str
 ) -> None:
-    """Page 2's rows are COPYed (on a second connection) while page 1 waits in its fence;
-    when page 1's fence then finds the claim gone, page 2 is rolled back, never merged:
-    nothing of either page, no checkpoint, no transaction left open."""
+    """Page 1's transaction has its rows in and waits for the chunk's row lock in its fence
+    (recovery holds it); recovery gives the chunk to another worker: page 1 is rolled back,
+    nothing of it, no checkpoint, no transaction left open, and the attempt is told."""
     attempt = first_chunks_attempt(
         runtime, simulator, "worker-about-to-lose-it", seed=41, chunk_size=300
     )
-    activity = (
-        "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'"
-        "                         AND query LIKE '%%record_chunk_page%%'),"
-        "       count(*) FILTER (WHERE state = 'idle in transaction'"
-        "                         AND query LIKE 'COPY%%email_staging%%')"
-        "  FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    fenced = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE '%%record_chunk_page%%'"
     )
     with (
         ThreadPoolExecutor(1) as thread,
@@ -447,12 +452,11 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
             "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (attempt.chunk["id"],)
         )
         running = thread.submit(attempt.run)
-        fenced, staged = wait_for(
-            "page 1 waiting in its fence and page 2 staged",
-            lambda: (row := watch.execute(activity).fetchone()) and all(row) and row,
-            timeout_s=10,
+        wait_for(
+            "page 1 waiting in its fence",
+            lambda: (row := watch.execute(fenced).fetchone()) is not None and row[0] == 1,
+            timeout_s=30,
         )
-        assert (fenced, staged) == (1, 1)
         take_the_claim(recovery, attempt.chunk["id"])
         recovery.commit()
         with pytest.raises(LeaseLostError, match="no longer held by worker worker-about-to"):
@@ -463,26 +467,26 @@ def test_the_next_page_is_staged_while_one_commits_and_rolled_back_when_that_one
     assert scalar(database_url, OPEN_TRANSACTIONS) == 0
 
 
-def test_a_stop_that_lands_while_a_page_is_handed_over_leaves_no_transaction_open(
+def test_a_stop_that_lands_inside_a_pages_transaction_leaves_no_transaction_open(
     runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stop (Prefect's SIGTERM handler raises in the main thread, wherever it is) that
-    lands after page 2 is staged but before the commit thread has it: page 2's transaction
-    is rolled back and its connection returned at once, page 1 commits whole, and the chunk
-    is given back, its attempt not counted."""
+    lands while page 2's rows are being written: page 2's transaction is rolled back and
+    its connection returned at once, page 1 stays whole, and the chunk is given back, its
+    attempt not counted."""
     attempt = first_chunks_attempt(
         runtime, simulator, "worker-told-to-stop", seed=43, chunk_size=300
     )
-    hand_over = InOrder.then
-    handed: list[object] = []
+    write = attempt_module.write_messages
+    pages: list[int] = []
 
-    def stopped_at_the_second(self: InOrder, piece: Any) -> None:
-        if len(handed) == 1:
-            raise KeyboardInterrupt("SIGTERM")  # as if it landed just before the hand-over
-        handed.append(piece)
-        hand_over(self, piece)
+    def stopped_in_the_second(session: Any, **page: Any) -> Any:
+        pages.append(len(page["messages"]))
+        if len(pages) == 2:
+            raise KeyboardInterrupt("SIGTERM")  # as if it landed in the page's transaction
+        return write(session, **page)
 
-    monkeypatch.setattr(InOrder, "then", stopped_at_the_second)
+    monkeypatch.setattr(attempt_module, "write_messages", stopped_in_the_second)
     # The traceback is held (bound to ``stopped`` until the test ends), as a stopping
     # worker's frames are: the page's transaction may not wait for them to be collected.
     with pytest.raises(KeyboardInterrupt, match="SIGTERM") as stopped:  # noqa: F841
@@ -495,6 +499,39 @@ def test_a_stop_that_lands_while_a_page_is_handed_over_leaves_no_transaction_ope
     chunk = "SELECT status, attempts FROM chunked_sync_jobs WHERE id = %s"
     with psycopg.connect(database_url) as conn:
         assert conn.execute(chunk, (attempt.chunk["id"],)).fetchone() == ("pending", 0)
+
+
+def test_a_stop_while_a_graph_request_hangs_releases_the_chunk_without_waiting_for_it(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """The round's first request is held by Graph (the simulator holds it until told); a
+    stop asked then, as SIGTERM and Ctrl-C ask it, wakes the attempt's wait on that page:
+    the chunk is released (pending, no holder, its attempt not counted), nothing written,
+    no transaction left open, all while the request is still held."""
+    attempt = first_chunks_attempt(runtime, simulator, "worker-stopped", seed=53, chunk_size=300)
+    simulator.faults.hold_timeout_s = 600.0  # longer than anything below waits
+    simulator.faults.hold_after_pages = 0  # the chunk's first page is held
+    try:
+        with ThreadPoolExecutor(1) as thread:
+            running = thread.submit(attempt.run)
+            assert simulator.faults.wait_held(60)
+            shutdown.request_stop()
+            with pytest.raises(shutdown.StopRequested):
+                running.result(timeout=120)
+
+            chunk = (
+                "SELECT status, worker_id, attempts, emails_processed"
+                " FROM chunked_sync_jobs WHERE id = %s"
+            )
+            with psycopg.connect(database_url) as conn:
+                row = conn.execute(chunk, (attempt.chunk["id"],)).fetchone()
+            assert row == ("pending", None, 0, 0)
+            assert scalar(database_url, "SELECT count(*) FROM emails") == 0
+            assert scalar(database_url, OPEN_TRANSACTIONS) == 0
+            assert simulator.faults.wait_held(0)  # the page's request: still held
+    finally:
+        simulator.faults.release_held()
+        shutdown.clear()
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(

@@ -1,18 +1,23 @@
 """A round requested ahead (mailsync.graph.prefetch): each page as soon as the one before named
-its link, never more than ``depth`` untaken; and the nextLink read off a page's raw bytes
-(mailsync.graph.delta.early_next_link). Threads, no I/O: the fetch is a function."""
+its link, never more than ``depth`` untaken; a page too old when taken is asked again; a
+stop wakes a wait on a page; ``close`` ends it all; and the nextLink read off a page's raw
+bytes (mailsync.graph.delta.early_next_link). Threads, no I/O: the fetch is a function."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
+import pytest
 
 from mailsync.graph.client import GraphClient
 from mailsync.graph.delta import early_next_link
-from mailsync.graph.prefetch import NextLink, PagePrefetch, Sent
+from mailsync.graph.prefetch import NextLink, PagePrefetch, Params, PrefetchClosedError, Sent
+from mailsync.sync import shutdown
 
 
 class Round:
@@ -26,7 +31,14 @@ class Round:
         self.lock = threading.Lock()
 
     def fetch(
-        self, graph: GraphClient, url: str, page_size: int, next_link: NextLink, sent: Sent
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        next_link: NextLink,
+        sent: Sent,
+        *,
+        params: Params = None,
     ) -> str:
         sent()
         with self.lock:
@@ -105,3 +117,81 @@ def test_the_next_link_is_read_off_the_raw_page_wherever_graph_writes_it() -> No
     assert early_next_link(page("@odata.deltaLink", link)) is None
     assert early_next_link(b'{"value":[],"@odata.nextLink":"https://cut-off') is None
     assert early_next_link(b'{"value":[],"@odata.nextLink":17}') is None
+
+
+def test_a_page_requested_longer_ago_than_the_age_limit_is_asked_again_when_taken() -> None:
+    rounds, prefetch = Round(pages=1), PagePrefetch(max_age_s=0.0)
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    rounds.wait_done(1)  # in hand, but requested "too long" ago already
+    assert prefetch.take(graph, "1", 100) is None  # dropped: not handed over
+
+    assert prefetch.page(graph, "1", 100, rounds.fetch) == "page 1"  # asked again
+    assert rounds.asked == ["1", "1"]
+    assert graph.api_calls == 1  # the dropped request is counted by nobody
+    prefetch.close()
+
+
+class Hanging:
+    """A fetch whose request is on the wire and stays there until ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+
+    def fetch(
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        next_link: NextLink,
+        sent: Sent,
+        *,
+        params: Params = None,
+    ) -> str:
+        sent()
+        self.answer.wait(30)
+        return f"page {url}"
+
+    def pages(self) -> Iterator[str]:
+        self.answer.wait(30)
+        yield "page 1"
+
+
+def test_a_stop_wakes_a_wait_on_a_page_whose_request_hangs() -> None:
+    """The first page of a round and the next page of a listing: a stop asked (as SIGTERM
+    and Ctrl-C ask it) while their request hangs raises StopRequested in the waiting thread
+    at once, the request still unanswered."""
+    hanging, prefetch = Hanging(), PagePrefetch(wait=shutdown.result)
+    graph = client()
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            round_page = threads.submit(prefetch.page, graph, "1", 100, hanging.fetch)
+            listed = threads.submit(next, prefetch.ahead(hanging.pages()))
+            shutdown.request_stop()
+            for waiting in (round_page, listed):
+                with pytest.raises(shutdown.StopRequested):
+                    waiting.result(timeout=20)
+            assert not hanging.answer.is_set()  # woken by the stop, not by an answer
+    finally:
+        hanging.answer.set()
+        shutdown.clear()
+        prefetch.close()
+
+
+def test_close_drops_the_pages_waiting_joins_its_threads_and_takes_no_more() -> None:
+    rounds = Round(pages=5)
+    prefetch = PagePrefetch(name="prefetch-being-closed")
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    rounds.wait_done(2)  # pages 1 and 2 wait untaken, 3 deferred
+
+    prefetch.close()
+
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("prefetch-being-closed")]
+    assert alive == []
+    assert prefetch.take(graph, "1", 100) is None
+    with pytest.raises(PrefetchClosedError):
+        prefetch.page(graph, "3", 100, rounds.fetch)
+    with pytest.raises(PrefetchClosedError):
+        next(prefetch.ahead(iter(["page"])))
+    assert rounds.asked == ["1", "2"]  # nothing asked since
