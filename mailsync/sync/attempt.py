@@ -3,7 +3,7 @@
 Where a chunk is claimed: ``claim_chunk`` below, one SQL statement (``claim_chunk`` in
 sql/migrations/0005). Where its retry is decided: the chunk row (``fail_chunk_job``), told
 the cause's category and our backoff; the attempt then raises ``ChunkAttemptError`` with
-that decision, and Prefect's task retry only re-enters (README, "Retries").
+that decision, and Prefect's task retry only re-enters (docs/design.md, "Retries").
 
 Each page is one transaction: the page's rows, the fence (do we still hold the chunk?), the
 job's new checkpoint and, on the chunk's last page, its completion. A crash anywhere
