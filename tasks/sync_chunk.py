@@ -31,17 +31,17 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
     claim = claim_chunk(runtime.db, job_id, chunk_index, worker)  # one transaction
     chunk = claim.chunk
     if claim.position is None:  # finished by an earlier run of this job
-        return asdict(ChunkOutcome.of_row(chunk))
+        return asdict(ChunkOutcome.of_chunk(chunk))
     logger = get_run_logger()
     logger.info(
         "chunk %s/%s (%s, %s): attempt %s",
         chunk_index,
-        chunk["total_chunks"],
-        chunk["kind"],
+        chunk.total_chunks,
+        chunk.kind,
         claim.folder,
-        chunk["attempts"],
+        chunk.attempts,
     )
-    kind = DeltaAttempt if chunk["kind"] == "delta" else WindowAttempt
+    kind = DeltaAttempt if chunk.kind == "delta" else WindowAttempt
     graph = runtime.graph(graph_url)
     attempt = kind(
         runtime.db,

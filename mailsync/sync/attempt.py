@@ -37,6 +37,7 @@ from mailsync.graph.backoff import retry_delay
 from mailsync.graph.client import Cursor, EmailRecord, GraphClient, Page
 from mailsync.graph.prefetch import PagePrefetch
 from mailsync.store.db import Database, Row, Session
+from mailsync.store.rows import ChunkRow, JobRow, StoreRow
 from mailsync.sync import shutdown
 from mailsync.sync.heartbeat import Heartbeat
 from mailsync.sync.ingest import write_messages
@@ -59,18 +60,18 @@ class ChunkOutcome:
     error_message: str | None = None
 
     @classmethod
-    def of_row(cls, row: Row) -> ChunkOutcome:
+    def of_chunk(cls, chunk: ChunkRow) -> ChunkOutcome:
         """The outcome recorded for a finished chunk (a resumed job skips those)."""
         return cls(
-            chunk_index=row["chunk_index"],
-            status=row["status"],
-            attempt=row["attempts"],
-            emails_processed=row["emails_processed"],
-            emails_failed=row["emails_failed"],
-            api_calls=row["api_calls_made"],
-            processing_time_ms=row["processing_time_ms"],
-            error_category=row["error_category"],
-            error_message=row["error_message"],
+            chunk_index=chunk.chunk_index,
+            status=chunk.status,
+            attempt=chunk.attempts,
+            emails_processed=chunk.emails_processed,
+            emails_failed=chunk.emails_failed,
+            api_calls=chunk.api_calls_made,
+            processing_time_ms=chunk.processing_time_ms,
+            error_category=chunk.error_category,
+            error_message=chunk.error_message,
         )
 
 
@@ -118,16 +119,16 @@ class Claim:
     """What ``claim_chunk`` answers: the chunk, its job and store, and the job's position in
     the chunk's folder (None when the chunk had already finished: completed or failed)."""
 
-    chunk: Row
-    job: Row
-    store: Row
+    chunk: ChunkRow
+    job: JobRow
+    store: StoreRow
     position: Position | None
     folder_path: str | None = None  # "Inbox/Projects", as the folder was last listed
 
     @property
     def folder(self) -> str:
         """The chunk's folder as a person reads it: its path, else its id."""
-        return self.folder_path or str(self.chunk["folder_id"] or self.store["folder"])
+        return self.folder_path or str(self.chunk.folder_id or self.store.folder)
 
 
 def claim_chunk(
@@ -176,10 +177,11 @@ def claim_chunk(
         if row is None:
             raise InvalidInputError(f"job {job_id} has no chunk {chunk_index}")
         outcome, wait_s = row.pop("outcome"), float(row.pop("wait_s"))
+        chunk, job_of, store_of = ChunkRow.of(row), JobRow.of(job_row), StoreRow.of(store_row)
         if outcome == "claimed":
-            return Claim(row, job_row, store_row, Position.of_row(position), path)
+            return Claim(chunk, job_of, store_of, Position.of_row(position), path)
         if outcome == "finished":
-            return Claim(row, job_row, store_row, None, path)
+            return Claim(chunk, job_of, store_of, None, path)
         if outcome == "blocked" or (outcome == "busy" and time.monotonic() + wait_s > patience):
             raise ChunkBusyError(
                 f"chunk {chunk_index} of job {job_id} is not claimable: {outcome} "
@@ -252,10 +254,10 @@ class Attempt:
         self,
         db: Database,
         graph: GraphClient,
-        job: Row,
-        store: Row,
+        job: JobRow,
+        store: StoreRow,
         worker: Worker,
-        chunk: Row,
+        chunk: ChunkRow,
         position: Position,
         *,
         prefetch: PagePrefetch,
@@ -264,26 +266,26 @@ class Attempt:
         self.prefetch = prefetch  # the process's (mailsync.runtime): its waits see a stop
         self.chunk = chunk
         self.position = position  # where the job stands in the chunk's folder
-        self.progress: dict[str, Any] = dict(chunk["checkpoint_data"] or {})
+        self.progress: dict[str, Any] = dict(chunk.checkpoint_data or {})
         self.timing = AttemptTiming(time.perf_counter())
         self.calls_before = graph.api_calls
         self.fence = {
-            "chunk_id": chunk["id"],
+            "chunk_id": chunk.id,
             "worker_id": worker.worker_id,
-            "attempt": chunk["attempts"],
+            "attempt": chunk.attempts,
         }
         self.heartbeat: Heartbeat | None = None
 
     @property
     def index(self) -> int:
-        return int(self.chunk["chunk_index"])
+        return int(self.chunk.chunk_index)
 
     @property
     def folder_id(self) -> str:
         # Chunks planned before folders existed (0006) name the store's one folder.
-        if self.chunk["folder_id"]:
-            return str(self.chunk["folder_id"])
-        return "inbox" if self.store["folder"] == "all" else str(self.store["folder"])
+        if self.chunk.folder_id:
+            return str(self.chunk.folder_id)
+        return "inbox" if self.store.folder == "all" else str(self.store.folder)
 
     def run(self) -> ChunkOutcome:
         """Run the attempt to completion; or record why it failed and raise
@@ -303,7 +305,7 @@ class Attempt:
         return ChunkOutcome(
             chunk_index=self.index,
             status="completed",
-            attempt=self.chunk["attempts"],
+            attempt=self.chunk.attempts,
             emails_processed=self.progress.get("emails_processed", 0),
             emails_failed=self.progress.get("emails_failed", 0),
             api_calls=self._api_calls(),
@@ -350,14 +352,14 @@ class Attempt:
         }
         write_started = time.perf_counter()
         job = self.job
-        with self.db.pipelined(job["business_id"]) as session:
+        with self.db.pipelined(job.business_id) as session:
             if first is not None:
                 first(session)
             written = write_messages(
                 session,
-                business_id=job["business_id"],
-                store_id=job["store_id"],
-                job_id=job["id"],
+                business_id=job.business_id,
+                store_id=job.store_id,
+                job_id=job.id,
                 messages=list(messages),
             )
             progress["emails_added"] = before.get("emails_added", 0) + written.inserted
@@ -406,12 +408,12 @@ class Attempt:
         def insert(session: Session) -> None:
             session.execute(
                 "insert_checkpoint",
-                business_id=job["business_id"],
-                store_id=job["store_id"],
-                job_id=job["id"],
-                chunk_id=self.chunk["id"],
+                business_id=job.business_id,
+                store_id=job.store_id,
+                job_id=job.id,
+                chunk_id=self.chunk.id,
                 chunk_index=self.index,
-                folder_id=self.chunk["folder_id"],  # as the claim reads it back (NULL: pre-0006)
+                folder_id=self.chunk.folder_id,  # as the claim reads it back (NULL: pre-0006)
                 cursor=cursor,
                 emails_processed=emails_processed,
                 exhausted=exhausted,
@@ -421,12 +423,12 @@ class Attempt:
 
     def _record_failure(self, exc: Exception) -> ChunkAttemptError:
         """Tell the chunk row why the attempt failed; the row decides retrying or failed."""
-        attempt = self.chunk["attempts"]
+        attempt = self.chunk.attempts
         message = str(exc) or type(exc).__name__
         retry_after = getattr(exc, "retry_after_s", None)
         row = self.db.one(
             "fail_chunk_job",
-            self.job["business_id"],
+            self.job.business_id,
             **self.fence,
             error_message=message,
             error_category=category_of(exc),
@@ -454,7 +456,7 @@ class Attempt:
         try:
             self.db.one(
                 "release_chunk_job",
-                self.job["business_id"],
+                self.job.business_id,
                 **self.fence,
                 reason=reason,
                 api_calls=self._api_calls(),
@@ -480,18 +482,18 @@ class WindowAttempt(Attempt):
             return
         # The folder's last chunk runs until the folder is exhausted, whatever the count.
         processed = self.progress.get("emails_processed", 0)
-        last = self.chunk["last_in_folder"] or self.index == self.chunk["total_chunks"]
-        remaining = None if last else self.chunk["chunk_size"] - processed
+        last = self.chunk.last_in_folder or self.index == self.chunk.total_chunks
+        remaining = None if last else self.chunk.chunk_size - processed
         if remaining is not None and remaining <= 0:
             self._commit(done=True)
             return
         pages = self.graph.iter_pages(
-            self.store["mailbox"],
+            self.store.mailbox,
             self.folder_id,
             cursor=self.position.cursor,
-            since=graph_time(self.job["sync_from"]),
-            until=graph_time(self.job["sync_to"]),
-            page_size=self.job["page_size"],
+            since=graph_time(self.job.sync_from),
+            until=graph_time(self.job.sync_to),
+            page_size=self.job.page_size,
             limit=remaining,
         )
         with closing(self.prefetch.ahead(self.timing.fetching(pages))) as ahead:

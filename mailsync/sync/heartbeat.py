@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 from mailsync.errors import MailsyncError
-from mailsync.store.db import Database, Row
+from mailsync.store.db import Database
+from mailsync.store.rows import ChunkRow
 
 
 class Heartbeat:
@@ -15,7 +16,7 @@ class Heartbeat:
     attempt must stop. A database blink is not a loss; the page fence decides then.
     """
 
-    def __init__(self, db: Database, chunk: Row, worker_id: str, interval_s: float) -> None:
+    def __init__(self, db: Database, chunk: ChunkRow, worker_id: str, interval_s: float) -> None:
         self._db, self._chunk, self._worker_id = db, chunk, worker_id
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -35,10 +36,10 @@ class Heartbeat:
             try:
                 row = self._db.one(
                     "heartbeat_chunk",
-                    self._chunk["business_id"],
-                    chunk_id=self._chunk["id"],
+                    self._chunk.business_id,
+                    chunk_id=self._chunk.id,
                     worker_id=self._worker_id,
-                    attempt=self._chunk["attempts"],
+                    attempt=self._chunk.attempts,
                 )
             except MailsyncError:
                 continue  # the database blinked; the page fence decides, not us

@@ -91,7 +91,7 @@ class DeltaAttempt(Attempt):
 
     @property
     def _last(self) -> bool:
-        return bool(self.chunk["last_in_folder"]) or self.index == self.chunk["total_chunks"]
+        return bool(self.chunk.last_in_folder) or self.index == self.chunk.total_chunks
 
     def _round(self, state: RoundState) -> RoundState | None:
         """Follow the round from ``state`` until the chunk is done (None), or until a round
@@ -104,8 +104,8 @@ class DeltaAttempt(Attempt):
                 f"the round's link is for {urlsplit(link).netloc}, not this Graph host",
                 code="OtherGraphHost",
             )
-        mailbox, folder = self.store["mailbox"], self.folder_id
-        pages = iter_delta(self.graph, mailbox, folder, link, self.job["page_size"], self.prefetch)
+        mailbox, folder = self.store.mailbox, self.folder_id
+        pages = iter_delta(self.graph, mailbox, folder, link, self.job.page_size, self.prefetch)
         with closing(pages):
             while (page := self.timing.wait(pages)) is not None:
                 self._check_lease()
@@ -137,7 +137,7 @@ class DeltaAttempt(Attempt):
     def _full(self, page: DeltaPage) -> bool:
         """With this page, the chunk has its share of the round (``chunk_size`` messages)."""
         delivered = self.progress.get("delivered", 0) + len(page.messages) + len(page.failed_ids)
-        return int(delivered) >= int(self.chunk["chunk_size"])
+        return int(delivered) >= int(self.chunk.chunk_size)
 
     def _write(
         self, page: DeltaPage, after: RoundState, *, presume: bool, done: bool, complete: bool
@@ -149,16 +149,16 @@ class DeltaAttempt(Attempt):
             if page.removed_ids:
                 session.execute(
                     "insert_removals",
-                    business_id=job["business_id"],
-                    store_id=job["store_id"],
-                    job_id=job["id"],
+                    business_id=job.business_id,
+                    store_id=job.store_id,
+                    job_id=job.id,
                     folder_id=folder,
                     graph_ids=page.removed_ids,
                 )
             if page.delta_link is not None:
                 session.execute(
                     "set_folder_delta_link",
-                    store_id=job["store_id"],
+                    store_id=job.store_id,
                     folder_id=folder,
                     delta_link=page.delta_link,
                 )
@@ -195,8 +195,8 @@ class DeltaAttempt(Attempt):
         job = self.job
         session.execute(
             "presume_folder_removed",
-            job_id=job["id"],
-            store_id=job["store_id"],
+            job_id=job.id,
+            store_id=job.store_id,
             folder_id=self.folder_id,
             since=None,
             until=None,
@@ -210,7 +210,7 @@ class DeltaAttempt(Attempt):
             "folder %s of %s: delta state expired (%s); restarting its round from scratch "
             "and reconciling (reset %s)",
             self.folder_id,
-            self.store["mailbox"],
+            self.store.mailbox,
             exc,
             resets,
         )
@@ -229,7 +229,7 @@ class DeltaAttempt(Attempt):
         logger.warning(
             "folder %s of %s: no delta state to be had (%s); listing it in full and reconciling",
             self.folder_id,
-            self.store["mailbox"],
+            self.store.mailbox,
             exc,
         )
         state = RoundState(fallback=True, listing=None)
@@ -243,12 +243,12 @@ class DeltaAttempt(Attempt):
     def _listing(self, state: RoundState) -> None:
         """The fallback: the rest of the folder by keyset pages, checkpointed; None: done."""
         pages = self.graph.iter_pages(
-            self.store["mailbox"],
+            self.store.mailbox,
             self.folder_id,
             cursor=Cursor.from_json(state.get("listing")),
-            since=graph_time(self.job["sync_from"]),
-            until=graph_time(self.job["sync_to"]),
-            page_size=self.job["page_size"],
+            since=graph_time(self.job.sync_from),
+            until=graph_time(self.job.sync_to),
+            page_size=self.job.page_size,
         )
         with closing(self.prefetch.ahead(self.timing.fetching(pages))) as ahead:
             while (page := self.timing.wait_ahead(ahead)) is not None:

@@ -274,10 +274,10 @@ def test_an_attempt_starts_in_one_transaction_as_its_jobs_tenant(
             claim_chunk(db, uuid.uuid4(), 1, worker)
 
         claim = claim_chunk(db, str(job), 1, worker)  # the task knows only the job id
-        assert claim.chunk["status"] == "processing" and claim.chunk["attempts"] == 1
-        assert claim.job["id"] == job and claim.store["id"] == first["store_id"]
+        assert claim.chunk.status == "processing" and claim.chunk.attempts == 1
+        assert claim.job.id == job and claim.store.id == first["store_id"]
         assert claim.position is not None and claim.position.emails_processed == 7
-        assert complete(conn, claim.chunk, "w1")
+        assert complete(conn, {"id": claim.chunk.id, "attempts": claim.chunk.attempts}, "w1")
         assert claim_chunk(db, job, 1, worker, business_id=BUSINESS).position is None
         with pytest.raises(InvalidInputError, match="no chunk 9"):
             claim_chunk(db, job, 9, worker)

@@ -394,7 +394,7 @@ def test_a_claim_names_its_chunks_folder_as_a_person_reads_it(
     graph = runtime.graph(simulator.url)
     plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
     claim = claim_chunk(runtime.db, str(job["id"]), 1, Worker.of(runtime.settings, "w"))
-    assert claim.chunk["folder_id"].startswith("AAMk")  # what the log said before
+    assert claim.chunk.folder_id.startswith("AAMk")  # what the log said before
     assert (claim.folder_path, claim.folder) == ("Inbox", "Inbox")
 
 
@@ -416,7 +416,7 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
         runtime, simulator, "worker-that-lost-it", seed=37, chunk_size=100
     )
     with psycopg.connect(database_url) as conn:  # recovery took it back; another claimed it
-        take_the_claim(conn, attempt.chunk["id"])
+        take_the_claim(conn, attempt.chunk.id)
 
     with pytest.raises(LeaseLostError, match="no longer held by worker worker-that-lost-it"):
         attempt.run()
@@ -426,7 +426,7 @@ def test_a_page_of_a_claim_that_is_gone_commits_nothing(
     assert scalar(database_url, "SELECT count(*) FROM email_removals") == 0
     chunk = "SELECT emails_processed, checkpoint_data FROM chunked_sync_jobs WHERE id = %s"
     with psycopg.connect(database_url) as conn:
-        processed, progress = conn.execute(chunk, (attempt.chunk["id"],)).fetchone()  # type: ignore[misc]
+        processed, progress = conn.execute(chunk, (attempt.chunk.id,)).fetchone()  # type: ignore[misc]
     assert processed == 0 and "pages" not in progress
 
 
@@ -449,7 +449,7 @@ def test_a_claim_lost_while_a_page_waits_in_its_fence_rolls_that_page_back(
         psycopg.connect(database_url, autocommit=True) as watch,  # a fresh view each time
     ):
         recovery.execute(  # the chunk's row lock, as recovery holds it while it decides
-            "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (attempt.chunk["id"],)
+            "SELECT 1 FROM chunked_sync_jobs WHERE id = %s FOR UPDATE", (attempt.chunk.id,)
         )
         running = thread.submit(attempt.run)
         wait_for(
@@ -457,7 +457,7 @@ def test_a_claim_lost_while_a_page_waits_in_its_fence_rolls_that_page_back(
             lambda: (row := watch.execute(fenced).fetchone()) is not None and row[0] == 1,
             timeout_s=30,
         )
-        take_the_claim(recovery, attempt.chunk["id"])
+        take_the_claim(recovery, attempt.chunk.id)
         recovery.commit()
         with pytest.raises(LeaseLostError, match="no longer held by worker worker-about-to"):
             running.result(timeout=60)
@@ -498,7 +498,7 @@ def test_a_stop_that_lands_inside_a_pages_transaction_leaves_no_transaction_open
     assert scalar(database_url, "SELECT count(*) FROM emails") == 100  # page 1, not page 2
     chunk = "SELECT status, attempts FROM chunked_sync_jobs WHERE id = %s"
     with psycopg.connect(database_url) as conn:
-        assert conn.execute(chunk, (attempt.chunk["id"],)).fetchone() == ("pending", 0)
+        assert conn.execute(chunk, (attempt.chunk.id,)).fetchone() == ("pending", 0)
 
 
 def test_a_stop_while_a_graph_request_hangs_releases_the_chunk_without_waiting_for_it(
@@ -524,7 +524,7 @@ def test_a_stop_while_a_graph_request_hangs_releases_the_chunk_without_waiting_f
                 " FROM chunked_sync_jobs WHERE id = %s"
             )
             with psycopg.connect(database_url) as conn:
-                row = conn.execute(chunk, (attempt.chunk["id"],)).fetchone()
+                row = conn.execute(chunk, (attempt.chunk.id,)).fetchone()
             assert row == ("pending", None, 0, 0)
             assert scalar(database_url, "SELECT count(*) FROM emails") == 0
             assert scalar(database_url, OPEN_TRANSACTIONS) == 0
