@@ -26,6 +26,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment, flow_run
 
+from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.store.maintenance import cleanup_lock
 from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
@@ -64,6 +65,7 @@ def cleanup(
     Returns the counts; ``{"skipped": …}`` (and zero counts) when another cleanup holds
     the lock. ``resume=False`` leaves the jobs to the next sync of their mailbox.
     """
+    forward_to_run_logs()  # mailsync's warnings in this run's logs
     runtime = get_runtime()
     logger = get_run_logger()
     stuck_after = stuck_after_s or runtime.settings.stuck_after_s

@@ -27,7 +27,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
 from mailsync import validate
+from mailsync.artifacts import sync_all_key
 from mailsync.flows.cleanup import inside_deployment
+from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import default_business_id
 from mailsync.tasks.sync_all import (
@@ -50,6 +52,7 @@ def sync_all(
 ) -> dict[str, Any]:
     """Start (in a deployment) or run (elsewhere) the sync of each due mailbox of the
     business (default: the one of MAILSYNC_TENANT_ID). Returns each mailbox's outcome."""
+    forward_to_run_logs()  # mailsync's warnings in this run's logs (its syncs run here too)
     runtime = get_runtime()
     business = str(
         validate.business_id(business_id or default_business_id(runtime.settings.tenant_id))
@@ -64,7 +67,7 @@ def sync_all(
         wait(futures)
         outcomes = [future.result() for future in futures]
     rows = _with_registry_state(business, claims, outcomes)
-    _publish(rows)
+    _publish(business, rows)
     counts = dict(Counter(row["status"] for row in rows))
     get_run_logger().info("sync-all: %s mailboxes: %s", len(rows), counts)
     return {"business_id": business, "mailboxes": rows, "counts": counts}
@@ -102,10 +105,12 @@ def _iso(value: Any) -> Any:
     return value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
 
 
-def _publish(rows: list[dict[str, Any]]) -> None:
-    """The table artifact ``sync-all``: one row per mailbox this run started."""
+def _publish(business: str, rows: list[dict[str, Any]]) -> None:
+    """A version of the business's table artifact (``sync-all-<business id>``, one key
+    however many runs): one row per mailbox this run started. Each mailbox's own sync adds
+    a version to its own key (mailsync.artifacts)."""
     create_table_artifact(
-        key="sync-all",
+        key=sync_all_key(business),
         table=[{column: row.get(column) for column in ARTIFACT_COLUMNS} for row in rows],
-        description=f"sync-all: {len(rows)} mailboxes due",
+        description=f"sync-all of business {business}: {len(rows)} mailboxes due",
     )

@@ -9,12 +9,15 @@ summary.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
 
-from mailsync.artifacts import ChunkProgress, publish_job_table
+from mailsync.artifacts import ChunkProgress, publish_sync, sync_description
+from mailsync.config import env_float
 from mailsync.errors import ChunkAttemptError, MailsyncError, SyncIncompleteError
+from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
 from mailsync.tasks.plan import plan_chunks
@@ -37,6 +40,7 @@ def sync_mailbox(
     """Sync ``mailbox``'s ``folder`` (``all``: every folder; or a well-known name or id), or
     resume ``job_id``: a folder's first sync lists it in full, later ones follow its delta
     (``full``: list every folder in full again). Returns the job's summary."""
+    forward_to_run_logs()  # mailsync's warnings (a delta reset…) in this run's logs too
     runtime = get_runtime()
     runtime.graph_url(graph_url)  # another Graph host is refused before anything is written
     job, resumed = begin_job(
@@ -53,14 +57,18 @@ def sync_mailbox(
         full=full,
     )
     job_id = str(job["id"])
-    get_run_logger().info("%s job %s", "resuming" if resumed else "starting", job_id)
+    logger = get_run_logger()
+    # A new job says what it is when it ends (one line when nothing changed); a resumed one
+    # now, since it carries on from an earlier run.
+    logger.log(logging.INFO if resumed else logging.DEBUG, "%s job %s", _verb(resumed), job_id)
     try:
         plan = plan_chunks(job_id, graph_url)
     except MailsyncError as exc:  # nothing can be synced without a plan
         fail_job(runtime.db, job, str(exc), exc.category)
         raise
     chunk_task = sync_chunk.with_options(retries=plan["max_attempts"])
-    progress = ChunkProgress(job_id, plan["total_chunks"])
+    watch_after_s = env_float("MAILSYNC_PROGRESS_AFTER_S", ChunkProgress.WATCH_AFTER_S)
+    progress = ChunkProgress(job_id, plan["total_chunks"], watch_after_s)
     for index in range(1, plan["total_chunks"] + 1):
         outcome = _run_chunk(chunk_task, job_id, index, graph_url)
         progress.add(outcome)
@@ -68,11 +76,16 @@ def sync_mailbox(
             break
     summary = finish_job(runtime.db, job)
     progress.close()
-    publish_job_table(summary, progress.outcomes)
-    get_run_logger().info("job %s %s: %s", job_id, summary["status"], summary)
+    publish_sync(summary)
+    logger.info("%s", sync_description(summary))
+    logger.debug("job %s: %s", job_id, summary)
     if summary["status"] != "completed":  # a Failed run, so that automations can alert
         raise SyncIncompleteError(incomplete_message(summary), summary=summary)
     return summary
+
+
+def _verb(resumed: bool) -> str:
+    return "resuming" if resumed else "starting"
 
 
 def _run_chunk(

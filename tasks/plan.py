@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -23,7 +24,8 @@ def plan_chunks(job_id: str, graph_url: str | None = None) -> dict[str, Any]:
     planned = plan_job(
         runtime.db, runtime.graph(graph_url), job, store, runtime.settings.max_attempts
     )
-    get_run_logger().info(
+    get_run_logger().log(
+        logging.INFO if planned["estimated_emails"] else logging.DEBUG,  # a poll: no news
         "job %s (%s): %s folders, %s messages to list in full, %s chunks, up to %s attempts each",
         job_id,
         planned["sync_type"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -33,7 +34,10 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
     if claim.position is None:  # finished by an earlier run of this job
         return asdict(ChunkOutcome.of_chunk(chunk))
     logger = get_run_logger()
-    logger.info(
+    # Quiet when there is nothing to tell: a poll of 10,000 mailboxes that found no change
+    # must not write two lines per folder (a retry, messages, failures are news).
+    logger.log(
+        logging.INFO if chunk["attempts"] > 1 else logging.DEBUG,
         "chunk %s/%s (%s, %s): attempt %s",
         chunk_index,
         chunk.total_chunks,
@@ -54,7 +58,8 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
         prefetch=runtime.prefetch,
     )
     outcome = attempt.run()
-    logger.info(
+    logger.log(
+        logging.INFO if outcome.emails_processed or outcome.emails_failed else logging.DEBUG,
         "chunk %s: %s messages, %s failed, %s API calls, %s ms",
         chunk_index,
         outcome.emails_processed,

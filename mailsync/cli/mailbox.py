@@ -11,7 +11,6 @@ import json
 from typing import Annotated, Any, cast
 
 import typer
-from rich.table import Table
 
 from mailsync import validate
 from mailsync.cli.common import (
@@ -22,6 +21,7 @@ from mailsync.cli.common import (
     prepare_flow_run,
     upgrade_database,
 )
+from mailsync.cli.tables import Col, print_fitted
 from mailsync.errors import ConflictError, InvalidInputError
 from mailsync.runtime import Runtime, graph_credentials
 from mailsync.sync.jobs import default_business_id
@@ -45,16 +45,35 @@ BusinessOpt = Annotated[
     typer.Option("--business", help="Business (tenant) UUID; default: from MAILSYNC_TENANT_ID."),
 ]
 
+# In order on screen; ``rank``: what a narrow terminal keeps first (mailsync.cli.tables).
 _COLUMNS = (
-    ("mailbox", "mailbox"),
-    ("folder", "folder"),
-    ("health", "health"),
-    ("interval_minutes", "every (min)"),
-    ("next_due_at", "next due"),
-    ("last_status", "last job"),
-    ("last_success_at", "last success"),
-    ("consecutive_failures", "failures"),
-    ("last_error", "last error"),
+    Col("mailbox", "mailbox", rank=0),
+    Col("folder", "folder", rank=6),
+    Col("health", "health", rank=1),
+    Col("interval_minutes", "every (min)", rank=7, justify="right"),
+    Col("next_due_at", "next due", rank=4),
+    Col("last_status", "last job", rank=2),
+    Col("last_success_at", "last success", rank=3),
+    Col("consecutive_failures", "failures", rank=5, justify="right"),
+    Col("last_error", "last error", rank=8, fold=True),
+)
+_SYNC_ALL_COLUMNS = (
+    Col("mailbox", "mailbox", rank=0),
+    Col("started", "started", rank=4),
+    Col("status", "status", rank=1),
+    Col("messages", "messages", rank=2, justify="right"),
+    Col("last_success", "last success", rank=3),
+    Col("health", "health", rank=1),
+    Col("error", "error", rank=6, fold=True),
+)
+_DISCOVER_COLUMNS = (
+    Col("mailbox", "mailbox", rank=0),
+    Col("display_name", "display name", rank=5),
+    Col("account_enabled", "enabled", rank=3),
+    Col("has_mailbox", "has mailbox", rank=1),
+    Col("registered", "registered", rank=2),
+    Col("added", "added", rank=2),
+    Col("reason", "reason", rank=6, fold=True),
 )
 
 
@@ -119,12 +138,7 @@ def list_(business: BusinessOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({"business_id": business_id, "mailboxes": rows})
         return
-    table = Table(title=f"mailboxes of business {business_id}")
-    for _, label in _COLUMNS:
-        table.add_column(label, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(key)) for key, _ in _COLUMNS))
-    out.print(table)
+    print_fitted(out, f"mailboxes of business {business_id}", _COLUMNS, rows, _cell)
     if not rows:
         console.print("no mailboxes registered: `mailsync mailbox add UPN`")
 
@@ -199,13 +213,8 @@ def sync_all(
     if as_json:
         _print_json(result)
         return
-    table = Table(title=f"sync-all: {len(result['mailboxes'])} mailboxes due")
-    columns = ("mailbox", "started", "status", "messages", "last_success", "health", "error")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in result["mailboxes"]:
-        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    out.print(table)
+    title = f"sync-all: {len(result['mailboxes'])} mailboxes due"
+    print_fitted(out, title, _SYNC_ALL_COLUMNS, result["mailboxes"], _cell)
 
 
 @app.command("discover")
@@ -248,21 +257,8 @@ def discover(
     if as_json:
         _print_json(result)
         return
-    table = Table(title=f"{result['mailboxes']} mailboxes among {result['users']} users")
-    columns = (
-        "mailbox",
-        "display_name",
-        "account_enabled",
-        "has_mailbox",
-        "registered",
-        "added",
-        "reason",
-    )
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    out.print(table)
+    title = f"{result['mailboxes']} mailboxes among {result['users']} users"
+    print_fitted(out, title, _DISCOVER_COLUMNS, rows, _cell)
 
 
 def _register_found(

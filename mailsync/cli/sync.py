@@ -27,6 +27,7 @@ from mailsync.cli.common import (
     prepare_flow_run,
     upgrade_database,
 )
+from mailsync.cli.tables import Col, print_fitted
 from mailsync.errors import DatabaseError, SyncIncompleteError
 from mailsync.runtime import Runtime
 from mailsync.store.db import redact_url
@@ -238,28 +239,22 @@ def print_summary(summary: Summary, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+_FOLDER_COLUMNS = (  # on screen in this order; a narrow terminal keeps the low ranks
+    Col("folder", "folder", rank=0),
+    Col("sync_type", "sync_type", rank=5),
+    Col("emails_added", "added", rank=1, justify="right"),
+    Col("emails_updated", "updated", rank=1, justify="right"),
+    Col("emails_deleted", "deleted", rank=1, justify="right"),
+    Col("delta_resets", "delta_resets", rank=2, justify="right"),
+    Col("fallback", "fallback", rank=4, justify="right"),
+    Col("failed_chunks", "failed_chunks", rank=2, justify="right"),
+    Col("api_calls", "api_calls", rank=3, justify="right"),
+)
+
+
 def _print_folders(folders: list[dict[str, Any]]) -> None:
-    if not folders:
-        return
-    columns = (
-        "folder",
-        "sync_type",
-        "emails_added",
-        "emails_updated",
-        "emails_deleted",
-        "delta_resets",
-        "fallback",
-        "failed_chunks",
-        "api_calls",
-    )
-    table = Table(title="per folder")
-    for column in columns:
-        table.add_column(
-            column.replace("emails_", ""), justify="left" if column == "folder" else "right"
-        )
-    for folder in folders:
-        table.add_row(*(str(folder.get(column, "")) for column in columns))
-    out.print(table)
+    if folders:
+        print_fitted(out, "per folder", _FOLDER_COLUMNS, folders)
 
 
 def _print_short_report(runtime: Runtime, store_id: str) -> None:

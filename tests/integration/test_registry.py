@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from psycopg.rows import dict_row
 from typer.testing import CliRunner, Result
 
+from mailsync.artifacts import sync_all_key
 from mailsync.flows.sync_all import sync_all
 from mailsync.report import build_report
 from mailsync.runtime import get_runtime
@@ -205,9 +206,9 @@ def test_sync_all_syncs_the_due_mailboxes_and_records_each_outcome(
     with get_client(sync_client=True) as client:
         # (each mailbox's own job table and progress are in the run too: its syncs ran in it)
         artifacts = client.read_artifacts(flow_run_filter=run_filter)
-    [artifact] = [a for a in artifacts if a.key == "sync-all"]
+    [artifact] = [a for a in artifacts if a.key == sync_all_key(BUSINESS)]
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-    assert (artifact.key, artifact.type) == ("sync-all", "table")
+    assert (artifact.key, artifact.type) == (f"sync-all-{BUSINESS}", "table")
     assert sorted(row["mailbox"] for row in table) == sorted(boxes)
     assert set(table[0]) == {"mailbox", "started", "status", "messages", "last_success", "health"}
     assert {row["status"] for row in table} == {"completed"}

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from prefect import flow
 
+from mailsync.artifacts import mailbox_key
 from mailsync.errors import (
     InvalidInputError,
     LeaseLostError,
@@ -535,13 +536,15 @@ def test_a_stop_while_a_graph_request_hangs_releases_the_chunk_without_waiting_f
 
 
 def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
-    runtime: Any, simulator: Any, database_url: str
+    runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # It is written by a thread of its own (reporting never holds up the sync): still the
-    # flow run's, and its last value is the last chunk's.
+    # A sync worth watching (here: any that has chunks left after its first) gets one. It
+    # is written by a thread of its own (reporting never holds up the sync): still the flow
+    # run's, and its last value is the last chunk's.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    monkeypatch.setenv("MAILSYNC_PROGRESS_AFTER_S", "0")
     simulator.add_mailbox(MAILBOX, 600, seed=9)
     state = sync_mailbox(
         mailbox=MAILBOX, chunk_size=200, page_size=100, graph_url=simulator.url, return_state=True
@@ -552,3 +555,32 @@ def test_the_progress_artifact_is_the_flow_runs_and_reaches_100_percent(
         artifacts = client.read_artifacts(flow_run_filter=run_filter)
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == 1 and float(progress[0].data) == 100.0
+    [table] = [a for a in artifacts if a.type == "table"]
+    assert table.key == mailbox_key(MAILBOX) == "mailbox-ada--contoso-example"
+    assert table.description and "+600" in table.description
+
+
+def test_a_quick_sync_has_no_progress_artifact_and_a_no_change_one_a_small_table(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    simulator.add_mailbox(MAILBOX, 300, seed=19)
+    runs = [
+        sync_mailbox(mailbox=MAILBOX, chunk_size=100, graph_url=simulator.url, return_state=True)
+        for _ in range(2)  # the first copies 300 messages, the second finds nothing new
+    ]
+    assert [run.result()["emails_added"] for run in runs] == [300, 0]
+    ids = [run.state_details.flow_run_id for run in runs]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        )
+    by_run = {run_id: [a for a in artifacts if a.flow_run_id == run_id] for run_id in ids}
+    # Default threshold (10 s): neither sync ran long enough for a progress bar.
+    assert [[a.type for a in by_run[run_id]] for run_id in ids] == [["table"], ["table"]]
+    first, second = by_run[ids[0]][0], by_run[ids[1]][0]
+    assert first.key == second.key == mailbox_key(MAILBOX)  # two versions of one key
+    assert len(first.data) > 0 and second.data in ([], "[]")  # type: ignore[arg-type]
+    assert second.description and "nothing changed" in second.description
