@@ -2,7 +2,8 @@
 
 take the cleanup lock (or say another cleanup runs, and stop) → put stuck chunks back →
 close jobs whose chunks all finished → pick the jobs nobody works on → retention → release
-the lock → resume the picked jobs → log and publish the counts.
+the lock → resume the picked jobs → mailsync's old runs and artifacts out of Prefect's
+database (retention) → log and publish the counts.
 
 How a job is resumed depends on where this flow runs:
 - inside a deployment (a worker started it), each job gets a flow run of the sync
@@ -30,7 +31,7 @@ from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.store.maintenance import cleanup_lock
 from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
-from mailsync.tasks.retention import RetentionPolicy, apply_retention
+from mailsync.tasks.retention import RetentionPolicy, apply_retention, prune_prefect_history
 
 SYNC_DEPLOYMENT = "sync-mailbox/hourly"  # prefect.yaml's sync deployment
 SKIPPED = "another cleanup is running"
@@ -44,6 +45,8 @@ COUNTS = (
     "chunks_deleted",
     "checkpoints_deleted",
     "attachments_deleted",
+    "prefect_runs_deleted",
+    "artifacts_deleted",
 )
 
 
@@ -91,6 +94,8 @@ def cleanup(
         if retention:
             result.update(apply_retention(policy))
     started, failed = resume_jobs([job["job_id"] for job in to_resume], sync_deployment)
+    if retention:  # Prefect's database, not ours: outside the lock, after the resumes
+        result.update(prune_prefect_history(policy))
     result.update(
         stuck_reset=recovered["stuck_reset"],
         stuck_failed=recovered["stuck_failed"],

@@ -4,20 +4,26 @@ What goes, and when (the old system's ages; each one an env setting and a flow p
 - completed jobs after 30 days, failed and partially failed ones after 7, with their chunks;
 - the checkpoints of finished jobs after a 1-day grace: a finished job never resumes, so
   its positions only serve someone looking into it soon after;
-- attachment rows older than 24 hours whose message is gone from ``emails``.
+- attachment rows older than 24 hours whose message is gone from ``emails``;
+- in Prefect's own database (``prune_prefect_history``, mailsync.prefect_history),
+  mailsync's flow runs and their artifact versions, at the jobs' ages.
 Stores and emails are never deleted. Each statement deletes at most ``batch_size`` rows in
 a transaction of its own, so locks stay short and a stopped cleanup keeps what it did.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 
 from mailsync.config import env_float, env_int
+from mailsync.prefect_history import MAILSYNC_FLOWS, prune_history
 from mailsync.runtime import get_runtime
 from mailsync.store.db import Database
 from mailsync.tasks.retry import MAINTENANCE_RETRIES
@@ -120,4 +126,25 @@ def apply_retention(policy: RetentionPolicy) -> dict[str, int]:
     """Delete the rows past their age (see the module docstring); the counts deleted."""
     deleted = delete_expired(get_runtime().db, policy)
     get_run_logger().info("retention (%s): %s", policy, deleted)
+    return deleted
+
+
+@task(name="prune-prefect-history", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
+def prune_prefect_history(
+    policy: RetentionPolicy, now: datetime | None = None, flows: Sequence[str] = MAILSYNC_FLOWS
+) -> dict[str, int]:
+    """Delete mailsync's flow runs from Prefect's database, with their artifact versions,
+    at the jobs' ages (mailsync.prefect_history); the counts deleted. ``now``: the clock
+    the ages are counted from (a test ages runs by moving it on, Prefect's end times being
+    the server's own)."""
+    with get_client(sync_client=True) as client:
+        pruned = prune_history(
+            client,
+            now or datetime.now(UTC),
+            completed_days=policy.completed_jobs_days,
+            failed_days=policy.failed_jobs_days,
+            flows=flows,
+        )
+    deleted = {"prefect_runs_deleted": pruned.flow_runs, "artifacts_deleted": pruned.artifacts}
+    get_run_logger().info("Prefect history: %s", deleted)
     return deleted

@@ -18,6 +18,7 @@ from prefect.deployments import run_deployment
 from mailsync.errors import SyncIncompleteError
 from mailsync.runtime import get_runtime
 
+NAMES_LOGGED = 5
 Claim = dict[str, Any]  # a claimed mailbox: store_id, business_id, mailbox, folder, due_at, …
 
 
@@ -31,7 +32,10 @@ def claim_due_mailboxes(business_id: str, limit: int) -> list[Claim]:
         {**row, "store_id": str(row["store_id"]), "business_id": str(row["business_id"])}
         for row in rows
     ]
-    get_run_logger().info("%s mailboxes due: %s", len(claims), [c["mailbox"] for c in claims])
+    names = [c["mailbox"] for c in claims]
+    # A few names, not all: at 10,000 mailboxes the whole list was one line of 300 kB.
+    shown = ", ".join(names[:NAMES_LOGGED]) + (", …" if len(names) > NAMES_LOGGED else "")
+    get_run_logger().info("%s mailboxes due%s", len(claims), f": {shown}" if names else "")
     return claims
 
 

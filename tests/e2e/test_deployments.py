@@ -274,3 +274,30 @@ def test_two_workers_sync_six_mailboxes_in_parallel_each_in_order(cluster: Clust
         if a["started_at"] < b["completed_at"] and b["started_at"] < a["completed_at"]
     ]
     assert overlapping, "no two mailboxes synced at the same time"
+
+
+def test_a_workers_delta_reset_warning_is_in_its_runs_logs(cluster: Cluster) -> None:
+    # mailsync's own warnings reach the run's logs in a worker's flow run process too (the
+    # CLI's case: tests/integration/test_tenant_scale.py).
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    box = cluster.simulator.add_mailbox("reset@contoso.example", 60, seed=71)
+    parameters = {"mailbox": "reset@contoso.example", "chunk_size": 200, "page_size": 100}
+    first = run_deployment("sync-mailbox/hourly", timeout=0, parameters=parameters)
+    assert_completed(finished_run(first.id, 120), cluster.processes)
+    cluster.simulator.expire_delta_tokens("reset@contoso.example")  # the next link: 410
+
+    second = run_deployment("sync-mailbox/hourly", timeout=0, parameters=parameters)
+    assert_completed(finished_run(second.id, 120), cluster.processes)
+
+    assert set(stored_ids(cluster.database_url, "reset@contoso.example")) == box.ids()
+
+    def reset_lines() -> list[Any] | None:
+        # The run's process ships its last log batch as it exits, after its final state.
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[second.id])))
+        return [log for log in logs if "delta state expired" in log.message] or None
+
+    resets = wait_for("the run's delta reset warning", reset_lines, 30, every_s=0.5)
+    assert [(log.name, log.level) for log in resets] == [("mailsync.sync.rounds", 30)]
+    assert "reset@contoso.example" in resets[0].message

@@ -15,14 +15,20 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
+import pytest
+from prefect import flow
+from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
     LogFilter,
@@ -40,6 +46,7 @@ from mailsync.simulator import GraphSimulator
 from mailsync.store.db import Database
 from mailsync.sync.jobs import default_business_id
 from mailsync.sync.registry import Registration, add_mailbox
+from mailsync.tasks.retention import RetentionPolicy, prune_prefect_history
 
 BUSINESS = str(default_business_id("contoso-test"))  # the simulator fixture's tenant
 T = TypeVar("T")
@@ -55,9 +62,9 @@ def every(read: Callable[[int], Sequence[T]], page: int = 200) -> list[T]:
             return found
 
 
-def artifacts_of(client: SyncPrefectClient, key_part: str) -> list[Any]:
-    """Every version of every artifact whose key contains ``key_part``."""
-    keys = ArtifactFilter(key=ArtifactFilterKey(like_=key_part))
+def artifacts_of(client: SyncPrefectClient, keys_: list[str]) -> list[Any]:
+    """Every version of the artifacts of these keys."""
+    keys = ArtifactFilter(key=ArtifactFilterKey(any_=keys_))
     return every(lambda at: client.read_artifacts(artifact_filter=keys, limit=200, offset=at))
 
 
@@ -79,9 +86,12 @@ MAILBOXES = 200
 NO_CHANGE_CYCLES = 3
 
 
+@pytest.mark.timeout(900)  # 800 syncs, each three task runs on the session's Prefect server
 def test_no_change_cycles_add_one_small_version_per_mailbox_and_one_line(
-    runtime: Any, simulator: GraphSimulator, database_url: str
+    runtime: Any, simulator: GraphSimulator, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    for runs_logger in ("prefect.flow_runs", "prefect.task_runs"):  # the session quiets them
+        caplog.set_level(logging.INFO, logger=runs_logger)  # to WARNING; an operator's: INFO
     domain = f"t{uuid.uuid4().hex[:8]}.example"
     boxes = [f"user{i:03d}@{domain}" for i in range(MAILBOXES)]
     for i, mailbox in enumerate(boxes):
@@ -101,7 +111,7 @@ def test_no_change_cycles_add_one_small_version_per_mailbox_and_one_line(
         make_all_due(database_url)
 
     with get_client(sync_client=True) as client:
-        versions = artifacts_of(client, f"--{domain.replace('.', '-')}")
+        versions = artifacts_of(client, [mailbox_key(m) for m in boxes])
         logs = logs_of(client, runs)
     # One key per mailbox, whatever the number of syncs; one version per sync.
     assert {a.key for a in versions} == {mailbox_key(m) for m in boxes}
@@ -112,7 +122,13 @@ def test_no_change_cycles_add_one_small_version_per_mailbox_and_one_line(
         assert len(quiet) == MAILBOXES
         assert all(a.data in ([], "[]") and "nothing changed" in a.description for a in quiet)
         # Each mailbox says so in one line of the run's logs: none of mailsync's others.
-        mine = [log for log in logs if log.flow_run_id == run and domain in log.message]
+        mine = [
+            log
+            for log in logs
+            if log.flow_run_id == run
+            and domain in log.message
+            and "mailboxes due" not in log.message
+        ]
         assert len(mine) == MAILBOXES
         assert all("1 folders checked" in log.message for log in mine)
         assert all("nothing changed" in log.message for log in mine)
@@ -182,3 +198,53 @@ def test_mailbox_list_prints_every_address_on_one_line_in_80_columns(
     rows = json.loads(as_json.stdout.splitlines()[-1])["mailboxes"]
     assert {row["mailbox"] for row in rows} == set(boxes)
     assert {"next_due_at", "interval_minutes", "last_error"} <= set(rows[0])  # all fields
+
+
+# -- Prefect's database kept to the jobs' windows --------------------------------------------
+
+
+def test_cleanup_deletes_old_runs_of_its_flows_and_their_artifacts(
+    runtime: Any, prefect_api_url: str
+) -> None:
+    # Real runs on the real server, of a flow of the test's own (so that the session's other
+    # runs are not the test's to delete); aged by moving the cleanup's clock on, since the
+    # server stamps end times itself.
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+
+    @flow(name=name, log_prints=False)
+    def probe(fail: bool) -> None:
+        create_table_artifact(key=name, table=[{"fail": fail}])
+        if fail:
+            raise ValueError("a failed run")
+
+    ended = [probe(fail=f, return_state=True) for f in (False, False, True, True)]
+    ids = [state.state_details.flow_run_id for state in ended]
+    assert [state.type.value for state in ended] == ["COMPLETED"] * 2 + ["FAILED"] * 2
+    with get_client(sync_client=True) as client:
+        waiting = client.create_flow_run(probe, parameters={"fail": False})  # never ends
+    policy = RetentionPolicy()  # 30 days completed, 7 failed
+    now = datetime.now(UTC)
+
+    @flow(name=f"{name}-cleanup")  # the cleanup's task, as its flow runs it
+    def prune(days: float) -> dict[str, int]:
+        return prune_prefect_history(policy, now + timedelta(days=days), flows=[name])
+
+    def left() -> tuple[set[UUID], int, int]:
+        """The probe's runs; its table's versions; every artifact of the ended runs (a
+        failed run's error is kept as an artifact of its own, with no key)."""
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
+            versions = artifacts_of(client, [name])
+            of_runs = client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))
+            )
+        return {run.id for run in runs}, len(versions), len(of_runs)
+
+    _, _, published = left()
+    assert published >= 4  # a table each, the failed runs' errors
+    assert prune(6.9) == {"prefect_runs_deleted": 0, "artifacts_deleted": 0}
+    failed_runs = prune(7.1)
+    assert failed_runs["prefect_runs_deleted"] == 2  # the failed ones, with what they left
+    assert left() == ({*ids[:2], waiting.id}, 2, published - failed_runs["artifacts_deleted"])
+    assert prune(30.1)["prefect_runs_deleted"] == 2
+    assert left() == ({waiting.id}, 0, 0)  # a run that has not ended stays, however old
