@@ -179,7 +179,7 @@ def sync_description(summary: dict[str, Any]) -> str:
     folders = len(summary["folders"])
     elapsed = summary.get("elapsed_s")
     took = f" in {elapsed:.1f} s" if isinstance(elapsed, int | float) else ""
-    head = f"{summary['mailbox']}: {folders} folders checked{took}"
+    head = f"{summary['mailbox']}: {folders} folder{'' if folders == 1 else 's'} checked{took}"
     if changed_nothing(summary):
         return f"{head}, nothing changed (job {summary['job_id']})"
     return (

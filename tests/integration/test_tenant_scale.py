@@ -130,7 +130,7 @@ def test_no_change_cycles_add_one_small_version_per_mailbox_and_one_line(
             and "mailboxes due" not in log.message
         ]
         assert len(mine) == MAILBOXES
-        assert all("1 folders checked" in log.message for log in mine)
+        assert all("1 folder checked" in log.message for log in mine)
         assert all("nothing changed" in log.message for log in mine)
     with get_client(sync_client=True) as client:
         # sync-all's own table: one key for the business, a version per run.
