@@ -39,7 +39,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.task_runners import ThreadPoolTaskRunner
 from typer.testing import CliRunner
 
-from mailsync.artifacts import mailbox_key
+from mailsync.artifacts import mailbox_key, sync_all_key
 from mailsync.cli import app
 from mailsync.flows.sync_all import sync_all
 from mailsync.simulator import GraphSimulator
@@ -134,9 +134,11 @@ def test_no_change_cycles_add_one_small_version_per_mailbox_and_one_line(
         assert all("nothing changed" in log.message for log in mine)
     with get_client(sync_client=True) as client:
         # sync-all's own table: one key for the business, a version per run.
-        run_filter = FlowRunFilter(id=FlowRunFilterId(any_=runs))
-        own = [a for a in client.read_artifacts(flow_run_filter=run_filter, limit=200)]
-    assert {a.key for a in own if a.key.startswith("sync-all")} == {f"sync-all-{BUSINESS}"}
+        own = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[sync_all_key(BUSINESS)])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)),
+        )
+    assert sorted(str(a.flow_run_id) for a in own) == sorted(str(run) for run in runs)
 
 
 # -- warnings in the run's logs --------------------------------------------------------------
