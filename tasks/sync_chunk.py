@@ -37,7 +37,7 @@ def sync_chunk(job_id: str, chunk_index: int, graph_url: str | None = None) -> d
     # Quiet when there is nothing to tell: a poll of 10,000 mailboxes that found no change
     # must not write two lines per folder (a retry, messages, failures are news).
     logger.log(
-        logging.INFO if chunk["attempts"] > 1 else logging.DEBUG,
+        logging.INFO if chunk.attempts > 1 else logging.DEBUG,
         "chunk %s/%s (%s, %s): attempt %s",
         chunk_index,
         chunk.total_chunks,
