@@ -1,5 +1,6 @@
-"""Helpers of the end-to-end tests: real processes (mailsync, prefect workers), polled
-with deadlines, and stopped by their own process group only."""
+"""Helpers of the end-to-end tests: real processes (mailsync, prefect workers), stopped by
+their own process group only; faults that land on a simulator event (a held page), and
+outcomes polled with deadlines."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
+
+if TYPE_CHECKING:
+    from mailsync.simulator.faults import Faults
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +35,26 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float, every_s
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout_s:g} s waiting for {what}")
         time.sleep(every_s)
+
+
+@contextmanager
+def holding(faults: Faults, after_pages: int) -> Iterator[Callable[[], None]]:
+    """Hold every page request after the first ``after_pages`` (``hold_after_pages``); yield
+    a function that returns once one is held (or fails), and answer them all on leaving.
+
+    The fault a test injects while a request is held (a kill, a stop, a restart, a cancel)
+    lands at a known point: the sync is waiting for a page, inside the chunk that page
+    belongs to; no polling the database for "part-way", no latency to widen a window."""
+    faults.hold_after_pages = after_pages
+
+    def wait_held(timeout_s: float = 90) -> None:
+        if not faults.wait_held(timeout_s):
+            raise AssertionError(f"no page request was held within {timeout_s:g} s")
+
+    try:
+        yield wait_held
+    finally:
+        faults.release_held()  # a dead client's request is answered into a closed socket
 
 
 def query(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
