@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +28,17 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
 
 
 def mailsync(*args: str, **env: str | None) -> Run:
     """Run the `mailsync` command with this process's environment changed by ``env`` (None:
-    removed); killed at the deadline."""
+    removed); killed at the deadline (a hang fails the test as TimeoutExpired)."""
     environment = {**os.environ}
     for name, value in env.items():
         if value is None:
             environment.pop(name, None)
         else:
             environment[name] = value
-    started = time.monotonic()
     done = subprocess.run(
         [str(MAILSYNC), *args],
         env=environment,
@@ -50,7 +47,7 @@ def mailsync(*args: str, **env: str | None) -> Run:
         timeout=DEADLINE_S,
         check=False,
     )
-    return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+    return Run(done.returncode, done.stdout, done.stderr)
 
 
 def closed_port() -> int:
@@ -65,7 +62,6 @@ def assert_one_clear_line(run: Run, *words: str) -> str:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
     assert "Traceback" not in run.stderr
-    assert run.seconds < DEADLINE_S
     for word in words:
         assert word in lines[0], lines[0]
     return lines[0]
@@ -160,7 +156,7 @@ def test_debug_adds_the_traceback_and_ends_with_the_same_line(
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/api"
     run = mailsync("--debug", "sync", "--mailbox", MAILBOX, PREFECT_API_URL=url)
-    assert run.returncode != 0 and run.seconds < DEADLINE_S
+    assert run.returncode != 0
     assert "Traceback (most recent call last)" in run.stderr
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error (config): the Prefect API at") and "PREFECT_API_URL" in last

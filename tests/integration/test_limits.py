@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
 
 from mailsync.config import Settings, load_settings
@@ -65,10 +66,10 @@ def test_the_request_budget_holds_in_every_window(pools: list[Database]) -> None
     workers = limiters(pools, graph_mailbox_requests=20, graph_mailbox_window_s=1.0)
     taken: list[float] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + 2.5
 
     def keep_asking(worker: GraphLimiter) -> None:
-        while time.monotonic() < deadline:
+        # A count, not a deadline: 36 slots (1.8 budgets) however slow the machine is.
+        for _ in range(9):
             with worker.slot("busy@contoso.example"):
                 with lock:
                     taken.append(time.monotonic())
@@ -80,27 +81,41 @@ def test_the_request_budget_holds_in_every_window(pools: list[Database]) -> None
     taken.sort()
     busiest = max(sum(1 for t in taken if start <= t < start + 1.0) for start in taken)
     assert busiest <= 20
-    assert len(taken) >= 20  # and the budget was used: 19 a second after the first
+    assert len(taken) == 36
     usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
     mailbox = usage[workers[0].mailbox_limit("busy@contoso.example").key]
-    assert mailbox["requests"] == len(taken) and mailbox["waits"] > 0
+    # Every slot counted once. Whether any had to wait depends on how fast this machine
+    # asks (under load it may not outrun 20 a second): not asserted, the window above is.
+    assert mailbox["requests"] == len(taken)
 
 
-def test_a_pause_holds_back_that_mailbox_only(pools: list[Database]) -> None:
+def test_a_pause_holds_back_that_mailbox_only(pools: list[Database], database_url: str) -> None:
+    """A 429 pauses its mailbox for every worker: another mailbox gets its slot without a
+    wait; the paused one waits, and gets its slot only once the pause has ended (by the
+    database's clock, the one the limiter reads)."""
     first, second = limiters(pools)
+    throttled = first.mailbox_limit("throttled@contoso.example").key
+    other = first.mailbox_limit("other@contoso.example").key
     with first.slot("throttled@contoso.example") as slot:
         slot.throttled(1.0)  # Graph's 429 with Retry-After: 1
 
-    started = time.monotonic()
-    with second.slot("other@contoso.example"):
-        other_s = time.monotonic() - started
-    with second.slot("throttled@contoso.example"):
-        throttled_s = time.monotonic() - started
+    def pause_over() -> bool:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT paused_until <= clock_timestamp() FROM graph_limits WHERE key = %s",
+                (throttled,),
+            ).fetchone()
+        return bool(row and row[0])
 
-    assert other_s < 0.5
-    assert throttled_s >= 0.9
+    with second.slot("other@contoso.example"):
+        pass
+    with second.slot("throttled@contoso.example"):
+        over = pause_over()
+
     usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
-    assert usage[first.mailbox_limit("throttled@contoso.example").key]["throttled"] == 1
+    assert usage[other]["waits"] == 0  # not held back by the other mailbox's pause
+    assert usage[throttled]["waits"] >= 1 and over  # held back until the pause ended
+    assert usage[throttled]["throttled"] == 1
 
 
 def test_concurrent_requests_through_the_runtime_stay_within_four_per_mailbox(

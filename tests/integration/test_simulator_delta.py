@@ -395,16 +395,17 @@ def test_a_rendezvous_holds_delta_requests_until_enough_mailboxes_asked(
     sim.faults.rendezvous_timeout_s = 0.3
     alone = time.monotonic()
     assert client.get(delta_url("inbox")).status_code == 200
-    assert time.monotonic() - alone >= 0.3
+    assert time.monotonic() - alone >= 0.3  # a lower bound: a wait cannot be shorter
 
     sim.faults.delta_rendezvous = 2  # reassigned: who has asked is forgotten
-    sim.faults.rendezvous_timeout_s = 20.0
+    # A rendezvous timeout far beyond the client's 10 s read timeout: answered at all, both
+    # requests were let go by the second one's arrival, not by the timeout.
+    sim.faults.rendezvous_timeout_s = 600.0
     answers: list[int] = []
     first = threading.Thread(
         target=lambda: answers.append(client.get(delta_url("inbox")).status_code)
     )
     first.start()
-    together = time.monotonic()
     assert client.get(delta_url("inbox", OTHER)).status_code == 200
-    first.join(20)
-    assert answers == [200] and time.monotonic() - together < 10
+    first.join()
+    assert answers == [200]
