@@ -13,6 +13,12 @@
   A PREFECT_API_URL set by the caller is used as is, and no server is started.
 - The Graph simulator is cheap: one per test that wants one.
 - Everything lives in one temporary directory, removed when the session ends.
+- Under pytest-xdist (pyproject's addopts: `-n 2 --dist loadgroup`), the controller owns
+  all of that: it starts the Prefect server and PostgreSQL and builds the template before
+  the workers exist, and hands them the URLs in the environment they inherit
+  (MAILSYNC_TEST_*), so two workers share one of each instead of starting their own (a
+  Prefect server costs ~20 s of CPU to start here). Tests that must not overlap share an
+  `xdist_group` (they run on one worker, one after the other).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +41,13 @@ if TYPE_CHECKING:
     from mailsync.simulator import GraphSimulator
 
 UNIT_TESTS = Path(__file__).parent / "unit"
+# What an xdist controller hands its workers (names of environment variables).
+SHARED_SESSION_DIR = "MAILSYNC_TEST_SESSION_DIR"
+SHARED_PG_URL = "MAILSYNC_TEST_PG_URL"
+SHARED_TEMPLATE = "MAILSYNC_TEST_TEMPLATE_DB"
 _session_dir: Path | None = None
 _prefect: PrefectServer | None = None  # the session's own server, when one is needed
+_shared_pg: tuple[Path, str, str] | None = None  # (home, admin URL, template) for workers
 
 
 def session_dir() -> Path:
@@ -43,9 +55,24 @@ def session_dir() -> Path:
     return _session_dir
 
 
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def is_controller(config: pytest.Config) -> bool:
+    """An xdist controller: it runs no test, its workers do (pytest-xdist's own test)."""
+    dist = config.getoption("dist", "no")
+    return not is_worker(config) and dist != "no" and bool(config.getoption("tx", None))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _session_dir, _prefect
+    if is_worker(config):
+        # The controller set everything up; its environment is ours.
+        _session_dir = Path(os.environ[SHARED_SESSION_DIR])
+        return
     _session_dir = Path(tempfile.mkdtemp(prefix="mailsync-tests-"))
+    os.environ[SHARED_SESSION_DIR] = str(_session_dir)
     os.environ["PREFECT_HOME"] = str(_session_dir / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -60,6 +87,40 @@ def pytest_configure(config: pytest.Config) -> None:
 
         _prefect = PrefectServer(_session_dir / "prefect-server")
         os.environ["PREFECT_API_URL"] = _prefect.api_url  # nothing listens there yet
+    if is_controller(config) and needs_services(config):
+        # The workers are not started yet: what is set here, they inherit. The Prefect
+        # server migrates in the background while PostgreSQL starts and the template is
+        # built; a worker's first test that needs the server waits for its /health.
+        if _prefect is not None:
+            _prefect.start()
+        share_postgres(_session_dir)
+
+
+def needs_services(config: pytest.Config) -> bool:
+    """Whether the run may hold a test outside tests/unit (decided from the paths asked
+    for: a controller collects nothing)."""
+    paths = [arg.split("::")[0] for arg in config.args] or [str(config.rootpath / "tests")]
+    return any(not Path(p).resolve().is_relative_to(UNIT_TESTS) for p in paths)
+
+
+def share_postgres(session: Path) -> None:
+    """Start the session's PostgreSQL and build the template, for the workers to use."""
+    global _shared_pg
+    import psycopg
+
+    from mailsync.store.migrate import upgrade
+    from mailsync.store.pgembed import embedded_database_url
+
+    url = os.environ.get("MAILSYNC_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    home = session / "pg"
+    admin = url or embedded_database_url(home, keep_running=False)
+    template = f"mailsync_tpl_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{template}"')
+    upgrade(with_dbname(admin, template))
+    os.environ[SHARED_PG_URL] = admin
+    os.environ[SHARED_TEMPLATE] = template
+    _shared_pg = (home if url is None else Path(), admin, template)
 
 
 def needs_prefect(item: pytest.Item) -> bool:
@@ -76,11 +137,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # Before any fixture of the test, module-scoped ones included (they deploy, start
     # workers): a hook, not a fixture, so it runs first.
-    if _prefect is not None and needs_prefect(item):
-        _prefect.wait()
+    if needs_prefect(item):
+        wait_for_prefect()
+
+
+def wait_for_prefect() -> str:
+    """The session's Prefect API once it answers: our own server's, or the controller's
+    (a worker has no process to watch, only the URL)."""
+    url = os.environ["PREFECT_API_URL"]
+    if _prefect is not None:
+        return _prefect.wait()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        _wait_healthy(url)
+    return url
+
+
+_healthy: set[str] = set()
+
+
+def _wait_healthy(api_url: str, timeout_s: float = 180) -> None:
+    import httpx
+
+    if api_url in _healthy:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200:
+                _healthy.add(api_url)
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            log = _session_dir / "prefect-server" / "server.log" if _session_dir else None
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"the controller's Prefect server at {api_url} not up\n{tail}")
+        time.sleep(0.2)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if is_worker(config):
+        return  # the controller owns the servers and the directory
     if _prefect is not None and _prefect.started:
         if "prefect" in sys.modules:
             # Ship queued logs and events before the server goes away, or the process
@@ -91,6 +188,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
         _prefect.stop()
+    if _shared_pg is not None:
+        home, admin, template = _shared_pg
+        drop_database(admin, template)
+        if home != Path():
+            from mailsync.store.pgembed import stop_embedded
+
+            stop_embedded(home)
     if _session_dir is not None:
         shutil.rmtree(_session_dir, ignore_errors=True)
 
@@ -98,9 +202,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def prefect_api_url() -> str:
     """The session's Prefect API, answering."""
-    if _prefect is not None:
-        return _prefect.wait()
-    return os.environ["PREFECT_API_URL"]
+    return wait_for_prefect()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
@@ -109,7 +211,11 @@ def prefect_api_url() -> str:
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A superuser URL of the session's PostgreSQL server."""
-    url = os.environ.get("MAILSYNC_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    url = (
+        os.environ.get(SHARED_PG_URL)  # an xdist worker: the controller's
+        or os.environ.get("MAILSYNC_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+    )
     if url:
         yield url
         return
@@ -142,6 +248,9 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 
     from mailsync.store.migrate import upgrade
 
+    if os.environ.get(SHARED_TEMPLATE):  # an xdist worker: the controller's, dropped by it
+        yield os.environ[SHARED_TEMPLATE]
+        return
     name = f"mailsync_tpl_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -26,7 +26,9 @@ from prefect.deployments import run_deployment
 from mailsync.simulator import GraphSimulator
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
-pytestmark = pytest.mark.e2e
+# prefect.yaml's deployment names and work pool are the Prefect server's, shared: the
+# modules that deploy, serve or run them take turns (one xdist worker, in turn).
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect-yaml")]
 
 POOL = "mailsync-local"
 DEPLOYMENTS = (
