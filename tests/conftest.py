@@ -13,12 +13,12 @@
   A PREFECT_API_URL set by the caller is used as is, and no server is started.
 - The Graph simulator is cheap: one per test that wants one.
 - Everything lives in one temporary directory, removed when the session ends.
-- Under pytest-xdist (pyproject's addopts: `-n 2 --dist loadgroup`), the controller owns
+- Under pytest-xdist (pyproject's addopts: `-n 2 --dist loadfile`), the controller owns
   all of that: it starts the Prefect server and PostgreSQL and builds the template before
   the workers exist, and hands them the URLs in the environment they inherit
   (MAILSYNC_TEST_*), so two workers share one of each instead of starting their own (a
-  Prefect server costs ~20 s of CPU to start here). Tests that must not overlap share an
-  `xdist_group` (they run on one worker, one after the other).
+  Prefect server costs ~20 s of CPU to start here). Modules that must not overlap share an
+  `xdist_group` mark, and take that group's file lock for as long as the module runs.
 """
 
 from __future__ import annotations
@@ -197,6 +197,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             stop_embedded(home)
     if _session_dir is not None:
         shutil.rmtree(_session_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _xdist_group_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module marked ``xdist_group(name)`` holds that group's lock from before its own
+    module fixtures (autouse: set up first) until its last test's teardown; another
+    worker's module of the same group waits for it. Not --dist loadgroup: pytest-xdist 3.8
+    names the group by assigning item._nodeid, which pytest 9.2 no longer reads (the id
+    lives in item._id), so the group was silently spread over both workers."""
+    mark = request.node.get_closest_marker("xdist_group")
+    if mark is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    import fcntl
+
+    name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+    with open(session_dir() / f"xdist-group-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from mailsync.simulator import GraphSimulator
 from tests.e2e.helpers import BIN_DIR, Processes, child_env, query, run_cli, wait_for
 
 # prefect.yaml's deployment names and work pool are the Prefect server's, shared: the
-# modules that deploy, serve or run them take turns (one xdist worker, in turn).
+# modules that deploy, serve or run them take turns (a lock: tests/conftest.py).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect-yaml")]
 
 POOL = "mailsync-local"

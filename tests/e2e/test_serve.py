@@ -16,7 +16,7 @@ from prefect.exceptions import ObjectNotFound
 from tests.e2e.helpers import Processes, child_env, wait_for
 
 # prefect.yaml's deployment names and work pool are the Prefect server's, shared: the
-# modules that deploy, serve or run them take turns (one xdist worker, in turn).
+# modules that deploy, serve or run them take turns (a lock: tests/conftest.py).
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("prefect-yaml")]
 
 DEPLOYMENTS = (
