@@ -20,6 +20,7 @@ from mailsync.errors import ChunkAttemptError, MailsyncError, SyncIncompleteErro
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
+from mailsync.tasks.fetch_attachments import fetch_job_attachments
 from mailsync.tasks.plan import plan_chunks
 from mailsync.tasks.sync_chunk import sync_chunk
 
@@ -36,10 +37,12 @@ def sync_mailbox(
     job_id: str | None = None,
     graph_url: str | None = None,
     full: bool = False,
+    attachments: str | None = None,
 ) -> dict[str, Any]:
     """Sync ``mailbox``'s ``folder`` (``all``: every folder; or a well-known name or id), or
     resume ``job_id``: a folder's first sync lists it in full, later ones follow its delta
-    (``full``: list every folder in full again). Returns the job's summary."""
+    (``full``: list every folder in full again). ``attachments``: content, metadata or none
+    (default: MAILSYNC_ATTACHMENTS, content). Returns the job's summary."""
     forward_to_run_logs()  # mailsync's warnings (a delta reset…) in this run's logs too
     runtime = get_runtime()
     runtime.graph_url(graph_url)  # another Graph host is refused before anything is written
@@ -74,6 +77,8 @@ def sync_mailbox(
         progress.add(outcome)
         if outcome["status"] == "unfinished":  # later chunks start where this one stops
             break
+    else:  # the pages are in: their attachments, before the job closes (a resume redoes it)
+        fetch_job_attachments(job_id, graph_url, attachments)
     summary = finish_job(runtime.db, job)
     progress.close()
     publish_sync(summary)

@@ -111,6 +111,10 @@ class Settings:
     graph_app_concurrency: int = 256
     graph_app_requests: int = 130_000
     graph_app_window_s: float = 10.0
+    # Attachments (mailsync.sync.attachments): content (bytes, once per hash), metadata
+    # (the list only) or none; the largest content kept (Graph's own maximum is 150 MB).
+    attachments: str = "content"
+    attachment_max_mb: float = 150.0
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
@@ -145,4 +149,19 @@ def load_settings() -> Settings:
         graph_app_concurrency=env_int("MAILSYNC_GRAPH_APP_CONCURRENCY", 256),
         graph_app_requests=env_int("MAILSYNC_GRAPH_APP_REQUESTS", 130_000),
         graph_app_window_s=env_float("MAILSYNC_GRAPH_APP_WINDOW_S", 10.0),
+        attachments=attachments_mode(_env("MAILSYNC_ATTACHMENTS", "content") or "content"),
+        attachment_max_mb=env_float("MAILSYNC_ATTACHMENT_MAX_MB", 150.0),
     )
+
+
+ATTACHMENT_MODES = ("content", "metadata", "none")
+
+
+def attachments_mode(value: str) -> str:
+    """An attachments mode, checked: content, metadata or none."""
+    mode = value.strip().lower()
+    if mode not in ATTACHMENT_MODES:
+        raise ConfigError(
+            f"attachments must be one of {', '.join(ATTACHMENT_MODES)}, got {value!r}"
+        )
+    return mode

@@ -168,26 +168,6 @@ withdrawn AS (
      WHERE r.job_id = %(job_id)s AND r.graph_id = s.graph_id)
 SELECT count(*) AS written, count(*) FILTER (WHERE inserted) AS inserted FROM written;
 
--- name: upsert_attachments
--- A page's attachment metadata in one statement (a JSON array of objects, one per
--- attachment); replays change nothing. DISTINCT ON: a message sent twice in one page must
--- not update a row twice.
-INSERT INTO email_attachments (business_id, store_id, email_graph_id, graph_attachment_id,
-                               name, content_type, size_bytes, is_inline)
-SELECT DISTINCT ON (a.email_graph_id, a.graph_attachment_id)
-       %(business_id)s, %(store_id)s, a.email_graph_id, a.graph_attachment_id, a.name,
-       a.content_type, a.size_bytes, a.is_inline
-  FROM jsonb_to_recordset(%(attachments)s)
-       AS a (email_graph_id text, graph_attachment_id text, name text, content_type text,
-             size_bytes bigint, is_inline boolean)
-ON CONFLICT (store_id, email_graph_id, graph_attachment_id) DO UPDATE
-   SET name = excluded.name, content_type = excluded.content_type,
-       size_bytes = excluded.size_bytes, is_inline = excluded.is_inline
- WHERE (email_attachments.name, email_attachments.content_type, email_attachments.size_bytes,
-        email_attachments.is_inline)
-       IS DISTINCT FROM (excluded.name, excluded.content_type, excluded.size_bytes,
-                         excluded.is_inline);
-
 -- name: job_max_attempts
 -- The most attempts any chunk of the job may take (fixed in the chunk rows at planning).
 SELECT coalesce(max(max_attempts), 1) AS max_attempts

@@ -81,7 +81,7 @@ def fetch_token(http: httpx.Client, sim_url: str, client_id: str, secret: str) -
 
 def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Floor:
     """Page through the whole mailbox as Graph serves it: nextLinks, parse, store nothing."""
-    from mailsync.graph.client import EPOCH, EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
+    from mailsync.graph.client import EPOCH, SELECT_FIELDS, GraphClient
 
     headers = {
         "Authorization": f"Bearer {token}",
@@ -93,7 +93,6 @@ def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Flo
         "$orderby": "receivedDateTime asc",
         "$top": str(page_size),
         "$select": SELECT_FIELDS,
-        "$expand": EXPAND_ATTACHMENTS,
     }
     messages = requests = 0
     with httpx.Client(headers=headers, timeout=120.0) as http:

@@ -147,7 +147,7 @@ def variants() -> list[Variant]:
         Variant(
             "no_attachments",
             "the attachments statement not run at all",
-            queries={"upsert_attachments": _NO_ATTACHMENTS},
+            queries={"mark_attachment_listings": _NO_ATTACHMENTS},
         ),
         Variant(
             "no_hash_compare",
@@ -181,7 +181,7 @@ def variants() -> list[Variant]:
                 "ALTER TABLE emails DROP CONSTRAINT emails_store_id_business_id_fkey",
                 *(f"ALTER TABLE {t} DISABLE ROW LEVEL SECURITY" for t in _RLS_TABLES),
             ),
-            queries={"upsert_attachments": _NO_ATTACHMENTS},
+            queries={"mark_attachment_listings": _NO_ATTACHMENTS},
         ),
     ]
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -43,13 +43,13 @@ from mailsync.errors import (
 )
 from mailsync.graph.auth import url_origin
 from mailsync.graph.backoff import retry_delay
+from mailsync.graph.limits import STREAM_EXTENSION
 
 SELECT_FIELDS = (
     "id,internetMessageId,conversationId,subject,from,sender,toRecipients,ccRecipients,"
     "receivedDateTime,sentDateTime,body,bodyPreview,hasAttachments,isRead,importance,"
     "parentFolderId,categories"
 )
-EXPAND_ATTACHMENTS = "attachments($select=id,name,contentType,size,isInline)"
 EPOCH = "1900-01-01T00:00:00Z"
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 # A delta or skip token Graph no longer honours: that folder's round restarts from scratch.
@@ -61,6 +61,8 @@ SYNC_STATE_EXPIRED_CODES = {
     "syncStateInvalid",
 }
 MAX_TOP = 1_000  # Graph's limit for $top on messages
+DOWNLOAD_CHUNK = 1 << 20  # a download is read 1 MiB at a time, never whole
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,41 @@ class GraphClient:
             raise self._error(response, None)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
+    def download(self, url: str, consume: Callable[[Iterator[bytes]], T]) -> T:
+        """GET raw bytes (an attachment's ``$value``), streamed: ``consume`` reads the body's
+        chunks as they arrive and its result is returned. Retried as ``get_bytes`` is; a
+        retry calls ``consume`` again from the first byte, so it must start afresh."""
+        headers = {"Prefer": 'IdType="ImmutableId"'}
+        extensions = {STREAM_EXTENSION: True}
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            self.api_calls += 1
+            try:
+                with self.http.stream("GET", url, headers=headers, extensions=extensions) as r:
+                    if r.status_code == 200:
+                        return consume(r.iter_bytes(DOWNLOAD_CHUNK))
+                    r.read()  # an error answer: small JSON
+                    response = r
+            except httpx.TimeoutException as exc:
+                if last:
+                    raise TransientError(
+                        f"Graph download timed out: {type(exc).__name__}"
+                    ) from None
+                self.sleep(self._backoff(attempt))
+                continue
+            except httpx.TransportError as exc:
+                if last:
+                    raise TransientError(f"Graph download failed: {type(exc).__name__}") from None
+                self.sleep(self._backoff(attempt))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                if response.status_code == 429:
+                    self.throttled += 1
+                self.sleep(self._backoff(attempt, _retry_after(response)))
+                continue
+            raise self._error(response, _retry_after(response))
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         return retry_delay(attempt, self.backoff_base_s, self.backoff_max_s, retry_after, self.rng)
 
@@ -511,8 +548,7 @@ class GraphClient:
                         "$filter": self.window_filter(start, until),
                         "$orderby": "receivedDateTime asc",
                         "$top": str(asked),
-                        "$select": SELECT_FIELDS,
-                        "$expand": EXPAND_ATTACHMENTS,
+                        "$select": SELECT_FIELDS,  # no $expand: see mailsync.graph.delta
                     },
                 )
             page = self._page(body, cursor, want)

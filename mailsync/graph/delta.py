@@ -1,7 +1,9 @@
 """Graph's delta query for one mail folder: what changed since a deltaLink.
 
-``GET /users/{id}/mailFolders/{id}/messages/delta`` takes its options (``$select``,
-``$expand`` of the attachments' metadata) on the first request only; after that,
+``GET /users/{id}/mailFolders/{id}/messages/delta`` takes its options (``$select``) on the
+first request only, never ``$expand``: Graph has been seen to ignore a nested ``$select``
+there and put every attachment's base64 content into the page (docs-contrib#8431), so
+attachments are fetched apart (mailsync.graph.attachments); after that,
 ``@odata.nextLink`` is followed exactly as given until a page carries ``@odata.deltaLink``,
 where the next round starts. The page size is asked with the
 ``Prefer: odata.maxpagesize`` header (Graph documents no ``$top`` for delta). Removed items
@@ -25,7 +27,6 @@ import orjson
 
 from mailsync.errors import BadDataError
 from mailsync.graph.client import (
-    EXPAND_ATTACHMENTS,
     SELECT_FIELDS,
     EmailRecord,
     GraphClient,
@@ -138,9 +139,7 @@ def iter_delta(
     before the page is parsed; a caller that stops early leaves those requests to whoever
     continues the round from the same link (mailsync.graph.prefetch)."""
     url = link or delta_url(graph, mailbox, folder_id)
-    params: dict[str, str] | None = (
-        None if link else {"$select": SELECT_FIELDS, "$expand": EXPAND_ATTACHMENTS}
-    )
+    params: dict[str, str] | None = None if link else {"$select": SELECT_FIELDS}
     while True:
         page: DeltaPage = prefetch.page(graph, url, page_size, fetch_page, params)
         if page.next_link is not None:  # read early, its request is on its way already

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -183,6 +183,8 @@ class LimitedTransport(httpx.BaseTransport):
         self.limiter = limiter
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(STREAM_EXTENSION):
+            return self._streamed(request)
         with self.limiter.slot(mailbox_of(request.url.path)) as slot:
             response = self._inner.handle_request(request)
             try:
@@ -194,8 +196,55 @@ class LimitedTransport(httpx.BaseTransport):
                 slot.throttled(_retry_after(response))
         return response
 
+    def _streamed(self, request: httpx.Request) -> httpx.Response:
+        """A download (an attachment's ``$value``, up to 150 MB): its body is not read
+        here, or it would sit whole in memory; the slot stays taken until the caller has
+        read or closed the body, so the download still counts as in flight."""
+        stack = ExitStack()
+        try:
+            slot = stack.enter_context(self.limiter.slot(mailbox_of(request.url.path)))
+            response = self._inner.handle_request(request)
+            if response.status_code != 200:  # an error's body is small: read, as above
+                stack.callback(response.close)
+                response.read()
+                if response.status_code == 429:
+                    slot.throttled(_retry_after(response))
+                stack.close()
+                return response
+        except BaseException:
+            stack.close()
+            raise
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_SlotStream(response.stream, stack),
+            extensions=response.extensions,
+        )
+
     def close(self) -> None:
         self._inner.close()
+
+
+# A request extension: the caller streams the answer's body (GraphClient.download).
+STREAM_EXTENSION = "mailsync_stream"
+
+
+class _SlotStream(httpx.SyncByteStream):
+    """A response body that frees its Graph slot when it is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, slot: ExitStack) -> None:
+        self._inner = inner
+        self._slot = slot
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._slot.close()
 
 
 def graph_transport(settings: Settings, db: Callable[[], Database]) -> httpx.BaseTransport:

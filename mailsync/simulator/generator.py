@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+
 from mailsync.simulator import corpus
 
 DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -91,6 +93,7 @@ class Message:
     body_span: tuple[int, int]  # (first paragraph, count) in the pool, see module doc
     categories: tuple[str, ...] = ()
     isDraft: bool = False
+    body_extra: str = ""  # html after the generated body (an inline image's <img src="cid:">)
 
     @property
     def sort_key(self) -> tuple[int, str]:
@@ -107,7 +110,7 @@ class Message:
 
     @property
     def body_content(self) -> str:
-        return corpus.body_html(*self.body_span)
+        return corpus.body_html(*self.body_span) + self.body_extra
 
     @property
     def body(self) -> dict[str, str]:
@@ -116,11 +119,14 @@ class Message:
     @property
     def body_size(self) -> int:
         """Characters in ``body.content`` without building it."""
-        return corpus.body_length(*self.body_span)
+        return corpus.body_length(*self.body_span) + len(self.body_extra)
 
     def body_json_fragment(self) -> bytes:
         """``body.content`` JSON-escaped, UTF-8, without the surrounding quotes."""
-        return corpus.body_json(*self.body_span)
+        fragment = corpus.body_json(*self.body_span)
+        if self.body_extra:
+            fragment += orjson.dumps(self.body_extra)[1:-1]
+        return fragment
 
     def to_graph(
         self,

@@ -23,6 +23,8 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from mailsync.simulator import attachments
+from mailsync.simulator.attachments import AttachmentFaults
 from mailsync.simulator.delta import DeltaApi
 from mailsync.simulator.faults import Faults
 from mailsync.simulator.folders import SEARCH_FOLDER_TYPE, Folder
@@ -62,7 +64,15 @@ _FOLDER_LIST_OPTIONS = {"$top", "$skip", "$select", "$count"}
 
 
 class MailApi:
-    def __init__(self, faults: Faults, stats: Stats, tokens: TokenStore, delta: DeltaApi) -> None:
+    def __init__(
+        self,
+        faults: Faults,
+        stats: Stats,
+        tokens: TokenStore,
+        delta: DeltaApi,
+        attachment_faults: AttachmentFaults,
+    ) -> None:
+        self._attachment_faults = attachment_faults
         self._faults = faults
         self._stats = stats
         self._tokens = tokens
@@ -144,6 +154,11 @@ class MailApi:
     def _messages_resource(
         self, request: Request, mailbox: Mailbox, folder: Folder | None, rest: list[str]
     ) -> Response:
+        if len(rest) >= 2 and rest[1].lower() == "attachments":
+            message = mailbox.get(rest[0])
+            if message is None or (folder is not None and not mailbox.shows(folder, message)):
+                raise item_not_found()
+            return attachments.route(self._attachment_faults, message, rest[2:], request)
         if len(rest) > 1:
             raise segment_not_found(rest)
         if rest and folder is not None and rest[0].lower() == "delta":

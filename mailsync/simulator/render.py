@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from mailsync.simulator.attachments import ODATA_TYPES, content_of
+from mailsync.simulator.attachments import attachment_json as full_attachment_json
 from mailsync.simulator.generator import ATTACHMENT_FIELDS, Message
 from mailsync.simulator.odata import Shape
 from mailsync.simulator.wire import ENCODER
@@ -44,12 +46,16 @@ def render_message(message: Message, shape: Shape) -> Rendered:
 
 
 def attachment_json(attachment: dict[str, Any], wanted: tuple[str, ...] | None) -> dict[str, Any]:
-    # Graph types every attachment; without $select it would also send contentBytes, which the
-    # simulator omits (a sync that needs them fetches attachments separately).
-    out: dict[str, Any] = {"@odata.type": "#microsoft.graph.fileAttachment"}
+    # Graph types every attachment, and without a nested $select sends each file's whole
+    # content as contentBytes (base64): what makes $expand on delta pages dangerous.
+    out: dict[str, Any] = {"@odata.type": ODATA_TYPES[content_of(attachment).kind]}
     for name in ATTACHMENT_FIELDS:
         if wanted is None or name == "id" or name in wanted:
             out[name] = attachment[name]
+    if wanted is None:
+        full = full_attachment_json(attachment, with_content=True)
+        if "contentBytes" in full:
+            out["contentBytes"] = full["contentBytes"]
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from mailsync.simulator.admin import AdminApi
+from mailsync.simulator.attachments import AttachmentFaults
 from mailsync.simulator.delta import DeltaApi
 from mailsync.simulator.directory import Directory
 from mailsync.simulator.faults import Faults
@@ -117,10 +118,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(response.status)
             for name, value in response.headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Type", JSON_TYPE)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            self.wfile.write(response.body)
+            if "Content-Type" not in response.headers:
+                self.send_header("Content-Type", JSON_TYPE)
+            if response.stream is None:
+                self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                self.wfile.write(response.body)
+            else:
+                self.send_header("Content-Length", str(response.length))
+                self.end_headers()
+                for chunk in response.stream:
+                    self.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -151,7 +159,8 @@ class GraphSimulator:
             issue_token=self.issue_token,
         )
         self.delta = DeltaApi(self.faults, self.stats)
-        self._mail = MailApi(self.faults, self.stats, self.tokens, self.delta)
+        self.attachments = AttachmentFaults()  # attachments' own faults and counters
+        self._mail = MailApi(self.faults, self.stats, self.tokens, self.delta, self.attachments)
         self._admin = AdminApi(self)
         self.limits = MailboxLimits()  # Graph's per-mailbox limits, counted
         self.directory = Directory()  # GET /v1.0/users: users, shared mailboxes
@@ -321,6 +330,7 @@ class GraphSimulator:
         if mailbox is None:
             raise self.directory.without_mailbox(segments[1])
         self._inject_failures()
+        self.attachments.observe(request)
         with self.limits.slot(mailbox.user, self.faults):
             response = self._mail.route(request, mailbox, segments[2:])
         if prefers_immutable_ids(request.headers.get("prefer")):

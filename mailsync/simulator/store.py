@@ -334,6 +334,27 @@ class Mailbox:
     def set_categories(self, ids: Iterable[str], categories: Sequence[str]) -> list[str]:
         return self._set(ids, "categories", tuple(categories))
 
+    def attach(
+        self,
+        message_id: str,
+        attachments: Sequence[dict[str, Any]],
+        *,
+        has_attachments: bool | None = None,
+        body_extra: str | None = None,
+    ) -> Message:
+        """Add attachments to a message (as a new version of it): each a dict with the
+        Graph fields (id, name, contentType, size, isInline) and its content as
+        mailsync.simulator.attachments.content_of reads it (_kind, _key, _length)."""
+        with self._lock:
+            old = self._by_id[message_id]
+            changes: dict[str, Any] = {"attachments": [*old.attachments, *map(dict, attachments)]}
+            changes["hasAttachments"] = (
+                old.hasAttachments if has_attachments is None else has_attachments
+            )
+            if body_extra is not None:
+                changes["body_extra"] = body_extra
+            return self._update(old, **changes)
+
     def _set(self, ids: Iterable[str], name: str, value: Any) -> list[str]:
         """Set one property; the ids of the messages it really changed."""
         with self._lock:

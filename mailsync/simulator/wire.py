@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,9 @@ class Response:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # A large body (an attachment's $value): sent chunk by chunk, ``length`` bytes in all.
+    stream: Iterator[bytes] | None = None
+    length: int = 0
 
 
 class GraphFailure(Exception):

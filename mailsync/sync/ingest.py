@@ -7,7 +7,6 @@ changed is updated; an identical one costs no write (content_hash).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from mailsync.graph.client import EMAIL_COLUMNS, EmailRecord
@@ -55,8 +54,8 @@ def write_messages(
     job_id: UUID,
     messages: list[EmailRecord],
 ) -> WriteResult:
-    """COPY the page into the connection's staging table, then merge it into emails and its
-    attachments, in the session's transaction."""
+    """COPY the page into the connection's staging table, then merge it into emails and mark
+    its messages that may have attachments for listing, in the session's transaction."""
     if not messages:
         return WriteResult(0, 0, 0)
     session.execute("create_email_staging")
@@ -66,32 +65,11 @@ def write_messages(
     upserted = session.send(
         "upsert_staged_emails", business_id=business_id, store_id=store_id, job_id=job_id
     )
-    attachments = _attachment_rows(messages)
-    if attachments:  # after the upsert (their message's row), in the same round trip
-        session.execute(
-            "upsert_attachments",
-            business_id=business_id,
-            store_id=store_id,
-            attachments=attachments,
-        )
+    # Messages that may have attachments, for fetch-attachments to list (delta pages carry
+    # none: mailsync.sync.attachments); from the staged rows, in the same round trip.
+    session.execute("mark_attachment_listings", business_id=business_id, store_id=store_id)
     counts = upserted.one()
     assert counts is not None  # an aggregate always returns its row
     written, inserted = counts["written"], counts["inserted"]
     distinct = len({m.graph_id for m in messages})
     return WriteResult(inserted, written - inserted, distinct - written)
-
-
-def _attachment_rows(messages: list[EmailRecord]) -> list[dict[str, Any]]:
-    """The page's attachments as JSON objects, the shape upsert_attachments unpacks."""
-    return [
-        {
-            "email_graph_id": m.graph_id,
-            "graph_attachment_id": a.graph_attachment_id,
-            "name": a.name,
-            "content_type": a.content_type,
-            "size_bytes": a.size_bytes,
-            "is_inline": a.is_inline,
-        }
-        for m in messages
-        for a in m.attachments
-    ]

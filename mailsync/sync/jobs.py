@@ -203,7 +203,19 @@ def fail_job(db: Database, job: Row, message: str, category: str) -> None:
 def finish_job(db: Database, job: Row) -> dict[str, Any]:
     """Close the job once its chunks have finished; its summary either way."""
     db.one("finish_sync_job", job["business_id"], job_id=job["id"])
-    return job_summary(db, job["id"])
+    summary = job_summary(db, job["id"])
+    if summary["status"] == "completed" and summary["attachments_failed"]:
+        # Every page is in, but some attachments could not be fetched for now: the job says
+        # so (the next sync fetches them), though none of its chunks failed.
+        reason = f"{summary['attachments_failed']} attachments not fetched yet (transient)"
+        db.one(
+            "mark_job_attachments_failed",
+            job["business_id"],
+            job_id=job["id"],
+            error_message=reason,
+        )
+        summary = job_summary(db, job["id"])
+    return summary
 
 
 def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
@@ -214,6 +226,9 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
         stored = session.one("count_store_emails", store_id=job["store_id"])
         store = session.one("get_store", store_id=job["store_id"])
         folders = session.all("job_folder_stats", job_id=job_id)
+        attachments, by_folder = attachment_totals(
+            session.all("job_attachment_stats", job_id=job_id)
+        )
     elapsed = None
     if job["started_at"]:
         end = job["completed_at"] or datetime.now(UTC)
@@ -244,11 +259,38 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
         "emails_deleted": job["emails_deleted"],
         "delta_resets": _job_total(job, folders, "delta_resets"),
         "delta_fallbacks": job["delta_fallbacks"],
-        "folders": [_folder_summary(folder) for folder in folders],
+        **attachments,
+        "folders": [
+            {**_folder_summary(folder), **by_folder.get(folder["folder_id"], ATTACHMENTS_NONE)}
+            for folder in folders
+        ],
         "error_category": job["error_category"],
         "error_message": job["error_message"],
         "elapsed_s": elapsed,
     }
+
+
+ATTACHMENT_STATS = {
+    "stored": "attachments_stored",
+    "deduplicated": "attachments_deduplicated",
+    "unavailable": "attachments_unavailable",
+    "failed": "attachments_failed",
+    "bytes": "attachment_bytes",
+}
+ATTACHMENTS_NONE = dict.fromkeys(ATTACHMENT_STATS.values(), 0)
+
+
+def attachment_totals(rows: list[Row]) -> tuple[dict[str, int], dict[str | None, dict[str, int]]]:
+    """job_attachment_stats' rows: the job's totals, and by folder id (None: the message
+    has gone since)."""
+    total = dict(ATTACHMENTS_NONE)
+    by_folder: dict[str | None, dict[str, int]] = {}
+    for row in rows:
+        folder = by_folder.setdefault(row["folder_id"], dict(ATTACHMENTS_NONE))
+        for column, key in ATTACHMENT_STATS.items():
+            folder[key] += int(row[column] or 0)
+            total[key] += int(row[column] or 0)
+    return total, by_folder
 
 
 def _job_total(job: Row, folders: list[Row], column: str) -> int:

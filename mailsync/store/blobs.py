@@ -1,0 +1,38 @@
+"""One bytea value into Postgres without holding it whole in memory.
+
+A bytea parameter is one Python ``bytes`` (plus libpq's copy of it in its send buffer):
+twice a 100 MB attachment. A binary COPY is written as it is read, so the value goes from
+a file to the server 1 MiB at a time: the row's header (one field, its length), the bytes,
+the trailer (PostgreSQL's COPY BINARY format, docs: sql-copy.html "Binary Format").
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import IO
+
+from psycopg import sql as pgsql
+
+from mailsync.store.db import Session
+
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # signature, flags, extension
+_TRAILER = struct.pack("!h", -1)
+_CHUNK = 1 << 20
+
+
+def copy_bytea(session: Session, table: str, column: str, source: IO[bytes], size: int) -> None:
+    """COPY one row of one bytea ``column`` into ``table`` from ``source`` (``size`` bytes,
+    read from its current position), in the session's transaction."""
+    statement = pgsql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        pgsql.Identifier(table), pgsql.Identifier(column)
+    )
+    with session.conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.write(_HEADER + struct.pack("!hi", 1, size))
+        left = size
+        while left > 0:
+            chunk = source.read(min(_CHUNK, left))
+            if not chunk:
+                raise ValueError(f"the content ended {left} bytes short of {size}")
+            copy.write(chunk)
+            left -= len(chunk)
+        copy.write(_TRAILER)

@@ -1,0 +1,277 @@
+"""Fetching a store's pending attachments: list each marked message, then each file or item
+attachment's bytes into ``attachment_blobs``, once per distinct content.
+
+When. A page's messages commit as before, marked for listing (``mark_attachment_listings``,
+mailsync.sync.ingest); this runs after the job's chunks (the ``fetch-attachments`` task), so
+paging never waits for a 100 MB download, and a resumed job runs it again: whatever a killed
+worker left pending is fetched then.
+
+One attachment, one transaction. Its row is locked (``FOR UPDATE SKIP LOCKED``) while its
+bytes are fetched, hashed and stored, and unlocked by the commit that records them: two
+workers never fetch the same one, and a killed worker's lock ends with its connection, so
+at most the attachments in flight are fetched again. Each run (``run_id``) tries each
+pending row once: a transient failure waits for the next run instead of looping here.
+
+Failures are per attachment, never per mailbox (Corso #5419: two attachments Graph could not
+serve blocked every backup of a mailbox). Permanent ones (404, a malformed id, 405, over the
+size cap, a list item we cannot read) are recorded in ``fetch_error`` and never asked for
+again; transient ones (429, 5xx, timeouts past the HTTP layer's retries) stay pending.
+
+Memory. The bytes go to a temporary file while they are hashed, then, when the content is
+new to the business, from the file into Postgres by binary COPY (mailsync.store.blobs): a
+100 MB attachment is never whole in this process.
+
+Concurrency. ``WORKERS`` threads, each with its own connection for the attachment in hand;
+every request goes through the Graph transport's shared per-mailbox limit (4 in flight,
+mailsync.graph.limits), so with paging finished this cannot exceed Outlook's limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import IO, Any
+from uuid import UUID
+
+from mailsync.errors import (
+    BadDataError,
+    BadRequestError,
+    GraphError,
+    NotFoundError,
+)
+from mailsync.graph.attachments import download, list_attachments
+from mailsync.graph.client import GraphClient
+from mailsync.store.blobs import copy_bytea
+from mailsync.store.db import Database, Session
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MB = 150.0  # Graph's largest attachment
+WORKERS = 3  # + paging's 1 would be Outlook's 4 per mailbox; the limits enforce it anyway
+PERMANENT_STATUSES = {400, 404, 405, 410}
+
+
+class TooLargeError(Exception):
+    """The content passed the size cap: stopped reading, a permanent failure."""
+
+
+@dataclass
+class AttachmentCounts:
+    """What one run did (the job's own numbers come from the rows: job_attachment_stats)."""
+
+    listed: int = 0
+    stored: int = 0
+    deduplicated: int = 0
+    unavailable: int = 0
+    failed: int = 0
+    bytes: int = 0
+    api_calls: int = 0
+    _lock: Lock = field(default_factory=Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "attachments_listed": self.listed,
+            "attachments_stored": self.stored,
+            "attachments_deduplicated": self.deduplicated,
+            "attachments_unavailable": self.unavailable,
+            "attachments_failed": self.failed,
+            "attachment_bytes": self.bytes,
+            "attachment_api_calls": self.api_calls,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whose attachments: the store, its mailbox, the job, this run."""
+
+    business_id: UUID
+    store_id: UUID
+    mailbox: str
+    job_id: UUID
+    run_id: UUID = field(default_factory=uuid.uuid4)
+
+
+def is_permanent(exc: GraphError) -> bool:
+    """Graph will never serve this one: gone, malformed, not content (405)."""
+    return (
+        isinstance(exc, NotFoundError | BadRequestError)
+        or exc.status in PERMANENT_STATUSES
+        or exc.code in ("ErrorItemNotFound", "ErrorInvalidIdMalformed")
+    )
+
+
+def fetch_attachments(
+    db: Database,
+    graph: GraphClient,
+    target: Target,
+    *,
+    mode: str = "content",
+    max_bytes: int = int(DEFAULT_MAX_MB * 1024 * 1024),
+    workers: int = WORKERS,
+) -> AttachmentCounts:
+    """List the store's marked messages, then (``mode`` content) fetch its pending file and
+    item attachments; each pending row is tried once by this run."""
+    counts = AttachmentCounts()
+    if mode == "none":
+        return counts
+    _drain(workers, lambda: _list_one(db, graph, target, counts))
+    if mode == "content":
+        _drain(workers, lambda: _fetch_one(db, graph, target, counts, max_bytes))
+    return counts
+
+
+def _drain(workers: int, step: Any) -> None:
+    """Run ``step`` in ``workers`` threads until each one says there is nothing left."""
+
+    def loop() -> None:
+        while step():
+            pass
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="attachments") as pool:
+        for future in [pool.submit(loop) for _ in range(workers)]:
+            future.result()  # a database error ends the run: the job stays resumable
+
+
+def _list_one(db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts) -> bool:
+    """List one claimed message's attachments; False when none is left for this run."""
+    client = graph.fork()
+    with db.transaction(target.business_id) as session:
+        row = session.one(
+            "claim_attachment_listing", store_id=target.store_id, run_id=target.run_id
+        )
+        if row is None:
+            return False
+        message_id = row["email_graph_id"]
+        error: str | None = None
+        done = True
+        try:
+            listed = list_attachments(client, target.mailbox, message_id)
+        except (GraphError, BadDataError) as exc:
+            listed = []
+            done = isinstance(exc, BadDataError) or is_permanent(exc)
+            error = str(exc)[:500] if done else None
+            if not done:
+                logger.warning("listing attachments of %s failed for now: %s", message_id[:20], exc)
+        if listed:
+            session.execute(
+                "upsert_listed_attachments",
+                business_id=target.business_id,
+                store_id=target.store_id,
+                email_graph_id=message_id,
+                job_id=target.job_id,
+                attachments=[a.as_json() for a in listed],
+            )
+        session.execute(
+            "finish_attachment_listing",
+            store_id=target.store_id,
+            email_graph_id=message_id,
+            done=done,
+            list_error=error,
+            job_id=target.job_id,
+            run_id=target.run_id,
+        )
+    counts.add(
+        listed=1 if done and error is None else 0,
+        unavailable=1 if error else 0,
+        failed=0 if done else 1,
+        api_calls=client.api_calls,
+    )
+    return True
+
+
+def _fetch_one(
+    db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts, max_bytes: int
+) -> bool:
+    """Fetch one claimed attachment's content; False when none is left for this run."""
+    client = graph.fork()
+    with db.transaction(target.business_id) as session:
+        row = session.one(
+            "claim_pending_attachment", store_id=target.store_id, run_id=target.run_id
+        )
+        if row is None:
+            return False
+        ids = {"id": row["id"], "job_id": target.job_id, "run_id": target.run_id}
+        with tempfile.TemporaryFile(prefix="mailsync-attachment-") as spool:
+            try:
+                sha256, size = download(
+                    client,
+                    target.mailbox,
+                    row["email_graph_id"],
+                    row["graph_attachment_id"],
+                    lambda chunks: _spool(chunks, spool, max_bytes),
+                )
+            except (GraphError, TooLargeError) as exc:  # TransientError too: the network
+                permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
+                message = str(exc)[:500]
+                session.execute(
+                    "record_attachment_failure",
+                    fetch_error=message if permanent else None,
+                    transient_error=None if permanent else message,
+                    **ids,
+                )
+                counts.add(
+                    unavailable=int(permanent),
+                    failed=int(not permanent),
+                    api_calls=client.api_calls,
+                )
+                return True
+            deduplicated = _store_blob(session, target.business_id, sha256, size, spool)
+        session.execute(
+            "record_attachment_content",
+            sha256=sha256,
+            size_bytes=size,
+            deduplicated=deduplicated,
+            **ids,
+        )
+    counts.add(
+        stored=int(not deduplicated),
+        deduplicated=int(deduplicated),
+        bytes=size,
+        api_calls=client.api_calls,
+    )
+    return True
+
+
+def _spool(chunks: Iterator[bytes], spool: IO[bytes], max_bytes: int) -> tuple[str, int]:
+    """Write the body to ``spool`` (from its start: a retry rewrites it), hashing it; its
+    SHA-256 (lower-case hex) and length."""
+    spool.seek(0)
+    spool.truncate()
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLargeError(
+                f"larger than the cap of {max_bytes} bytes (MAILSYNC_ATTACHMENT_MAX_MB)"
+            )
+        digest.update(chunk)
+        spool.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _store_blob(
+    session: Session, business_id: UUID, sha256: str, size: int, spool: IO[bytes]
+) -> bool:
+    """The content into attachment_blobs unless the business has it; True when it had."""
+    if session.one("touch_attachment_blob", business_id=business_id, sha256=sha256) is not None:
+        return True
+    session.execute("create_blob_upload")
+    spool.seek(0)
+    copy_bytea(session, "blob_upload", "content", spool, size)
+    row = session.one(
+        "insert_uploaded_blob", business_id=business_id, sha256=sha256, size_bytes=size
+    )
+    assert row is not None  # INSERT ... RETURNING always answers here
+    return not row["inserted"]
