@@ -45,6 +45,7 @@ COUNTS = (
     "chunks_deleted",
     "checkpoints_deleted",
     "attachments_deleted",
+    "blobs_deleted",
     "prefect_runs_deleted",
     "artifacts_deleted",
 )

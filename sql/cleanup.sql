@@ -141,3 +141,28 @@ deleted AS (
                           AND e.graph_id = scanned.email_graph_id)
     RETURNING 1)
 SELECT (SELECT max(id) FROM scanned) AS last_id, (SELECT count(*) FROM deleted) AS deleted;
+
+-- name: delete_orphan_blobs
+-- One batch of attachment contents no attachment references any more, untouched for
+-- %(older_than_s)s. Safe against a sync storing the same content at the same moment: the
+-- sync first touches the blob (touch_attachment_blob: last_referenced_at = now(), under its
+-- row lock) or inserts it, and only then writes its reference, in one transaction. So
+-- - the sync touched it first: its lock makes SKIP LOCKED pass the blob by, or, committed,
+--   FOR UPDATE re-reads the row and finds last_referenced_at inside the grace: kept;
+-- - we locked it first: the sync's touch waits, finds no row once we commit, and stores
+--   the content anew (insert_uploaded_blob), so its reference never points at a deleted blob;
+-- - and the foreign key from email_attachments refuses a delete that would break a
+--   committed reference, whatever happened.
+WITH doomed AS (
+    SELECT b.business_id, b.sha256
+      FROM attachment_blobs AS b
+     WHERE b.last_referenced_at < now() - make_interval(secs => %(older_than_s)s)
+       AND NOT EXISTS (SELECT 1 FROM email_attachments AS a
+                        WHERE a.business_id = b.business_id AND a.sha256 = b.sha256)
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED),
+deleted AS (
+    DELETE FROM attachment_blobs AS b USING doomed
+     WHERE b.business_id = doomed.business_id AND b.sha256 = doomed.sha256
+    RETURNING 1)
+SELECT count(*) AS deleted FROM deleted;

@@ -4,7 +4,9 @@ What goes, and when (the old system's ages; each one an env setting and a flow p
 - completed jobs after 30 days, failed and partially failed ones after 7, with their chunks;
 - the checkpoints of finished jobs after a 1-day grace: a finished job never resumes, so
   its positions only serve someone looking into it soon after;
-- attachment rows older than 24 hours whose message is gone from ``emails``;
+- attachment rows older than 24 hours whose message is gone from ``emails``, then the
+  attachment contents (``attachment_blobs``) no attachment references, 24 hours after
+  their last reference (race-safe against a sync storing the same content: cleanup.sql);
 - in Prefect's own database (``prune_prefect_history``, mailsync.prefect_history),
   mailsync's flow runs and their artifact versions, at the jobs' ages.
 Stores and emails are never deleted. Each statement deletes at most ``batch_size`` rows in
@@ -118,6 +120,8 @@ def delete_expired(db: Database, policy: RetentionPolicy) -> dict[str, int]:
             checkpoints["deleted"] + chunks["checkpoints"] + jobs["checkpoints"]
         ),
         "attachments_deleted": _delete_orphan_attachments(db, params),
+        # After the rows above: a blob their deletion orphaned waits out its grace too.
+        "blobs_deleted": _delete_batches(db, "delete_orphan_blobs", params)["deleted"],
     }
 
 

@@ -133,11 +133,43 @@ class AttachmentFaults:
     not_found: set[str] = field(default_factory=set)  # attachment ids: 404 forever
     unavailable: dict[str, int] = field(default_factory=dict)  # id: 503s left before serving
     expand_ignores_select: bool = False
+    # Every $value request after the Nth waits until release_held() (a kill lands there).
+    hold_values_after: int | None = None
+    hold_timeout_s: float = 120.0
     # Counters, not switches:
     expand_requests: int = 0
     value_requests: dict[str, int] = field(default_factory=dict)  # $value asked, by id
     list_requests: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _hold: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _values_seen: int = field(default=0, repr=False)
+    _held_now: int = field(default=0, repr=False)
+
+    def hold_point(self) -> None:
+        """Where a $value request waits while ``hold_values_after`` holds it."""
+        with self._hold:
+            if self.hold_values_after is None:
+                return
+            self._values_seen += 1
+            if self._values_seen <= self.hold_values_after:
+                return
+            self._held_now += 1
+            self._hold.notify_all()
+            try:
+                self._hold.wait_for(lambda: self.hold_values_after is None, self.hold_timeout_s)
+            finally:
+                self._held_now -= 1
+
+    def wait_held(self, timeout_s: float) -> bool:
+        """True once a $value request is held."""
+        with self._hold:
+            return self._hold.wait_for(lambda: self._held_now > 0, timeout_s)
+
+    def release_held(self) -> None:
+        """Answer every held request, and hold no more."""
+        with self._hold:
+            self.hold_values_after = None
+            self._hold.notify_all()
 
     def observe(self, request: Request) -> None:
         """Count a Graph request that asks for ``$expand``, whatever it is for; with
@@ -187,6 +219,7 @@ def route(
     if len(rest) != 2 or rest[1].lower() != "$value":
         raise GraphFailure(400, "BadRequest", f"Resource not found for '{'/'.join(rest)}'.")
     faults.on_value(rest[0])
+    faults.hold_point()
     content = content_of(attachment)
     if content.kind == "reference":
         raise GraphFailure(405, "ErrorInvalidRequest", "$value is not supported here.")
