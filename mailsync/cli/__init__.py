@@ -35,7 +35,7 @@ from typing import Annotated
 
 import typer
 
-from mailsync.cli import bench, cleanup, db, mailbox, report, simulator, sync
+from mailsync.cli import attachments, bench, cleanup, db, mailbox, report, simulator, sync
 from mailsync.cli.common import options, report_error
 from mailsync.cli.startup import make_directory, prefect_home
 from mailsync.errors import ConfigError
@@ -67,6 +67,7 @@ app.command()(bench.bench)
 app.command("bench-child", hidden=True)(bench.bench_child)
 app.command("bench-many-child", hidden=True)(bench.bench_many_child)
 app.add_typer(db.app, name="db")
+app.add_typer(attachments.app, name="attachments")
 app.add_typer(mailbox.app, name="mailbox")
 app.command("sync-all")(mailbox.sync_all)
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from mailsync import runtime
 from mailsync.cli import startup
-from mailsync.config import load_settings
+from mailsync.config import attachments_mode, load_settings
 from mailsync.errors import MailsyncError
 from mailsync.runtime import Runtime, graph_credentials
 from mailsync.store.migrate import upgrade
@@ -69,6 +69,7 @@ def configure_runtime(
     chunk_size: int | None = None,
     stuck_after_s: float | None = None,
     db_pool_size: int | None = None,
+    attachments: str | None = None,
 ) -> Runtime:
     """The process's runtime, from the environment and the command line's overrides (None:
     not given). Flows and tasks running in this process get the same one."""
@@ -78,6 +79,7 @@ def configure_runtime(
         chunk_size=chunk_size,
         stuck_after_s=stuck_after_s,
         db_pool_size=db_pool_size,
+        attachments=None if attachments is None else attachments_mode(attachments),
     )
     return runtime.configure(settings)
 

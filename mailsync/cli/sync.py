@@ -46,12 +46,22 @@ from mailsync.sync.jobs import (
 Summary = dict[str, Any]
 
 
+AttachmentsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="content (store each attachment's bytes), metadata (the list only) or none; "
+        "default MAILSYNC_ATTACHMENTS, else content."
+    ),
+]
+
+
 def demo(
     messages: Annotated[int, typer.Option(help="Messages in the simulated mailbox.")] = 10_000,
     chunk_size: Annotated[int, typer.Option(help="Messages per chunk.")] = 2_000,
     page_size: Annotated[int | None, typer.Option(help="Messages per Graph page.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Simulated Graph latency per page.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the generated mailbox.")] = 1,
+    attachments: AttachmentsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sync a simulated mailbox into the embedded Postgres through the real flow."""
@@ -66,7 +76,9 @@ def demo(
             MAILSYNC_CLIENT_ID=simulator.client_id,
             MAILSYNC_CLIENT_SECRET=simulator.client_secret,
         )
-        runtime = configure_runtime(graph_url=simulator.url, page_size=page_size)
+        runtime = configure_runtime(
+            graph_url=simulator.url, page_size=page_size, attachments=attachments
+        )
         prepare_flow_run(runtime, graph=True)
         request = SyncRequest.checked(
             business_id=default_business_id("contoso-demo"),
@@ -110,10 +122,13 @@ def sync(
             help="Another Graph host (e.g. a simulator); msal's token requests go there too."
         ),
     ] = None,
+    attachments: AttachmentsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sync a real mailbox (credentials from MAILSYNC_TENANT_ID/CLIENT_ID/CLIENT_SECRET)."""
-    runtime = configure_runtime(graph_url=graph_url, page_size=page_size, chunk_size=chunk_size)
+    runtime = configure_runtime(
+        graph_url=graph_url, page_size=page_size, chunk_size=chunk_size, attachments=attachments
+    )
     settings = runtime.settings
     request = SyncRequest.checked(
         business_id=business or default_business_id(settings.tenant_id),
@@ -249,6 +264,11 @@ _FOLDER_COLUMNS = (  # on screen in this order; a narrow terminal keeps the low 
     Col("fallback", "fallback", rank=4, justify="right"),
     Col("failed_chunks", "failed_chunks", rank=2, justify="right"),
     Col("api_calls", "api_calls", rank=3, justify="right"),
+    Col("attachments_stored", "att_stored", rank=3, justify="right"),
+    Col("attachments_deduplicated", "att_dedup", rank=4, justify="right"),
+    Col("attachments_unavailable", "att_unavailable", rank=2, justify="right"),
+    Col("attachments_failed", "att_failed", rank=2, justify="right"),
+    Col("attachment_bytes", "att_bytes", rank=4, justify="right"),
 )
 
 

@@ -322,6 +322,12 @@ def incomplete_message(summary: dict[str, Any]) -> str:
             f"not finished; it resumes from its last committed page (mailsync resume "
             f"{summary['job_id']}, or the next cleanup)"
         )
+    if summary["status"] == "partial_failure" and not summary["chunks_failed"]:
+        return (
+            f"sync job {summary['job_id']} ended partial_failure: every message stored, "
+            f"{summary['attachments_failed']} attachments not fetched for now "
+            f"({summary['error_message'] or 'transient'}); the next sync fetches them"
+        )
     return (
         f"sync job {summary['job_id']} ended {summary['status']}: "
         f"{summary['chunks_failed']} of {summary['chunks_total']} chunks failed "

@@ -347,3 +347,29 @@ def _any_stored(url: str) -> str:
             "SELECT graph_attachment_id FROM email_attachments WHERE sha256 IS NOT NULL LIMIT 1",
         )[0]["graph_attachment_id"]
     )
+
+
+def test_the_cli_writes_one_attachments_bytes(
+    runtime: Any, simulator: Any, database_url: str, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from mailsync.cli import app
+
+    box = simulator.add_mailbox(MAILBOX, 150, seed=18)
+    summary = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url)
+    assert summary["status"] == "completed"
+    expected = expected_attachments(box)
+    wanted = first_of_kind(box, "file")
+    target = tmp_path / "out.bin"
+    business = ["--business", summary["business_id"]]
+
+    result = CliRunner().invoke(app, ["attachments", "get", wanted, "-o", str(target), *business])
+
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected[wanted][1]
+    reference = first_of_kind(box, "reference")
+    refused = CliRunner().invoke(app, ["attachments", "get", reference, *business])
+    assert refused.exit_code == 2 and "reference attachment has no content" in refused.output
+    unknown = CliRunner().invoke(app, ["attachments", "get", "AAMkA-nope", *business])
+    assert unknown.exit_code == 2 and "no attachment" in unknown.output

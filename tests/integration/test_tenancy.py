@@ -37,6 +37,8 @@ TENANT_TABLES = (
     "sync_state_checkpoints",
     "emails",
     "email_attachments",
+    "attachment_blobs",
+    "attachment_listings",
 )
 RELATIONS = (*TENANT_TABLES, "chunk_processing_status")
 OTHER = {ACME: GLOBEX, GLOBEX: ACME}
