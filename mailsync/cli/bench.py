@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from mailsync.bench.attachments import AttachmentBenchConfig, run_bench_attachments
 from mailsync.bench.incremental import IncrementalConfig, run_bench_incremental
 from mailsync.bench.mailbox import BenchConfig, measure_sync, run_bench
 from mailsync.bench.many import ManyConfig, measure_sync_all, run_bench_many
@@ -89,9 +90,40 @@ def bench(
         list[str] | None, typer.Option(help="--store: only this variant (repeatable).")
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="--store: runs of each variant.")] = 3,
+    attachments: Annotated[
+        bool,
+        typer.Option(
+            "--attachments",
+            help="Instead: a sync that fetches attachment content (30 %% of the messages, "
+            "10 KB-5 MB, a fifth repeated): MB/s, requests per attachment, deduplication, "
+            "peak RSS (mailsync.bench.attachments).",
+        ),
+    ] = False,
+    large_mb: Annotated[
+        int, typer.Option(min=0, help="--attachments: one more attachment of this many MB.")
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    if attachments:
+        config_att = AttachmentBenchConfig(
+            messages=messages,
+            large_mb=large_mb,
+            page_size=page_size,
+            chunk_size=chunk_size,
+            seed=seed,
+        )
+        result_att = run_bench_attachments(config_att, CHILD)
+        if as_json:
+            out.print(json.dumps(result_att), soft_wrap=True, highlight=False)
+        else:
+            table = Table(title="attachments")
+            table.add_column("figure")
+            table.add_column("value", justify="right")
+            for key, value in result_att.items():
+                table.add_row(key, str(value))
+            out.print(table)
+        return
     if store:
         config_store = StoreConfig(messages, page_size, repeats, seed, tuple(variant or ()))
         _bench_store(config_store, as_json)

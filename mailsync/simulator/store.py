@@ -341,13 +341,16 @@ class Mailbox:
         *,
         has_attachments: bool | None = None,
         body_extra: str | None = None,
+        replace: bool = False,
     ) -> Message:
         """Add attachments to a message (as a new version of it): each a dict with the
         Graph fields (id, name, contentType, size, isInline) and its content as
-        mailsync.simulator.attachments.content_of reads it (_kind, _key, _length)."""
+        mailsync.simulator.attachments.content_of reads it (_kind, _key, _length); ``replace``:
+        instead of the message's own."""
         with self._lock:
             old = self._by_id[message_id]
-            changes: dict[str, Any] = {"attachments": [*old.attachments, *map(dict, attachments)]}
+            kept = [] if replace else old.attachments
+            changes: dict[str, Any] = {"attachments": [*kept, *map(dict, attachments)]}
             changes["hasAttachments"] = (
                 old.hasAttachments if has_attachments is None else has_attachments
             )

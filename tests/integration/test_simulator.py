@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import ssl
@@ -17,6 +19,7 @@ import httpx
 import pytest
 
 from mailsync.simulator import Faults, GraphSimulator, render
+from mailsync.simulator.attachments import content_of, content_sha256
 from mailsync.simulator.generator import Message, iso
 
 USER = "adele@contoso.example"
@@ -195,8 +198,21 @@ def test_expand_attachments_adds_metadata(
     with_attachments = [m for m in messages if m["hasAttachments"]]
     assert with_attachments
     for message in messages:
-        got = [{k: v for k, v in a.items() if k != "@odata.type"} for a in message["attachments"]]
+        got = [
+            {k: v for k, v in a.items() if k not in ("@odata.type", "contentBytes")}
+            for a in message["attachments"]
+        ]
         assert got == expected[message["id"]].attachments
+        # Without a nested $select, Graph sends each file's content whole (base64).
+        for sent, attachment in zip(
+            message["attachments"], expected[message["id"]].attachments, strict=True
+        ):
+            content = content_of(attachment)
+            if "(" in expand or content.kind != "file":
+                assert "contentBytes" not in sent
+            else:
+                raw = base64.b64decode(sent["contentBytes"])
+                assert hashlib.sha256(raw).hexdigest() == content_sha256(content)
 
 
 def test_filter_returns_exactly_the_window(sim: GraphSimulator, client: httpx.Client) -> None:
@@ -599,7 +615,7 @@ def test_throughput_with_full_bodies(
         simulator.add_mailbox("bulk@contoso.example", 6_000, seed=1)
         token = fetch_token(http, simulator.url).json()["access_token"]
         url = f"{simulator.url}/v1.0/users/bulk@contoso.example/messages"
-        params = {"$top": "1000", "$expand": "attachments"}
+        params = {"$top": "1000", "$expand": "attachments($select=id,name,size)"}
         rates = {}
         with new_client(headers={"Authorization": f"Bearer {token}"}) as graph:
             for label in ("cold", "warm"):
