@@ -49,6 +49,7 @@ TABLE_TITLES = {
     "durations": "Chunk durations (ms)",
     "attempts": "Attempts per finished chunk",
     "trend": "Success rate over time (UTC)",
+    "attachments": "Attachments by store (fetched in the window)",
 }
 TABLES = tuple(TABLE_TITLES)
 STATUSES = ("completed", "failed", "retrying", "processing", "pending")
@@ -76,6 +77,17 @@ STORE_COLUMNS = (
     "last_sync",
     "health",
     "consecutive_failures",
+)
+ATTACHMENT_COLUMNS = (
+    "store_id",
+    "mailbox",
+    "attachments",
+    "stored",
+    "deduplicated",
+    "unavailable",
+    "failed",
+    "pending",
+    "mb",
 )
 ERROR_COLUMNS = (
     "error_category",
@@ -292,6 +304,16 @@ def job_throughput(source: Source, scope: ReportScope) -> pd.DataFrame:
     return jobs
 
 
+def attachment_outcomes(source: Source, scope: ReportScope) -> pd.DataFrame:
+    """Per store, the attachments tried in the window: stored (new contents), deduplicated,
+    unavailable (for good), failed (for now), still pending, MB; and the failure rate (%):
+    unavailable and failed of those tried."""
+    frame = _frame(source, "report_attachments", scope, ATTACHMENT_COLUMNS)
+    tried = frame["stored"] + frame["deduplicated"] + frame["unavailable"] + frame["failed"]
+    frame["failure_rate"] = _ratio(100 * (frame["unavailable"] + frame["failed"]), tried, 2)
+    return frame
+
+
 def chunk_rows(source: Source, scope: ReportScope) -> pd.DataFrame:
     """One row per chunk in scope (status, attempts, time, created_at) for the pandas tables."""
     return _frame(source, "report_chunk_rows", scope, CHUNK_COLUMNS)
@@ -377,6 +399,7 @@ class ChunkReport:
     durations: pd.DataFrame
     attempts: pd.DataFrame
     trend: pd.DataFrame
+    attachments: pd.DataFrame
     summary: dict[str, Any]
 
     @property
@@ -419,6 +442,7 @@ def report_for(source: Source, scope: ReportScope) -> ChunkReport:
         errors = failures_by_category(session, scope)
         throughput = job_throughput(session, scope)
         chunks = chunk_rows(session, scope)
+        attachments = attachment_outcomes(session, scope)
     durations = chunk_durations(chunks)
     summary = _summary(scope, status, chunks, durations, errors)
     return ChunkReport(
@@ -430,6 +454,7 @@ def report_for(source: Source, scope: ReportScope) -> ChunkReport:
         durations,
         attempts_distribution(chunks),
         success_trend(chunks, scope.window.bucket),
+        attachments,
         summary,
     )
 

@@ -118,3 +118,26 @@ SELECT c.status,
    AND (%(store)s::text IS NULL OR c.store_id::text = lower(%(store)s::text)
         OR lower(s.mailbox) = lower(%(store)s::text))
    AND (%(business)s::uuid IS NULL OR c.business_id = %(business)s::uuid);
+
+-- name: report_attachments
+-- Per store, the attachments a fetch tried in the window (by the trying job's creation),
+-- and those still waiting: the attachment failure rate's numbers.
+SELECT s.id AS store_id, s.mailbox,
+       count(a.id) AS attachments,
+       count(a.id) FILTER (WHERE a.sha256 IS NOT NULL AND NOT a.deduplicated) AS stored,
+       count(a.id) FILTER (WHERE a.sha256 IS NOT NULL AND a.deduplicated) AS deduplicated,
+       count(a.id) FILTER (WHERE a.fetch_error IS NOT NULL) AS unavailable,
+       count(a.id) FILTER (WHERE a.fetched_at IS NULL AND a.transient_error IS NOT NULL) AS failed,
+       count(a.id) FILTER (WHERE a.fetched_at IS NULL AND a.fetch_error IS NULL) AS pending,
+       round(coalesce(sum(a.size_bytes) FILTER (WHERE a.sha256 IS NOT NULL), 0)
+             / 1048576.0, 1)::float8 AS mb
+  FROM stores AS s
+  JOIN email_attachments AS a ON a.store_id = s.id
+  JOIN sync_queue AS q ON q.id = a.fetch_job_id
+ WHERE q.created_at >= %(since)s AND q.created_at < %(until)s
+   AND (%(store)s::text IS NULL OR s.id::text = lower(%(store)s::text)
+        OR lower(s.mailbox) = lower(%(store)s::text))
+   AND (%(business)s::uuid IS NULL OR s.business_id = %(business)s::uuid)
+ GROUP BY s.id
+ ORDER BY count(a.id) FILTER (WHERE a.fetch_error IS NOT NULL OR a.transient_error IS NOT NULL)
+          DESC, s.mailbox;
