@@ -32,11 +32,11 @@ import hashlib
 import logging
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import IO, Any
+from typing import IO
 from uuid import UUID
 
 from mailsync.errors import (
@@ -131,7 +131,7 @@ def fetch_attachments(
     return counts
 
 
-def _drain(workers: int, step: Any) -> None:
+def _drain(workers: int, step: Callable[[], bool]) -> None:
     """Run ``step`` in ``workers`` threads until each one says there is nothing left."""
 
     def loop() -> None:
@@ -209,7 +209,7 @@ def _fetch_one(
                     target.mailbox,
                     row["email_graph_id"],
                     row["graph_attachment_id"],
-                    lambda chunks: _spool(chunks, spool, max_bytes),
+                    lambda chunks: spool_content(chunks, spool, max_bytes),
                 )
             except (GraphError, TooLargeError) as exc:  # TransientError too: the network
                 permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
@@ -243,7 +243,7 @@ def _fetch_one(
     return True
 
 
-def _spool(chunks: Iterator[bytes], spool: IO[bytes], max_bytes: int) -> tuple[str, int]:
+def spool_content(chunks: Iterator[bytes], spool: IO[bytes], max_bytes: int) -> tuple[str, int]:
     """Write the body to ``spool`` (from its start: a retry rewrites it), hashing it; its
     SHA-256 (lower-case hex) and length."""
     spool.seek(0)

@@ -148,6 +148,15 @@ def test_every_attachment_is_stored_byte_exact_once_per_content(
     assert simulator.attachments.list_requests == listed
     assert again["attachments_stored"] == again["attachments_unavailable"] == 0
 
+    # The report's attachment table shows the store's failure rate.
+    from mailsync.report import build_report
+
+    report = build_report(database_url, business=summary["business_id"])
+    row = report.attachments.iloc[0]
+    assert (row["unavailable"], row["failed"], row["pending"]) == (1, 0, 0)
+    assert row["stored"] + row["deduplicated"] == len(fetchable) - 1
+    assert row["failure_rate"] == round(100 / len(fetchable), 2)
+
 
 def test_a_transient_failure_stays_pending_and_the_next_sync_fetches_it(
     runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
