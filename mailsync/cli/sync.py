@@ -264,17 +264,31 @@ _FOLDER_COLUMNS = (  # on screen in this order; a narrow terminal keeps the low 
     Col("fallback", "fallback", rank=4, justify="right"),
     Col("failed_chunks", "failed_chunks", rank=2, justify="right"),
     Col("api_calls", "api_calls", rank=3, justify="right"),
-    Col("attachments_stored", "att_stored", rank=3, justify="right"),
-    Col("attachments_deduplicated", "att_dedup", rank=4, justify="right"),
-    Col("attachments_unavailable", "att_unavailable", rank=2, justify="right"),
-    Col("attachments_failed", "att_failed", rank=2, justify="right"),
-    Col("attachment_bytes", "att_bytes", rank=4, justify="right"),
 )
 
 
 def _print_folders(folders: list[dict[str, Any]]) -> None:
     if folders:
         print_fitted(out, "per folder", _FOLDER_COLUMNS, folders)
+        _print_folder_attachments(folders)
+
+
+_ATTACHMENT_COLUMNS = (
+    Col("folder", "folder", rank=0),
+    Col("attachments_stored", "stored", rank=1, justify="right"),
+    Col("attachments_deduplicated", "deduplicated", rank=2, justify="right"),
+    Col("attachments_unavailable", "unavailable", rank=1, justify="right"),
+    Col("attachments_failed", "failed", rank=1, justify="right"),
+    Col("attachment_bytes", "bytes", rank=2, justify="right"),
+)
+
+
+def _print_folder_attachments(folders: list[dict[str, Any]]) -> None:
+    """The attachments per folder, when the job fetched or tried any (a table of its own:
+    the folder table is as wide as a terminal allows)."""
+    touched = [f for f in folders if any(f.get(c.key) for c in _ATTACHMENT_COLUMNS[1:])]
+    if touched:
+        print_fitted(out, "attachments per folder", _ATTACHMENT_COLUMNS, touched)
 
 
 def _print_short_report(runtime: Runtime, store_id: str) -> None:
