@@ -557,6 +557,74 @@ CREATE FUNCTION public.take_back_chunk(p_chunk_id uuid) RETURNS public.chunked_s
     RETURNING c.*;
 $$;
 
+CREATE TABLE public.attachment_blobs (
+    business_id uuid NOT NULL,
+    sha256 text NOT NULL,
+    size_bytes bigint NOT NULL,
+    content bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_referenced_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT attachment_blobs_sha256_check CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT attachment_blobs_size_bytes_check CHECK ((size_bytes >= 0))
+);
+ALTER TABLE ONLY public.attachment_blobs ALTER COLUMN content SET STORAGE EXTERNAL;
+
+ALTER TABLE ONLY public.attachment_blobs FORCE ROW LEVEL SECURITY;
+
+CREATE TABLE public.email_attachments (
+    id bigint NOT NULL,
+    business_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    email_graph_id text NOT NULL,
+    graph_attachment_id text NOT NULL,
+    name text,
+    content_type text,
+    size_bytes bigint,
+    is_inline boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    kind text DEFAULT 'file'::text NOT NULL,
+    graph_size bigint,
+    content_id text,
+    sha256 text,
+    fetch_error text,
+    transient_error text,
+    fetched_at timestamp with time zone,
+    fetch_job_id uuid,
+    fetch_run_id uuid,
+    deduplicated boolean DEFAULT false NOT NULL,
+    CONSTRAINT email_attachments_kind_check CHECK ((kind = ANY (ARRAY['file'::text, 'item'::text, 'reference'::text]))),
+    CONSTRAINT email_attachments_sha256_check CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
+);
+
+ALTER TABLE ONLY public.email_attachments FORCE ROW LEVEL SECURITY;
+
+CREATE VIEW public.attachment_contents WITH (security_invoker='true') AS
+ SELECT a.store_id,
+    a.email_graph_id,
+    a.graph_attachment_id,
+    a.kind,
+    a.name,
+    a.content_type,
+    a.is_inline,
+    a.size_bytes,
+    a.sha256,
+    b.content
+   FROM (public.email_attachments a
+     LEFT JOIN public.attachment_blobs b ON (((b.business_id = a.business_id) AND (b.sha256 = a.sha256))));
+
+CREATE TABLE public.attachment_listings (
+    business_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    email_graph_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    listed_at timestamp with time zone,
+    list_error text,
+    job_id uuid,
+    run_id uuid
+);
+
+ALTER TABLE ONLY public.attachment_listings FORCE ROW LEVEL SECURITY;
+
 CREATE VIEW public.chunk_processing_status AS
 SELECT
     NULL::uuid AS parent_sync_job_id,
@@ -574,21 +642,6 @@ SELECT
     NULL::bigint AS api_calls_made,
     NULL::text AS overall_status,
     NULL::numeric AS progress_percentage;
-
-CREATE TABLE public.email_attachments (
-    id bigint NOT NULL,
-    business_id uuid NOT NULL,
-    store_id uuid NOT NULL,
-    email_graph_id text NOT NULL,
-    graph_attachment_id text NOT NULL,
-    name text,
-    content_type text,
-    size_bytes integer,
-    is_inline boolean DEFAULT false NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
-);
-
-ALTER TABLE ONLY public.email_attachments FORCE ROW LEVEL SECURITY;
 
 ALTER TABLE public.email_attachments ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.email_attachments_id_seq
@@ -768,6 +821,12 @@ ALTER TABLE public.sync_state_checkpoints ALTER COLUMN id ADD GENERATED ALWAYS A
     CACHE 1
 );
 
+ALTER TABLE ONLY public.attachment_blobs
+    ADD CONSTRAINT attachment_blobs_pkey PRIMARY KEY (business_id, sha256);
+
+ALTER TABLE ONLY public.attachment_listings
+    ADD CONSTRAINT attachment_listings_pkey PRIMARY KEY (store_id, email_graph_id);
+
 ALTER TABLE ONLY public.chunked_sync_jobs
     ADD CONSTRAINT chunked_sync_jobs_id_business_id_key UNIQUE (id, business_id);
 
@@ -825,11 +884,19 @@ ALTER TABLE ONLY public.sync_queue
 ALTER TABLE ONLY public.sync_state_checkpoints
     ADD CONSTRAINT sync_state_checkpoints_pkey PRIMARY KEY (id);
 
+CREATE INDEX attachment_listings_pending ON public.attachment_listings USING btree (store_id) WHERE (listed_at IS NULL);
+
 CREATE INDEX chunked_sync_jobs_created ON public.chunked_sync_jobs USING btree (created_at);
 
 CREATE INDEX chunked_sync_jobs_processing ON public.chunked_sync_jobs USING btree (heartbeat_at) WHERE (status = 'processing'::text);
 
 CREATE INDEX chunked_sync_jobs_store ON public.chunked_sync_jobs USING btree (store_id, created_at);
+
+CREATE INDEX email_attachments_fetch_job ON public.email_attachments USING btree (fetch_job_id) WHERE (fetch_job_id IS NOT NULL);
+
+CREATE INDEX email_attachments_pending ON public.email_attachments USING btree (store_id) WHERE ((fetched_at IS NULL) AND (fetch_error IS NULL) AND (kind <> 'reference'::text));
+
+CREATE INDEX email_attachments_sha256 ON public.email_attachments USING btree (business_id, sha256) WHERE (sha256 IS NOT NULL);
 
 CREATE INDEX emails_store_folder_live ON public.emails USING btree (store_id, parent_folder_id) WHERE (deleted_at IS NULL);
 
@@ -877,11 +944,17 @@ CREATE OR REPLACE VIEW public.chunk_processing_status WITH (security_invoker='tr
 
 CREATE TRIGGER sync_queue_registry AFTER INSERT OR UPDATE OF status ON public.sync_queue FOR EACH ROW EXECUTE FUNCTION public.registry_record_job();
 
+ALTER TABLE ONLY public.attachment_listings
+    ADD CONSTRAINT attachment_listings_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.chunked_sync_jobs
     ADD CONSTRAINT chunked_sync_jobs_parent_sync_job_id_business_id_fkey FOREIGN KEY (parent_sync_job_id, business_id) REFERENCES public.sync_queue(id, business_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.chunked_sync_jobs
     ADD CONSTRAINT chunked_sync_jobs_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.email_attachments
+    ADD CONSTRAINT email_attachments_business_id_sha256_fkey FOREIGN KEY (business_id, sha256) REFERENCES public.attachment_blobs(business_id, sha256);
 
 ALTER TABLE ONLY public.email_attachments
     ADD CONSTRAINT email_attachments_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
@@ -913,6 +986,10 @@ ALTER TABLE ONLY public.sync_state_checkpoints
 ALTER TABLE ONLY public.sync_state_checkpoints
     ADD CONSTRAINT sync_state_checkpoints_sync_job_id_business_id_fkey FOREIGN KEY (sync_job_id, business_id) REFERENCES public.sync_queue(id, business_id) ON DELETE CASCADE;
 
+ALTER TABLE public.attachment_blobs ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.attachment_listings ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.chunked_sync_jobs ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.email_attachments ENABLE ROW LEVEL SECURITY;
@@ -928,6 +1005,10 @@ ALTER TABLE public.stores ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.sync_queue ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.sync_state_checkpoints ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tenant_isolation ON public.attachment_blobs USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
+
+CREATE POLICY tenant_isolation ON public.attachment_listings USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
 
 CREATE POLICY tenant_isolation ON public.chunked_sync_jobs USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
 
