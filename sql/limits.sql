@@ -22,6 +22,6 @@ UPDATE graph_limits
 -- name: graph_limit_usage
 -- The limits' counters (mailsync bench, tests): slots granted, 429s reported, waits.
 SELECT key, max_in_flight, capacity, refill_per_s, requests, throttled, waits, paused_until,
-       (SELECT count(*) FROM graph_leases AS l WHERE l.key = g.key) AS in_flight
+       (SELECT coalesce(sum(l.slots), 0) FROM graph_leases AS l WHERE l.key = g.key) AS in_flight
   FROM graph_limits AS g
  ORDER BY key;

@@ -36,14 +36,17 @@ RETURNING *;
 
 -- name: plan_sync_job
 -- Record the plan and create its chunks (a JSON array, one object per chunk) in one
--- statement; a job is planned only once.
+-- statement; a job is planned only once. planned: 1 when this call planned it (a job whose
+-- every folder was unchanged has no chunk at all), 0 when it was planned already.
 WITH planned AS (
     UPDATE sync_queue
        SET estimated_emails = %(estimated_emails)s, total_chunks = %(total_chunks)s,
            folders = %(folders)s, sync_type = %(sync_type)s,
+           folders_unchanged = %(folders_unchanged)s,
            api_calls_made = api_calls_made + %(api_calls)s, updated_at = now()
      WHERE id = %(job_id)s AND total_chunks IS NULL
-    RETURNING id, business_id, store_id, chunk_size)
+    RETURNING id, business_id, store_id, chunk_size),
+chunks AS (
 INSERT INTO chunked_sync_jobs (parent_sync_job_id, business_id, store_id, chunk_index,
                                total_chunks, chunk_size, estimated_emails, max_attempts, kind,
                                folder_id, last_in_folder, checkpoint_data)
@@ -53,7 +56,8 @@ SELECT p.id, p.business_id, p.store_id, c.chunk_index, %(total_chunks)s, p.chunk
   FROM planned AS p,
        jsonb_to_recordset(%(chunks)s) AS c (chunk_index integer, estimated_emails integer,
                                             kind text, folder_id text, last_in_folder boolean,
-                                            checkpoint_data jsonb);
+                                            checkpoint_data jsonb))
+SELECT count(*) AS planned FROM planned;
 
 -- name: fail_sync_job
 -- A job that cannot go on at all (unknown mailbox, refused credentials): failed, said why.
@@ -225,6 +229,38 @@ ON CONFLICT DO NOTHING;
 -- The folder's round is complete: where the next incremental round starts.
 UPDATE mail_folders SET delta_link = %(delta_link)s, synced_at = now()
  WHERE store_id = %(store_id)s AND graph_id = %(folder_id)s;
+
+-- name: set_folder_delta_links
+-- Folders whose round, asked at planning, came back empty (a JSON array of {folder_id,
+-- delta_link}): their next round starts at the new link; no chunk is created for them.
+UPDATE mail_folders AS f SET delta_link = x.delta_link, synced_at = now()
+  FROM jsonb_to_recordset(%(links)s) AS x (folder_id text, delta_link text)
+ WHERE f.store_id = %(store_id)s AND f.graph_id = x.folder_id;
+
+-- name: live_folders
+-- The store's folders as last listed (not tombstoned), parents before children.
+SELECT * FROM mail_folders
+ WHERE store_id = %(store_id)s AND deleted_at IS NULL
+ ORDER BY created_at, path;
+
+-- name: tombstone_folders
+-- Folders Graph's folder delta reported removed (a JSON array of Graph ids), and every
+-- folder below them: tombstoned, their delta state dropped. Returns them.
+WITH RECURSIVE gone AS (
+    SELECT graph_id FROM mail_folders
+     WHERE store_id = %(store_id)s AND graph_id IN (SELECT jsonb_array_elements_text(%(ids)s))
+    UNION
+    SELECT f.graph_id FROM mail_folders AS f JOIN gone AS g ON f.parent_graph_id = g.graph_id
+     WHERE f.store_id = %(store_id)s)
+UPDATE mail_folders
+   SET deleted_at = now(), delta_link = NULL
+ WHERE store_id = %(store_id)s AND deleted_at IS NULL
+   AND graph_id IN (SELECT graph_id FROM gone)
+RETURNING *;
+
+-- name: set_folders_delta_link
+-- Where the store's next mailFolders/delta round starts (NULL: read the tree whole).
+UPDATE stores SET folders_delta_link = %(delta_link)s WHERE id = %(store_id)s;
 
 -- name: job_folder_stats
 -- A job's numbers per folder, in the order the folders ran.

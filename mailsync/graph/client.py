@@ -364,15 +364,22 @@ class GraphClient:
             prefer = f"odata.maxpagesize={max_page_size}, {prefer}"
         headers = {"Prefer": prefer, "Accept": "application/json", **(headers or {})}
         extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
+        return self.send(
+            lambda: self.http.get(url, params=params, headers=headers, extensions=extensions)
+        )
+
+    def send(self, request: Callable[[], httpx.Response]) -> bytes:
+        """The body of a 200 to ``request()``, sent again after throttling, 5xx and network
+        errors (Graph's Retry-After, else bounded backoff); other answers raise."""
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
-                response = self.http.get(url, params=params, headers=headers, extensions=extensions)
+                response = request()
             except httpx.TimeoutException as exc:
                 self.api_calls += 1
                 if last:
                     raise TransientError(f"Graph request timed out: {type(exc).__name__}") from None
-                self.sleep(self._backoff(attempt))
+                self.sleep(self.backoff(attempt))
                 continue
             except httpx.TransportError as exc:
                 self.api_calls += 1
@@ -380,7 +387,7 @@ class GraphClient:
                     raise TransientError(
                         f"Graph unreachable: {type(exc).__name__}: {exc}"
                     ) from None
-                self.sleep(self._backoff(attempt))
+                self.sleep(self.backoff(attempt))
                 continue
             self.api_calls += 1
             if response.status_code == 200:
@@ -390,10 +397,10 @@ class GraphClient:
                 if response.status_code == 429:
                     self.throttled += 1
                 if last:
-                    raise self._error(response, retry_after)
-                self.sleep(self._backoff(attempt, retry_after))
+                    raise self.error(response, retry_after)
+                self.sleep(self.backoff(attempt, retry_after))
                 continue
-            raise self._error(response, None)
+            raise self.error(response, None)
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def download(self, url: str, consume: Callable[[Iterator[bytes]], T]) -> T:
@@ -416,22 +423,22 @@ class GraphClient:
                     raise TransientError(
                         f"Graph download timed out: {type(exc).__name__}"
                     ) from None
-                self.sleep(self._backoff(attempt))
+                self.sleep(self.backoff(attempt))
                 continue
             except httpx.TransportError as exc:
                 if last:
                     raise TransientError(f"Graph download failed: {type(exc).__name__}") from None
-                self.sleep(self._backoff(attempt))
+                self.sleep(self.backoff(attempt))
                 continue
             if response.status_code in RETRY_STATUSES and not last:
                 if response.status_code == 429:
                     self.throttled += 1
-                self.sleep(self._backoff(attempt, _retry_after(response)))
+                self.sleep(self.backoff(attempt, _retry_after(response)))
                 continue
-            raise self._error(response, _retry_after(response))
+            raise self.error(response, _retry_after(response))
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         return retry_delay(attempt, self.backoff_base_s, self.backoff_max_s, retry_after, self.rng)
 
     @staticmethod
@@ -449,7 +456,8 @@ class GraphClient:
         return body
 
     @staticmethod
-    def _error(response: httpx.Response, retry_after: float | None) -> GraphError:
+    def error(response: httpx.Response, retry_after: float | None) -> GraphError:
+        """Graph's error answer as the category of mailsync.errors it belongs to."""
         code, message = _graph_error_detail(response)
         status = response.status_code
         text = f"Graph answered {status} {code or ''}: {message}".strip()
@@ -479,6 +487,14 @@ class GraphClient:
 
     def messages_url(self, mailbox: str, folder: str) -> str:
         return f"{self.folder_url(mailbox, folder)}/messages"
+
+    def relative(self, link: str) -> str:
+        """A link Graph gave (``{base}/v1.0/users/…``) as a ``$batch`` item's url
+        (``/users/…``): relative to the batch's own version, as Graph requires."""
+        prefix = f"{self.base_url}/v1.0/"
+        if not link.startswith(prefix):
+            raise BadDataError(f"a link is not a v1.0 link to {self.base_url}: cannot batch it")
+        return link[len(prefix) - 1 :]
 
     def link(self, body: dict[str, Any], key: str = "@odata.nextLink") -> str | None:
         """A page's nextLink (or deltaLink, by ``key``), checked: a string pointing at our

@@ -76,7 +76,7 @@ def _pages(graph: GraphClient, url: str) -> Iterator[dict[str, Any]]:
 
 def list_folders(graph: GraphClient, mailbox: str) -> list[Folder]:
     """Every real folder of the mailbox, parents before children, search folders left out."""
-    well_known = _well_known_ids(graph, mailbox)
+    well_known = well_known_ids(graph, mailbox)
     found: list[Folder] = []
     pending: list[tuple[str, str | None]] = [(f"{graph.user_url(mailbox)}/mailFolders", None)]
     while pending:
@@ -95,7 +95,7 @@ def list_folders(graph: GraphClient, mailbox: str) -> list[Folder]:
     return found
 
 
-def _well_known_ids(graph: GraphClient, mailbox: str) -> dict[str, str]:
+def well_known_ids(graph: GraphClient, mailbox: str) -> dict[str, str]:
     """Inbox's id is 'inbox' only in a URL: the list shows real ids. Resolving the two most
     used names (one request each) labels them; the rest stay unnamed, which is harmless."""
     names: dict[str, str] = {}
@@ -126,3 +126,61 @@ def resolve_folder(graph: GraphClient, mailbox: str, name: str) -> Folder:
     if folder is None:
         raise InvalidInputError(f"{name!r} is a search folder (a view of other folders' mail)")
     return folder
+
+
+@dataclass(frozen=True)
+class FolderTreeDelta:
+    """A round of ``mailFolders/delta``: the folders added or changed (every folder, for a
+    round from scratch), the ids removed, and where the next round starts."""
+
+    changed: list[dict[str, Any]]  # Graph's folder objects, search folders included
+    removed: list[str]
+    delta_link: str
+
+
+def folder_tree_delta(graph: GraphClient, mailbox: str, link: str | None) -> FolderTreeDelta:
+    """One round of the mailbox's folder delta, from ``link`` (None: the whole tree, flat:
+    Graph lists children too, each with its parentFolderId). With a deltaLink and nothing
+    changed, this is one request; the whole tree of a dozen folders is two pages."""
+    url = link or f"{graph.user_url(mailbox)}/mailFolders/delta"
+    params: dict[str, str] | None = None if link else {"$select": FOLDER_FIELDS}
+    changed: list[dict[str, Any]] = []
+    removed: list[str] = []
+    while True:
+        body = graph.get_json(url, params, max_page_size=LIST_PAGE_SIZE)
+        value = body.get("value")
+        if not isinstance(value, list):
+            raise BadDataError("Graph's folder delta page has no 'value' list")
+        for raw in value:
+            if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+                raise BadDataError("Graph sent a folder without an id")
+            if "@removed" in raw:
+                removed.append(raw["id"])
+            else:
+                changed.append(raw)
+        next_link, delta_link = graph.link(body), graph.link(body, "@odata.deltaLink")
+        if delta_link is not None:
+            return FolderTreeDelta(changed, removed, delta_link)
+        if next_link is None:
+            raise BadDataError("Graph's folder delta page has neither nextLink nor deltaLink")
+        url, params = next_link, None
+
+
+def tree_of(raws: dict[str, dict[str, Any]], well_known: dict[str, str]) -> list[Folder]:
+    """The folders (Graph's objects by id) as a tree, parents before children, each with its
+    path; search folders (and anything below one) left out. A folder whose parent is not
+    among them is at the top (its parent is the mailbox's root, which Graph does not list)."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for raw in raws.values():
+        parent = raw.get("parentFolderId")
+        children.setdefault(parent if parent in raws else None, []).append(raw)
+    found: list[Folder] = []
+    pending: list[tuple[dict[str, Any], str | None]] = [(r, None) for r in children.get(None, [])]
+    while pending:
+        raw, parent_path = pending.pop(0)
+        folder = _folder(raw, parent_path, well_known.get(raw["id"]))
+        if folder is None:
+            continue
+        found.append(folder)
+        pending.extend((child, folder.path) for child in children.get(raw["id"], []))
+    return found

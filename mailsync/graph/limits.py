@@ -50,6 +50,7 @@ ARRIVAL_HEADROOM_S = 2.0  # a slot taken now may reach Graph this much later
 POLL_S = (0.01, 0.5)  # waiting for a free in-flight slot: from 10 ms, doubling, to 0.5 s
 LEASE_GRACE_S = 30.0  # a lease outlives the HTTP timeout by this much
 MAX_WAIT_S = 900.0  # longer than this without a slot: the request fails as throttled
+BATCH_PARALLEL = 4  # Outlook runs up to 4 items of an unordered $batch at a time
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,20 @@ class GraphLimiter:
         )
 
     @contextmanager
-    def slot(self, mailbox: str | None) -> Iterator[Slot]:
-        """Hold a request slot of the app (and of ``mailbox``, for a mailbox's request)."""
+    def slot(self, mailbox: str | None, items: int = 1) -> Iterator[Slot]:
+        """Hold a request slot of the app (and of ``mailbox``, for a mailbox's request);
+        a ``$batch`` of ``items`` requests holds as many slots as Graph runs at once
+        (up to 4) and takes a token per item (mailsync.graph.batch)."""
         limits = [self.app_limit] + ([self.mailbox_limit(mailbox)] if mailbox else [])
-        lease = self._acquire(limits, mailbox)
+        weight = {"slots": min(items, BATCH_PARALLEL), "tokens": items} if items > 1 else {}
+        lease = self._acquire(limits, mailbox, weight)
         try:
             yield Slot(self, limits[-1] if mailbox else None)
         finally:
             self._db().one("release_graph_slot", lease_id=lease)
 
-    def _acquire(self, limits: list[Limit], mailbox: str | None) -> UUID:
-        payload = [limit.as_json() for limit in limits]
+    def _acquire(self, limits: list[Limit], mailbox: str | None, weight: dict[str, int]) -> UUID:
+        payload = [{**limit.as_json(), **weight} for limit in limits]
         started = time.monotonic()
         poll = POLL_S[0]
         while True:
@@ -185,7 +189,9 @@ class LimitedTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.extensions.get(STREAM_EXTENSION):
             return self._streamed(request)
-        with self.limiter.slot(mailbox_of(request.url.path)) as slot:
+        batch = request.extensions.get("mailsync_batch")  # (mailbox, items): a $batch
+        mailbox, items = batch if batch else (mailbox_of(request.url.path), 1)
+        with self.limiter.slot(mailbox, items) as slot:
             response = self._inner.handle_request(request)
             try:
                 response.read()

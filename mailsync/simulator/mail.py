@@ -9,6 +9,7 @@ Routes (``{folder}`` is an id or a well-known name; ``childFolders/{id}`` may re
 - ``GET /users/{u}/messages`` (every real folder), ``GET …/{folder}/messages``: listings
 - ``GET /users/{u}/messages/{id}``, ``GET …/{folder}/messages/{id}``: one message
 - ``GET …/{folder}/messages/delta``: see ``mailsync.simulator.delta``
+- ``GET /users/{u}/mailFolders/delta``: see ``mailsync.simulator.folder_delta``
 
 Folder lists page like message lists (``$top`` default 10, ``$skip`` nextLinks) and leave
 hidden folders out unless ``includeHiddenFolders=true``. Message listings behave as Graph's
@@ -27,6 +28,7 @@ from mailsync.simulator import attachments
 from mailsync.simulator.attachments import AttachmentFaults
 from mailsync.simulator.delta import DeltaApi
 from mailsync.simulator.faults import Faults
+from mailsync.simulator.folder_delta import serve_folder_delta
 from mailsync.simulator.folders import SEARCH_FOLDER_TYPE, Folder
 from mailsync.simulator.generator import Message
 from mailsync.simulator.identity import TokenStore
@@ -87,6 +89,8 @@ class MailApi:
             return self._messages_resource(request, mailbox, None, segments[1:])
         if lowered == ["mailfolders"]:
             return self._folder_list(request, mailbox, mailbox.tree.root, "mailFolders")
+        if lowered == ["mailfolders", "delta"]:
+            return serve_folder_delta(request, mailbox, folder_json)
         if lowered[0] == "mailfolders":
             folder, rest = self._folder_path(mailbox, segments[1:])
             where = "/".join(segments[: len(segments) - len(rest)])

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from mailsync.simulator.admin import AdminApi
 from mailsync.simulator.attachments import AttachmentFaults
+from mailsync.simulator.batch import serve_batch
 from mailsync.simulator.delta import DeltaApi
 from mailsync.simulator.directory import Directory
 from mailsync.simulator.faults import Faults
@@ -291,6 +292,8 @@ class GraphSimulator:
         token = len(segments) >= 2 and segments[-1].lower() == "token"
         data = bool(segments) and segments[0].lower() == "v1.0"
         kind = request_kind(segments[3:], request.query) if data else None
+        if data and [s.lower() for s in segments[1:]] == ["$batch"]:
+            kind = "batch"
         try:
             response = self._route(request, segments)
         except GraphFailure as failure:
@@ -312,6 +315,8 @@ class GraphSimulator:
         if first == "_sim":
             return self._admin.route(request, segments[1:])
         if first == "v1.0":
+            if [x.lower() for x in segments[1:]] == ["$batch"] and request.method == "POST":
+                return self._batch(request)
             if request.method != "GET":
                 raise GraphFailure(405, "Request_BadRequest", "Only GET is simulated.")
             return self._graph(request, segments[1:])
@@ -336,6 +341,17 @@ class GraphSimulator:
         if prefers_immutable_ids(request.headers.get("prefer")):
             applied = [response.headers.get("Preference-Applied"), 'IdType="ImmutableId"']
             response.headers["Preference-Applied"] = ", ".join(a for a in applied if a)
+        return response
+
+    def _batch(self, request: Request) -> Response:
+        """JSON batching (mailsync.simulator.batch): each item as if sent alone, counted
+        under its kind in ``stats.batch_items`` (the envelope is the one HTTP request)."""
+        self._authenticate(request)
+        response, items = serve_batch(
+            request, self._graph, lambda failure: graph_error_response(failure, "batch-item")
+        )
+        for status, segments, query in items:
+            self.stats.record_batch_item(status, request_kind(segments[3:], query))
         return response
 
     def _authenticate(self, request: Request) -> None:

@@ -3,9 +3,12 @@
 Kinds (``request_kind``): ``user``, ``folders`` (a folder list: mailFolders or
 childFolders), ``folder`` (one folder), ``messages`` (a message listing), ``count`` (a
 listing with ``$count=true``), ``message`` (one message), ``delta`` (a delta page
-request), ``other``. Every /v1.0 request counts under its kind whatever its status (a 429
+request), ``folder_delta`` (``mailFolders/delta``), ``batch`` (a ``$batch`` envelope),
+``other``. Every /v1.0 request counts under its kind whatever its status (a 429
 costs a request too); ``message_pages`` and ``delta_pages`` count pages actually served.
-Admin requests under /_sim are not counted at all.
+Admin requests under /_sim are not counted at all. A ``$batch`` is one request (kind
+``batch``); its items are counted apart, by kind, in ``batch_items`` (a throttled item in
+``throttled`` too), as Graph counts them against the mailbox.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ def request_kind(segments: list[str], query: str) -> str:
     lowered = [s.lower() for s in segments]
     if not lowered:
         return "user"
+    if lowered == ["mailfolders", "delta"]:
+        return "folder_delta"
     if lowered[-1] == "delta":
         return "delta"
     if lowered[-1] in ("mailfolders", "childfolders"):
@@ -52,6 +57,7 @@ class Stats:
             self.delta_items = 0  # full items in them
             self.delta_removed = 0  # @removed entries in them
             self.throttled = 0  # 429s of either kind
+            self.batch_items: dict[str, int] = {}  # $batch items by kind
 
     def record(
         self, status: int, *, token: bool = False, data: bool = False, kind: str | None = None
@@ -63,6 +69,11 @@ class Stats:
                 self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
             self.token_requests += token
             self.data_requests += data
+            self.throttled += status == 429
+
+    def record_batch_item(self, status: int, kind: str) -> None:
+        with self._lock:
+            self.batch_items[kind] = self.batch_items.get(kind, 0) + 1
             self.throttled += status == 429
 
     def record_page(self, messages: int) -> None:
@@ -90,4 +101,5 @@ class Stats:
                 "delta_items": self.delta_items,
                 "delta_removed": self.delta_removed,
                 "throttled": self.throttled,
+                "batch_items": dict(sorted(self.batch_items.items())),
             }

@@ -87,6 +87,9 @@ class Mailbox:
         self.renderings = RenderCache()
         self.log = ChangeLog()
         self._search_views: dict[str, tuple[int, SortedMessages]] = {}
+        # The folder tree's own change log (mailFolders/delta): (seq, folder id, removed).
+        # The tree as generated is seq 0; each folder added or removed later is one entry.
+        self.folder_log: list[tuple[int, str, bool]] = []
 
     # -- reading
 
@@ -399,6 +402,7 @@ class Mailbox:
         with self._lock:
             folder = self.tree.add(name, self.folder(parent).id, hidden=hidden)
             self._folders[folder.id] = SortedMessages()
+            self.folder_log.append((len(self.folder_log) + 1, folder.id, False))
             return folder
 
     def delete_folder(self, folder: str) -> list[str]:
@@ -412,6 +416,7 @@ class Mailbox:
             for gone in self.tree.remove(target.id):
                 self._folders.pop(gone.id, None)
                 self._search_views.pop(gone.id, None)
+                self.folder_log.append((len(self.folder_log) + 1, gone.id, True))
             return deleted
 
     # -- describing

@@ -264,6 +264,8 @@ def job_summary(db: Database, job_id: UUID) -> dict[str, Any]:
             {**_folder_summary(folder), **by_folder.get(folder["folder_id"], ATTACHMENTS_NONE)}
             for folder in folders
         ],
+        # Folders whose round came back empty at planning: no chunk, so not in "folders".
+        "folders_unchanged": job["folders_unchanged"],
         "error_category": job["error_category"],
         "error_message": job["error_message"],
         "elapsed_s": elapsed,

@@ -12,6 +12,18 @@ For each folder of the job's selection (every real folder for ``all``):
   (drift-proof; mailsync.sync.attempt.WindowAttempt).
 The chunks run in order, folder after folder. A folder gone from the mailbox is tombstoned
 and its messages presumed removed (moved mail is seen elsewhere).
+
+What planning costs Graph (issue 23): the folder tree comes from ``mailFolders/delta`` (its
+deltaLink kept per store: one request when no folder changed; the whole tree, flat, on a
+first sync); a full folder is sized by the tree's ``totalItemCount`` (no ``$count`` per
+folder; a window still counts, the tree's totals are the whole folder's); and every
+incremental folder's round is asked at once, in one JSON ``$batch`` (mailsync.graph.batch)
+of their deltaLinks. A folder whose round comes back empty, with a new deltaLink, has
+nothing to sync: its new link is stored with the plan and it gets no chunk, task run or
+chunk row (the job counts it, ``folders_unchanged``). A folder with changes gets its chunk
+as before, which asks its round again from the same deltaLink (its first page is asked
+twice: one request per changed folder, against a task run and a chunk row per unchanged
+one). A no-change cycle of a mailbox is two requests: the folder delta and the batch.
 """
 
 from __future__ import annotations
@@ -22,9 +34,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mailsync.errors import InvalidInputError
+from mailsync.errors import InvalidInputError, SyncStateExpiredError
+from mailsync.graph.batch import get_many
 from mailsync.graph.client import GraphClient
-from mailsync.graph.folders import Folder, list_folders, resolve_folder
+from mailsync.graph.folders import (
+    Folder,
+    FolderTreeDelta,
+    folder_tree_delta,
+    resolve_folder,
+    tree_of,
+    well_known_ids,
+)
 from mailsync.store.db import Database, Row, Session
 from mailsync.sync.jobs import graph_time
 
@@ -45,27 +65,35 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
     if job["total_chunks"] is not None:
         return {**job, "max_attempts": _planned_max_attempts(db, job, max_attempts)}
     calls_before = graph.api_calls
-    folders = _record_folders(db, job, _list(graph, store["mailbox"], job["folder"]))
-    plans = [_plan_folder(graph, job, store, folder) for folder in folders]
+    if job["folder"].lower() == "all":
+        folders = _current_tree(db, graph, job, store)
+    else:
+        folders = _record_folders(db, job, [resolve_folder(graph, store["mailbox"], job["folder"])])
+    everything = [_plan_folder(graph, job, store, folder) for folder in folders]
+    plans, unchanged = _ask_rounds(graph, store["mailbox"], job, everything)
     chunks = chunk_rows(plans, job["chunk_size"], job["page_size"], windowed=_windowed(job))
     with db.transaction(job["business_id"]) as session:
-        created = session.execute(
+        row = session.one(
             "plan_sync_job",
             job_id=job["id"],
             estimated_emails=sum(p.estimated for p in plans),
             total_chunks=len(chunks),
-            folders=len(plans),
+            folders=len(everything),
+            folders_unchanged=len(unchanged),
             sync_type=_sync_type(job, plans),
             max_attempts=max_attempts,
             api_calls=graph.api_calls - calls_before,
             chunks=chunks,
         )
+        created = bool(row and row["planned"])
         # Only the planner whose plan was recorded presumes: a second process that read the
         # job before the first one's plan committed waits for it on the job's row, records
         # nothing, and must not presume messages removed that the running chunks have
         # already shown (they would be marked deleted when the job ends).
         if created:
             _presume_removed(session, job, plans)
+            if unchanged:
+                session.execute("set_folder_delta_links", store_id=job["store_id"], links=unchanged)
         planned = session.one("get_sync_job", job_id=job["id"])
     assert planned is not None
     if not created:
@@ -78,17 +106,59 @@ def _planned_max_attempts(db: Database, job: Row, default: int) -> int:
     return int(row["max_attempts"]) if row else default
 
 
-def _list(graph: GraphClient, mailbox: str, selection: str) -> list[Folder]:
-    if selection.lower() == "all":
-        folders = list_folders(graph, mailbox)
-        if not folders:
-            raise InvalidInputError(f"mailbox {mailbox} lists no folders")
-        return folders
-    return [resolve_folder(graph, mailbox, selection)]
+def _current_tree(db: Database, graph: GraphClient, job: Row, store: Row) -> list[Row]:
+    """The mailbox's folders, recorded: from the store's folder deltaLink (one request when
+    nothing changed: the rows as they are), else the whole tree (a first sync, ``--full``,
+    an expired or foreign link). The folder deltaLink is stored with the tree it led to."""
+    mailbox, link = store["mailbox"], store["folders_delta_link"]
+    if job["force_full"] or (link is not None and not graph.serves(link)):
+        link = None
+    try:
+        delta = folder_tree_delta(graph, mailbox, link)
+    except SyncStateExpiredError as exc:
+        logger.warning(
+            "mailbox %s: folder delta state expired (%s); reading the tree", mailbox, exc
+        )
+        link, delta = None, folder_tree_delta(graph, mailbox, None)
+    if link is not None and not delta.changed and not delta.removed:
+        return db.all("live_folders", job["business_id"], store_id=job["store_id"])
+    if link is None:
+        raws = {raw["id"]: raw for raw in delta.changed}
+        folders = tree_of(raws, well_known_ids(graph, mailbox))
+    else:
+        folders = _merged_tree(db, job, delta)
+    if not folders:
+        raise InvalidInputError(f"mailbox {mailbox} lists no folders")
+    return _record_folders(db, job, folders, delta_link=delta.delta_link)
 
 
-def _record_folders(db: Database, job: Row, folders: list[Folder]) -> list[Row]:
-    """Upsert the listed folders; with a whole-mailbox listing, tombstone the missing."""
+def _merged_tree(db: Database, job: Row, delta: FolderTreeDelta) -> list[Folder]:
+    """The tree as stored, with the folder delta's changes applied (paths recomputed: a
+    folder's path follows its parent's)."""
+    known = db.all("live_folders", job["business_id"], store_id=job["store_id"])
+    raws: dict[str, dict[str, Any]] = {
+        row["graph_id"]: {
+            "id": row["graph_id"],
+            "parentFolderId": row["parent_graph_id"],
+            "displayName": row["display_name"],
+            "isHidden": row["is_hidden"],
+            "totalItemCount": row["total_item_count"],
+        }
+        for row in known
+    }
+    named = {row["graph_id"]: row["well_known_name"] for row in known if row["well_known_name"]}
+    for raw in delta.changed:
+        raws[raw["id"]] = {**raws.get(raw["id"], {}), **raw}
+    for gone in delta.removed:
+        raws.pop(gone, None)
+    return tree_of(raws, named)
+
+
+def _record_folders(
+    db: Database, job: Row, folders: list[Folder], *, delta_link: str | None = None
+) -> list[Row]:
+    """Upsert the listed folders; with a whole-mailbox listing, tombstone the missing (and
+    keep the folder deltaLink that listed them, in the same transaction)."""
     with db.transaction(job["business_id"]) as session:
         rows = session.all(
             "upsert_mail_folders",
@@ -102,6 +172,10 @@ def _record_folders(db: Database, job: Row, folders: list[Folder]) -> list[Row]:
                 store_id=job["store_id"],
                 seen=[f.graph_id for f in folders],
             )
+            if delta_link is not None:
+                session.execute(
+                    "set_folders_delta_link", store_id=job["store_id"], delta_link=delta_link
+                )
     order = {f.graph_id: i for i, f in enumerate(folders)}
     return sorted(rows, key=lambda row: order[row["graph_id"]])
 
@@ -123,10 +197,52 @@ def _plan_folder(graph: GraphClient, job: Row, store: Row, folder: Row) -> Folde
         link = None
     if not (_windowed(job) or job["force_full"] or link is None):
         return FolderPlan(folder_id, full=False, estimated=0, start_link=link)
+    if not _windowed(job) and folder["total_item_count"] is not None:
+        # The tree's own count: the round lists the whole folder, and its last chunk runs
+        # to the end whatever the estimate said (no $count request per folder).
+        return FolderPlan(
+            folder_id, full=True, estimated=folder["total_item_count"], start_link=None
+        )
     count = graph.count_messages(
         store["mailbox"], folder_id, graph_time(job["sync_from"]), graph_time(job["sync_to"])
     )
     return FolderPlan(folder_id, full=True, estimated=count, start_link=None)
+
+
+def _ask_rounds(
+    graph: GraphClient, mailbox: str, job: Row, plans: list[FolderPlan]
+) -> tuple[list[FolderPlan], list[dict[str, str]]]:
+    """Every incremental folder's round, asked at once (``$batch``): the plans that still
+    need a chunk, and the new deltaLinks of the folders whose round came back empty. A
+    failed item (an expired token, throttling past every retry, a quota) leaves its plan as
+    it was: its chunk meets the error and does what it does today (restarts the round from
+    scratch, counted in ``delta_resets``; retries; falls back to a listing)."""
+    asked = {p.folder_id: p.start_link for p in plans if not p.full and p.start_link}
+    if not asked:
+        return plans, []
+    answers = get_many(graph, mailbox, asked, max_page_size=job["page_size"])
+    kept: list[FolderPlan] = []
+    unchanged: list[dict[str, str]] = []
+    for plan in plans:
+        answer = answers.get(plan.folder_id)
+        if answer is None:
+            kept.append(plan)
+        elif answer.body is not None and (link := _empty_round(graph, answer.body)):
+            unchanged.append({"folder_id": plan.folder_id, "delta_link": link})
+        else:
+            if answer.error is not None:
+                logger.info(
+                    "folder %s: its round, asked in a batch: %s", plan.folder_id, answer.error
+                )
+            kept.append(plan)
+    return kept, unchanged
+
+
+def _empty_round(graph: GraphClient, body: dict[str, Any]) -> str | None:
+    """The new deltaLink of a round that is one page with nothing in it; None otherwise."""
+    if body.get("value") != [] or "@odata.nextLink" in body:
+        return None
+    return graph.link(body, "@odata.deltaLink")
 
 
 def chunk_rows(

@@ -189,6 +189,9 @@ def test_a_job_planned_on_another_graph_host_restarts_its_rounds_here(
         sync_from=None, sync_to=None, chunk_size=400, page_size=100, job_id=None,
     )  # fmt: skip
     store = load_store(runtime.db, job)
+    for folder in describe_folders(box):  # a change in every folder: each gets its chunk
+        if not folder["isSearchFolder"]:
+            box.set_importance(box.pick(1, folder["id"]), "high")
     plan_job(runtime.db, runtime.graph(simulator.url), job, store, 3)  # incremental, old links
     with graph_moved(monkeypatch) as (moved, again):
         again.add_messages(25, "inbox")
@@ -279,7 +282,10 @@ def test_a_malformed_delta_page_fails_that_folder_only(
     sync(simulator)
     box.add_messages(30, "inbox")
     box.add_messages(30, "archive")
-    simulator.faults.malformed_delta_page_at = 1
+    # Planning asks every folder's round in one $batch (a delta page each); the first page
+    # after those is Inbox's chunk's.
+    real = [f for f in describe_folders(box) if not f["isSearchFolder"]]
+    simulator.faults.malformed_delta_page_at = len(real) + 1
 
     with pytest.raises(SyncIncompleteError) as failed:
         sync(simulator)
