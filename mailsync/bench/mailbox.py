@@ -55,6 +55,7 @@ class BenchConfig:
     chunk_size: int = 5_000
     page_size: int = 500
     seed: int = 1
+    folders: bool = True  # the simulator's default folder tree (else one folder, Inbox)
 
 
 @dataclass(frozen=True)
@@ -108,19 +109,60 @@ def measure_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Flo
         return Floor(time.perf_counter() - started, messages, requests)
 
 
+def measure_delta_floor(sim_url: str, mailbox: str, page_size: int, token: str) -> Floor:
+    """A hand-written delta client over the whole mailbox: the folder tree (one
+    mailFolders/delta round), then each real folder's first delta round, folder after
+    folder, nextLinks followed to the deltaLink; JSON parsed, nothing stored."""
+    from mailsync.graph.client import EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
+
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Prefer": f'odata.maxpagesize={page_size}, IdType="ImmutableId"',
+        "Accept": "application/json",
+    }
+    graph = GraphClient(httpx.Client(), base_url=sim_url)
+    messages = requests = 0
+    with httpx.Client(headers=headers, timeout=120.0) as http:
+        started = time.perf_counter()
+        folders: list[str] = []
+        url: str | None = f"{graph.user_url(mailbox)}/mailFolders/delta"
+        while url:
+            body = orjson.loads(http.get(url).raise_for_status().content)
+            requests += 1
+            types = ("#microsoft.graph.mailSearchFolder",)
+            folders += [f["id"] for f in body["value"] if f.get("@odata.type") not in types]
+            url = body.get("@odata.nextLink")
+        for folder in folders:
+            url = f"{graph.messages_url(mailbox, folder)}/delta"
+            params: dict[str, str] | None = {
+                "$select": SELECT_FIELDS,
+                "$expand": EXPAND_ATTACHMENTS,
+            }
+            while url:
+                body = orjson.loads(http.get(url, params=params).raise_for_status().content)
+                messages += len(body["value"])
+                requests += 1
+                url, params = body.get("@odata.nextLink"), None
+        return Floor(time.perf_counter() - started, messages, requests)
+
+
 # -- the processes around the sync: Prefect server, simulator ----------------------------
 
 
 @contextmanager
-def simulator_process(mailboxes: dict[str, int], seed: int) -> Iterator[tuple[str, int]]:
+def simulator_process(
+    mailboxes: dict[str, int], seed: int, folders: str | None = None
+) -> Iterator[tuple[str, int]]:
     """A Graph simulator serving the mailboxes ({name: messages}), in its own process (its
-    CPU and GIL are not the sync's): its URL and its pid."""
+    CPU and GIL are not the sync's): its URL and its pid. ``folders="default"``: each
+    mailbox has the simulator's default folder tree."""
     code = (
         "import json, sys; from mailsync.simulator import serve_forever; "
-        "serve_forever('127.0.0.1', 0, json.loads(sys.argv[1]), int(sys.argv[2]))"
+        "serve_forever('127.0.0.1', 0, json.loads(sys.argv[1]), int(sys.argv[2]), "
+        "folders=json.loads(sys.argv[3]))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(mailboxes), str(seed)],
+        [sys.executable, "-c", code, json.dumps(mailboxes), str(seed), json.dumps(folders)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -288,7 +330,7 @@ def measure_sync(spec: dict[str, Any], sync_mailbox: SyncFlow) -> dict[str, Any]
     cpu_before, called_at = _own_cpu_s(), time.time()
     summary = sync_mailbox(
         mailbox=spec["mailbox"],
-        folder="inbox",
+        folder=spec.get("folder", "inbox"),
         business_id=business_id,
         chunk_size=spec["chunk_size"],
         page_size=spec["page_size"],
@@ -355,20 +397,25 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
     from mailsync.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
     mailbox = f"bench-{uuid.uuid4().hex[:8]}@contoso.example"
+    tree = "default" if config.folders else None
+    # With folders, the floor is a sequential delta client over them (what a sync of every
+    # folder cannot beat); with one folder, a listing of it.
+    floor_of = measure_delta_floor if config.folders else measure_floor
     with (
         prefect_api() as (api_url, prefect_start_s, own_server),
-        simulator_process({mailbox: config.messages}, config.seed) as (sim_url, sim_pid),
+        simulator_process({mailbox: config.messages}, config.seed, tree) as (sim_url, sim_pid),
         httpx.Client(timeout=60.0) as http,
     ):
         token = fetch_token(http, sim_url, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
         # Unmeasured pass: the simulator renders each message once, on first request.
-        measure_floor(sim_url, mailbox, config.page_size, token)
+        floor_of(sim_url, mailbox, config.page_size, token)
         set_latency(sim_url, config.latency_ms)
-        floor = measure_floor(sim_url, mailbox, config.page_size, token)
+        floor = floor_of(sim_url, mailbox, config.page_size, token)
         with fresh_database() as database_url:
             env = child_env(api_url, database_url, sim_url)
             spec = {
                 "mailbox": mailbox,
+                "folder": "all" if config.folders else "inbox",
                 "chunk_size": config.chunk_size,
                 "page_size": config.page_size,
                 "graph_url": sim_url,

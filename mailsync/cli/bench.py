@@ -18,6 +18,7 @@ from mailsync.bench.incremental import IncrementalConfig, run_bench_incremental
 from mailsync.bench.mailbox import BenchConfig, measure_sync, run_bench
 from mailsync.bench.many import ManyConfig, measure_sync_all, run_bench_many
 from mailsync.bench.store import StoreConfig, run_bench_store
+from mailsync.bench.tenant import TenantConfig, run_bench_tenant
 from mailsync.cli.common import JsonOpt, console, out
 from mailsync.config import DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -78,6 +79,15 @@ def bench(
         ),
     ] = False,
     changes: Annotated[int, typer.Option(min=0, help="Changes before the incremental sync.")] = 500,
+    tenant: Annotated[
+        bool,
+        typer.Option(
+            "--tenant",
+            help="Instead: --mailboxes (default 200) mailboxes with folders through sync-all, "
+            "three cycles (first, no change, 1 %% changed): seconds, requests, CPU per "
+            "mailbox (mailsync.bench.tenant). --messages is per mailbox (default 100).",
+        ),
+    ] = False,
     store: Annotated[
         bool,
         typer.Option(
@@ -102,6 +112,14 @@ def bench(
     large_mb: Annotated[
         int, typer.Option(min=0, help="--attachments: one more attachment of this many MB.")
     ] = 0,
+    one_folder: Annotated[
+        bool,
+        typer.Option(
+            "--one-folder",
+            help="The mailbox is one folder (Inbox), the floor a listing of it; by default "
+            "it has the simulator's folder tree and the floor is a sequential delta client.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
@@ -128,6 +146,9 @@ def bench(
         config_store = StoreConfig(messages, page_size, repeats, seed, tuple(variant or ()))
         _bench_store(config_store, as_json)
         return
+    if tenant:
+        _bench_tenant(mailboxes or 200, messages if messages != 10_000 else 100, as_json)
+        return
     if incremental:
         config_incremental = IncrementalConfig(messages, changes, latency_ms, page_size, seed)
         _bench_incremental(config_incremental, as_json)
@@ -136,7 +157,7 @@ def bench(
         config_many = ManyConfig(mailboxes, messages, latency_ms, chunk_size, page_size, seed)
         _bench_many(config_many, as_json)
         return
-    config = BenchConfig(messages, latency_ms, chunk_size, page_size, seed)
+    config = BenchConfig(messages, latency_ms, chunk_size, page_size, seed, not one_folder)
     if not as_json:
         console.print(
             f"bench: {messages} messages, {latency_ms:g} ms per page, pages of "
@@ -166,6 +187,27 @@ def _bench_incremental(config: IncrementalConfig, as_json: bool) -> None:
     table.add_column("value", justify="right")
     for key, value in result.items():
         table.add_row(key, str(value))
+    out.print(table)
+
+
+def _bench_tenant(mailboxes: int, messages: int, as_json: bool) -> None:
+    if not as_json:
+        console.print(
+            f"bench: {mailboxes} mailboxes of {messages} messages with folders, three "
+            "sync-all cycles (this takes a while)"
+        )
+    result = run_bench_tenant(TenantConfig(mailboxes=mailboxes, messages=messages), CHILD_MANY)
+    if as_json:
+        out.print(json.dumps(result), soft_wrap=True, highlight=False)
+        return
+    table = Table(title=f"mailsync bench: a tenant of {mailboxes} mailboxes, per cycle")
+    table.add_column("figure")
+    keys = ("wall_s", "graph_requests", "graph_requests_per_mailbox", "cpu_ms_per_mailbox")
+    cycles = ("first", "no_change", "changed")
+    for name in cycles:
+        table.add_column(name, justify="right")
+    for key in keys:
+        table.add_row(key, *(str(result[name][key]) for name in cycles))
     out.print(table)
 
 

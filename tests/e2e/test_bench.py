@@ -21,7 +21,10 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
     # bench makes a fresh database there and drops it again.
     env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
     done = subprocess.run(
-        [str(MAILSYNC), "bench", "--messages", "2000", "--chunk-size", "1000", "--json"],
+        [
+            *(str(MAILSYNC), "bench", "--messages", "2000", "--chunk-size", "1000"),
+            *("--one-folder", "--json"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -57,9 +60,9 @@ def test_bench_reports_every_figure_as_json(pg_admin_url: str) -> None:
     assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0
     assert result["startup_s"] >= result["process_start_s"] > 0
     assert result["floor_requests"] == 4  # 2000 messages in pages of 500
-    # the folder, the count, the same 4 pages (the folder's first delta round: each message
-    # read once), and the round's catch-up from its own deltaLink
-    assert result["api_calls"] == 7
+    # the folder (its totalItemCount sizes the plan: no $count), the same 4 pages (the
+    # folder's first delta round: each message read once), and the round's catch-up
+    assert result["api_calls"] == 6
 
 
 def test_bench_incremental_reports_what_keeping_a_mailbox_current_costs(pg_admin_url: str) -> None:
@@ -87,7 +90,27 @@ def test_bench_incremental_reports_what_keeping_a_mailbox_current_costs(pg_admin
     assert result["exact"] is True  # live rows == the mailbox after the incremental syncs
     assert (result["incremental_added"], result["incremental_deleted"]) == (10, 10)
     assert result["incremental_updated"] >= 10  # moves and reads (a message may get both)
-    # one round per folder, each change page-sized: no more requests than with no changes
-    assert result["incremental_requests"] == result["no_change_requests"]
-    assert result["no_change_requests"] <= result["folders"] + 6  # + the folder listing
+    # nothing changed: the folder delta and one $batch of every folder's round
+    assert result["no_change_requests"] <= 3
+    # and a changed folder's round asked again by its chunk (changes fit in a page)
+    assert result["no_change_requests"] < result["incremental_requests"]
+    assert result["incremental_requests"] <= result["no_change_requests"] + result["folders"]
     assert result["full_requests"] > result["incremental_requests"]
+
+
+def test_bench_tenant_reports_three_cycles(pg_admin_url: str) -> None:
+    env = {**os.environ, "MAILSYNC_DATABASE_URL": pg_admin_url}
+    command = ("bench", "--tenant", "--mailboxes", "4", "--messages", "30", "--json")
+    done = subprocess.run(
+        [str(MAILSYNC), *command], env=env, capture_output=True, text=True, timeout=400, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    first, unchanged, changed = result["first"], result["no_change"], result["changed"]
+    assert result["changed_mailboxes"] == 1
+    assert unchanged["graph_requests_per_mailbox"] <= 3
+    assert unchanged["by_kind"].get("delta", 0) == 0  # every round asked in the batches
+    assert unchanged["graph_requests"] < changed["graph_requests"] < first["graph_requests"]
+    for cycle in (first, unchanged, changed):
+        assert cycle["wall_s"] > 0 and cycle["cpu_ms_per_mailbox"] > 0
