@@ -55,7 +55,7 @@ DECLARE
     v_keys text[];
     v_wait double precision := -1;
     v_reason text;
-    v graph_limits;
+    v record;
     v_in_flight integer;
     v_tokens double precision;
     v_this double precision;
@@ -73,22 +73,29 @@ BEGIN
            IS DISTINCT FROM (EXCLUDED.max_in_flight, EXCLUDED.capacity, EXCLUDED.refill_per_s);
     SELECT array_agg(x.key ORDER BY x.key) INTO v_keys
       FROM jsonb_to_recordset(p_limits) AS x(key text);
-    FOR v IN SELECT * FROM graph_limits AS g WHERE g.key = ANY (v_keys) ORDER BY g.key
-             FOR UPDATE LOOP
+    FOR v IN SELECT g.*,
+                    least(g.max_in_flight, greatest(1, coalesce(x.slots, 1))) AS want_slots,
+                    least(g.capacity, greatest(1, coalesce(x.tokens, 1))) AS want_tokens
+               FROM graph_limits AS g
+               JOIN jsonb_to_recordset(p_limits) AS x(key text, slots integer, tokens integer)
+                 ON x.key = g.key
+              ORDER BY g.key
+                FOR UPDATE OF g LOOP
         DELETE FROM graph_leases AS l WHERE l.key = v.key AND l.expires_at < v_now;
         v_tokens := least(v.capacity,
                           v.tokens + v.refill_per_s * extract(epoch FROM v_now - v.refilled_at));
         UPDATE graph_limits SET tokens = v_tokens, refilled_at = v_now WHERE key = v.key;
-        SELECT count(*) INTO v_in_flight FROM graph_leases AS l WHERE l.key = v.key;
+        SELECT coalesce(sum(l.slots), 0) INTO v_in_flight FROM graph_leases AS l
+         WHERE l.key = v.key;
         v_this := -1;
         IF v.paused_until > v_now THEN
             v_this := extract(epoch FROM v.paused_until - v_now);
             v_reason := coalesce(v_reason, 'paused: ' || v.key);
-        ELSIF v_in_flight >= v.max_in_flight THEN
+        ELSIF v_in_flight + v.want_slots > v.max_in_flight THEN
             v_this := 0;
             v_reason := coalesce(v_reason, 'in flight: ' || v.key);
-        ELSIF v_tokens < 1 THEN
-            v_this := (1 - v_tokens) / v.refill_per_s;
+        ELSIF v_tokens < v.want_tokens THEN
+            v_this := (v.want_tokens - v_tokens) / v.refill_per_s;
             v_reason := coalesce(v_reason, 'budget: ' || v.key);
         END IF;
         v_wait := greatest(v_wait, v_this);
@@ -98,10 +105,16 @@ BEGIN
         RETURN QUERY SELECT NULL::uuid, v_wait, v_reason;
         RETURN;
     END IF;
-    UPDATE graph_limits AS g SET tokens = g.tokens - 1, requests = g.requests + 1
-     WHERE g.key = ANY (v_keys);
-    INSERT INTO graph_leases (lease_id, key, expires_at)
-    SELECT v_lease, k, v_now + make_interval(secs => p_lease_s) FROM unnest(v_keys) AS k;
+    UPDATE graph_limits AS g
+       SET tokens = g.tokens - least(g.capacity, greatest(1, coalesce(x.tokens, 1))),
+           requests = g.requests + greatest(1, coalesce(x.tokens, 1))
+      FROM jsonb_to_recordset(p_limits) AS x(key text, tokens integer)
+     WHERE g.key = x.key;
+    INSERT INTO graph_leases (lease_id, key, expires_at, slots)
+    SELECT v_lease, g.key, v_now + make_interval(secs => p_lease_s),
+           least(g.max_in_flight, greatest(1, coalesce(x.slots, 1)))
+      FROM graph_limits AS g
+      JOIN jsonb_to_recordset(p_limits) AS x(key text, slots integer) ON x.key = g.key;
     RETURN QUERY SELECT v_lease, 0::double precision, NULL::text;
 END;
 $$;
@@ -454,12 +467,15 @@ CREATE TABLE public.stores (
     last_success_at timestamp with time zone,
     consecutive_failures integer DEFAULT 0 NOT NULL,
     last_error text,
+    folders_delta_link text,
     CONSTRAINT stores_interval_minutes_check CHECK (((interval_minutes >= 1) AND (interval_minutes <= 10080)))
 );
 
 ALTER TABLE ONLY public.stores FORCE ROW LEVEL SECURITY;
 
 COMMENT ON COLUMN public.stores.folder IS 'the folder selection a sync uses when none is given';
+
+COMMENT ON COLUMN public.stores.folders_delta_link IS 'where the next mailFolders/delta round starts; NULL: read the folder tree whole';
 
 CREATE FUNCTION public.registry_health(p_store public.stores) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
@@ -708,7 +724,9 @@ ALTER TABLE public.emails ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 CREATE UNLOGGED TABLE public.graph_leases (
     lease_id uuid NOT NULL,
     key text NOT NULL,
-    expires_at timestamp with time zone NOT NULL
+    expires_at timestamp with time zone NOT NULL,
+    slots integer DEFAULT 1 NOT NULL,
+    CONSTRAINT graph_leases_slots_check CHECK ((slots >= 1))
 );
 
 CREATE UNLOGGED TABLE public.graph_limits (
@@ -785,16 +803,19 @@ CREATE TABLE public.sync_queue (
     emails_deleted integer DEFAULT 0 NOT NULL,
     delta_resets integer DEFAULT 0 NOT NULL,
     delta_fallbacks integer DEFAULT 0 NOT NULL,
+    folders_unchanged integer DEFAULT 0 NOT NULL,
     CONSTRAINT sync_queue_check CHECK (((sync_from IS NULL) OR (sync_to IS NULL) OR (sync_from < sync_to))),
     CONSTRAINT sync_queue_chunk_size_check CHECK ((chunk_size > 0)),
     CONSTRAINT sync_queue_estimated_emails_check CHECK ((estimated_emails >= 0)),
     CONSTRAINT sync_queue_page_size_check CHECK (((page_size >= 1) AND (page_size <= 1000))),
     CONSTRAINT sync_queue_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'completed'::text, 'partial_failure'::text, 'failed'::text]))),
     CONSTRAINT sync_queue_sync_type_check CHECK ((sync_type = ANY (ARRAY['full'::text, 'incremental'::text, 'date_range'::text]))),
-    CONSTRAINT sync_queue_total_chunks_check CHECK ((total_chunks >= 1))
+    CONSTRAINT sync_queue_total_chunks_check CHECK ((total_chunks >= 0))
 );
 
 ALTER TABLE ONLY public.sync_queue FORCE ROW LEVEL SECURITY;
+
+COMMENT ON COLUMN public.sync_queue.folders_unchanged IS 'folders whose delta round came back empty at planning (no chunk was created for them)';
 
 CREATE TABLE public.sync_state_checkpoints (
     id bigint NOT NULL,

@@ -113,7 +113,7 @@ def measure_delta_floor(sim_url: str, mailbox: str, page_size: int, token: str) 
     """A hand-written delta client over the whole mailbox: the folder tree (one
     mailFolders/delta round), then each real folder's first delta round, folder after
     folder, nextLinks followed to the deltaLink; JSON parsed, nothing stored."""
-    from mailsync.graph.client import EXPAND_ATTACHMENTS, SELECT_FIELDS, GraphClient
+    from mailsync.graph.client import SELECT_FIELDS, GraphClient
 
     headers = {
         "Authorization": f"Bearer {token}",
@@ -134,10 +134,7 @@ def measure_delta_floor(sim_url: str, mailbox: str, page_size: int, token: str) 
             url = body.get("@odata.nextLink")
         for folder in folders:
             url = f"{graph.messages_url(mailbox, folder)}/delta"
-            params: dict[str, str] | None = {
-                "$select": SELECT_FIELDS,
-                "$expand": EXPAND_ATTACHMENTS,
-            }
+            params: dict[str, str] | None = {"$select": SELECT_FIELDS}
             while url:
                 body = orjson.loads(http.get(url, params=params).raise_for_status().content)
                 messages += len(body["value"])

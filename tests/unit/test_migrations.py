@@ -29,6 +29,7 @@ PINNED = {
     "0013_take_back_chunk.sql": "12ebdbfed0c5a1706fecd8c939fb6d3adb685bc7b3a64c12a3e7e4aa84b4761d",
     "0014_window_chunks.sql": "750d9bc4a8fedb0463e7266bebb59fbdccf522a0790d59d53ae734e0b54575fa",
     "0015_attachment_content.sql": "d33fad466a77ff42b6c06ec2da7515383469a4330227d0d00e880c8d11eec8c2",
+    "0016_folder_delta_and_batches.sql": "dac2b816ca27ce69a04bb4064482c24a8de0b1d47601c040ff96fdd826b394a1",
 }
 
 
