@@ -13,14 +13,19 @@ ON CONFLICT (store_id, email_graph_id) DO NOTHING;
 
 -- name: claim_attachment_listing
 -- One message of the store whose attachments are not listed yet and that this run has not
--- tried, locked for the caller's transaction (SKIP LOCKED: another worker takes another).
--- A killed worker's lock goes with its connection, so a resumed job lists it again.
-SELECT email_graph_id FROM attachment_listings
- WHERE store_id = %(store_id)s AND listed_at IS NULL
-   AND run_id IS DISTINCT FROM %(run_id)s
- ORDER BY created_at, email_graph_id
- LIMIT 1
-   FOR UPDATE SKIP LOCKED;
+-- tried, taken for this run (run_id) in a short transaction of its own: no connection is
+-- held while Graph answers (its requests take Graph slots, which need connections too). A
+-- killed run's message keeps that run's id, so the next run (a resumed job) lists it again;
+-- SKIP LOCKED: two threads never take the same one.
+UPDATE attachment_listings SET run_id = %(run_id)s
+ WHERE store_id = %(store_id)s
+   AND email_graph_id = (SELECT email_graph_id FROM attachment_listings
+                          WHERE store_id = %(store_id)s AND listed_at IS NULL
+                            AND run_id IS DISTINCT FROM %(run_id)s
+                          ORDER BY created_at, email_graph_id
+                          LIMIT 1
+                            FOR UPDATE SKIP LOCKED)
+RETURNING email_graph_id;
 
 -- name: upsert_listed_attachments
 -- A message's attachments as listed (a JSON array of ListedAttachment.as_json). A reference
@@ -50,13 +55,17 @@ UPDATE attachment_listings
 
 -- name: claim_pending_attachment
 -- One file or item attachment of the store without content yet, not given up on, not tried
--- by this run, locked for the caller's transaction (see claim_attachment_listing).
-SELECT id, email_graph_id, graph_attachment_id, kind FROM email_attachments
- WHERE store_id = %(store_id)s AND fetched_at IS NULL AND fetch_error IS NULL
-   AND kind <> 'reference' AND fetch_run_id IS DISTINCT FROM %(run_id)s
- ORDER BY id
- LIMIT 1
-   FOR UPDATE SKIP LOCKED;
+-- by this run, taken for this run (fetch_run_id) in a short transaction of its own (see
+-- claim_attachment_listing): a killed run's attachment is fetched again by the next run,
+-- so at most the ones in flight are fetched twice.
+UPDATE email_attachments SET fetch_run_id = %(run_id)s
+ WHERE id = (SELECT id FROM email_attachments
+              WHERE store_id = %(store_id)s AND fetched_at IS NULL AND fetch_error IS NULL
+                AND kind <> 'reference' AND fetch_run_id IS DISTINCT FROM %(run_id)s
+              ORDER BY id
+              LIMIT 1
+                FOR UPDATE SKIP LOCKED)
+RETURNING id, email_graph_id, graph_attachment_id, kind;
 
 -- name: touch_attachment_blob
 -- The content is stored already: say so now (last_referenced_at), under the blob's row

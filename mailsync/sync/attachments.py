@@ -6,10 +6,14 @@ mailsync.sync.ingest); this runs after the job's chunks (the ``fetch-attachments
 paging never waits for a 100 MB download, and a resumed job runs it again: whatever a killed
 worker left pending is fetched then.
 
-One attachment, one transaction. Its row is locked (``FOR UPDATE SKIP LOCKED``) while its
-bytes are fetched, hashed and stored, and unlocked by the commit that records them: two
-workers never fetch the same one, and a killed worker's lock ends with its connection, so
-at most the attachments in flight are fetched again. Each run (``run_id``) tries each
+Two short transactions per attachment, none held while Graph answers. The first takes the
+row for this run (``run_id``, ``SKIP LOCKED``) and commits; the bytes are fetched and
+hashed with no connection held; the second stores and records them. Holding a connection
+across the download deadlocked the pool: each Graph request takes its slot through a
+connection of the same pool (mailsync.graph.limits), so N fetch threads holding N
+connections starved the requests they waited for (two sync-alls of 3 mailboxes on a pool
+of 4, 2026-12-07). A killed run's rows keep its id, so the next run (a resumed job) takes
+them again: at most the attachments in flight are fetched twice. Each run tries each
 pending row once: a transient failure waits for the next run instead of looping here.
 
 Failures are per attachment, never per mailbox (Corso #5419: two attachments Graph could not
@@ -21,9 +25,9 @@ Memory. The bytes go to a temporary file while they are hashed, then, when the c
 new to the business, from the file into Postgres by binary COPY (mailsync.store.blobs): a
 100 MB attachment is never whole in this process.
 
-Concurrency. ``WORKERS`` threads, each with its own connection for the attachment in hand;
-every request goes through the Graph transport's shared per-mailbox limit (4 in flight,
-mailsync.graph.limits), so with paging finished this cannot exceed Outlook's limit.
+Concurrency. ``WORKERS`` threads; every request goes through the Graph transport's shared
+per-mailbox limit (4 in flight, mailsync.graph.limits), so with paging finished this cannot
+exceed Outlook's limit.
 """
 
 from __future__ import annotations
@@ -150,19 +154,20 @@ def _list_one(db: Database, graph: GraphClient, target: Target, counts: Attachme
         row = session.one(
             "claim_attachment_listing", store_id=target.store_id, run_id=target.run_id
         )
-        if row is None:
-            return False
-        message_id = row["email_graph_id"]
-        error: str | None = None
-        done = True
-        try:
-            listed = list_attachments(client, target.mailbox, message_id)
-        except (GraphError, BadDataError) as exc:
-            listed = []
-            done = isinstance(exc, BadDataError) or is_permanent(exc)
-            error = str(exc)[:500] if done else None
-            if not done:
-                logger.warning("listing attachments of %s failed for now: %s", message_id[:20], exc)
+    if row is None:
+        return False
+    message_id = row["email_graph_id"]
+    error: str | None = None
+    done = True
+    try:
+        listed = list_attachments(client, target.mailbox, message_id)
+    except (GraphError, BadDataError) as exc:
+        listed = []
+        done = isinstance(exc, BadDataError) or is_permanent(exc)
+        error = str(exc)[:500] if done else None
+        if not done:
+            logger.warning("listing attachments of %s failed for now: %s", message_id[:20], exc)
+    with db.transaction(target.business_id) as session:
         if listed:
             session.execute(
                 "upsert_listed_attachments",
@@ -199,41 +204,43 @@ def _fetch_one(
         row = session.one(
             "claim_pending_attachment", store_id=target.store_id, run_id=target.run_id
         )
-        if row is None:
-            return False
-        ids = {"id": row["id"], "job_id": target.job_id, "run_id": target.run_id}
-        with tempfile.TemporaryFile(prefix="mailsync-attachment-") as spool:
-            try:
-                sha256, size = download(
-                    client,
-                    target.mailbox,
-                    row["email_graph_id"],
-                    row["graph_attachment_id"],
-                    lambda chunks: spool_content(chunks, spool, max_bytes),
-                )
-            except (GraphError, TooLargeError) as exc:  # TransientError too: the network
-                permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
-                message = str(exc)[:500]
+    if row is None:
+        return False
+    ids = {"id": row["id"], "job_id": target.job_id, "run_id": target.run_id}
+    with tempfile.TemporaryFile(prefix="mailsync-attachment-") as spool:
+        try:
+            sha256, size = download(
+                client,
+                target.mailbox,
+                row["email_graph_id"],
+                row["graph_attachment_id"],
+                lambda chunks: spool_content(chunks, spool, max_bytes),
+            )
+        except (GraphError, TooLargeError) as exc:  # TransientError too: the network
+            permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
+            message = str(exc)[:500]
+            with db.transaction(target.business_id) as session:
                 session.execute(
                     "record_attachment_failure",
                     fetch_error=message if permanent else None,
                     transient_error=None if permanent else message,
                     **ids,
                 )
-                counts.add(
-                    unavailable=int(permanent),
-                    failed=int(not permanent),
-                    api_calls=client.api_calls,
-                )
-                return True
+            counts.add(
+                unavailable=int(permanent),
+                failed=int(not permanent),
+                api_calls=client.api_calls,
+            )
+            return True
+        with db.transaction(target.business_id) as session:
             deduplicated = _store_blob(session, target.business_id, sha256, size, spool)
-        session.execute(
-            "record_attachment_content",
-            sha256=sha256,
-            size_bytes=size,
-            deduplicated=deduplicated,
-            **ids,
-        )
+            session.execute(
+                "record_attachment_content",
+                sha256=sha256,
+                size_bytes=size,
+                deduplicated=deduplicated,
+                **ids,
+            )
     counts.add(
         stored=int(not deduplicated),
         deduplicated=int(deduplicated),
