@@ -10,6 +10,7 @@ Not thread-safe on its own: the owning ``Mailbox`` serializes access.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -32,6 +33,9 @@ class FolderDelta:
 class ChangeLog:
     def __init__(self) -> None:
         self._changes: list[Change] = []  # _changes[i].seq == i + 1
+        # Called with each change as it is recorded, under the mailbox's lock (the
+        # simulated change notifications): a listener must only queue, never block.
+        self.listeners: list[Callable[[Change], None]] = []
 
     @property
     def seq(self) -> int:
@@ -41,6 +45,8 @@ class ChangeLog:
     def record(self, message_id: str, before: str | None, after: str | None) -> int:
         change = Change(len(self._changes) + 1, message_id, before, after)
         self._changes.append(change)
+        for listener in self.listeners:
+            listener(change)
         return change.seq
 
     def since(self, seq: int, until: int | None = None) -> list[Change]:

@@ -15,6 +15,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -39,6 +40,7 @@ from mailsync.simulator.mail import MailApi
 from mailsync.simulator.odata import prefers_immutable_ids
 from mailsync.simulator.stats import Stats, request_kind
 from mailsync.simulator.store import Mailbox
+from mailsync.simulator.subscriptions import Subscriptions
 from mailsync.simulator.wire import (
     JSON_TYPE,
     GraphFailure,
@@ -167,6 +169,8 @@ class GraphSimulator:
         self.directory = Directory()  # GET /v1.0/users: users, shared mailboxes
         self._mailboxes: dict[str, Mailbox] = {}  # by lower-cased UPN and by user id
         self._mailboxes_lock = threading.Lock()
+        # /v1.0/subscriptions: change notifications POSTed from a thread of their own
+        self.subscriptions = Subscriptions(self._user_id)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -204,9 +208,11 @@ class GraphSimulator:
             daemon=True,
         )
         self._thread.start()
+        self.subscriptions.start()
         return self
 
     def stop(self) -> None:
+        self.subscriptions.stop()
         server, self._server = self._server, None
         if server is None:
             return
@@ -259,11 +265,16 @@ class GraphSimulator:
                 raise ValueError(f"mailbox {user!r} already exists")
             self._mailboxes[user.lower()] = mailbox
             self._mailboxes[mailbox.user_id] = mailbox
+        mailbox.log.listeners.append(partial(self.subscriptions.changed, mailbox.user_id))
         return mailbox
 
     def mailbox(self, user: str) -> Mailbox:
         """By UPN (any case) or user id; KeyError when unknown."""
         return self._mailboxes[user.lower()]
+
+    def _user_id(self, user: str) -> str | None:
+        mailbox = self._mailboxes.get(user.lower())
+        return None if mailbox is None else mailbox.user_id
 
     def mailboxes(self) -> list[Mailbox]:
         with self._mailboxes_lock:
@@ -314,6 +325,9 @@ class GraphSimulator:
         first = segments[0].lower() if segments else ""
         if first == "_sim":
             return self._admin.route(request, segments[1:])
+        if first == "v1.0" and len(segments) >= 2 and segments[1].lower() == "subscriptions":
+            self._authenticate(request)
+            return self.subscriptions.route(request, segments[2:])
         if first == "v1.0":
             if [x.lower() for x in segments[1:]] == ["$batch"] and request.method == "POST":
                 return self._batch(request)
