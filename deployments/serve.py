@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.events import DeploymentTriggerTypes
 
 PREFECT_FILE = Path("prefect.yaml")
 PACKAGE = "mailsync"  # flows/ and tasks/ install as mailsync.flows, mailsync.tasks
@@ -52,7 +53,10 @@ def load_specs(prefect_file: Path = PREFECT_FILE) -> list[dict[str, Any]]:
     specs = (config or {}).get("deployments") or []
     if not specs:
         raise ConfigError(f"{prefect_file} defines no deployments")
-    if "{{" in json.dumps(specs):
+    # A trigger's parameters are templates the server fills when the trigger fires (from
+    # the event): those are meant to stay; any other template is not.
+    outside_triggers = [{k: v for k, v in spec.items() if k != "triggers"} for spec in specs]
+    if "{{" in json.dumps(outside_triggers):
         # `prefect deploy` fills {{ … }} from build steps, variables and blocks; serving
         # does not, and a literal template must not reach a flow as a parameter.
         raise ConfigError(f"{prefect_file} uses {{{{ … }}}} templates, which serving does not fill")
@@ -95,6 +99,15 @@ def concurrency(value: int | dict[str, Any] | None) -> int | ConcurrencyLimitCon
     return ConcurrencyLimitConfig(**value) if isinstance(value, dict) else value
 
 
+def trigger(config: dict[str, Any]) -> DeploymentTriggerTypes:
+    """One trigger of prefect.yaml, validated as `prefect deploy` validates it."""
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
+    return adapter.validate_python(config)
+
+
 def build_deployment(spec: dict[str, Any]) -> RunnerDeployment:
     """A runner deployment for one entry of prefect.yaml's ``deployments``."""
     from prefect.deployments.runner import EntrypointType
@@ -107,6 +120,7 @@ def build_deployment(spec: dict[str, Any]) -> RunnerDeployment:
         parameters=spec.get("parameters") or {},
         schedules=[schedule(config) for config in spec.get("schedules") or []],
         concurrency_limit=concurrency(spec.get("concurrency_limit")),
+        triggers=[trigger(config) for config in spec.get("triggers") or []],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     return cast("RunnerDeployment", deployment)  # called from sync code: not a coroutine

@@ -16,7 +16,12 @@ from prefect import Task, flow, get_run_logger
 
 from mailsync.artifacts import ChunkProgress, publish_sync, sync_description
 from mailsync.config import env_float
-from mailsync.errors import ChunkAttemptError, MailsyncError, SyncIncompleteError
+from mailsync.errors import (
+    ChunkAttemptError,
+    MailboxBusyError,
+    MailsyncError,
+    SyncIncompleteError,
+)
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
@@ -38,27 +43,37 @@ def sync_mailbox(
     graph_url: str | None = None,
     full: bool = False,
     attachments: str | None = None,
+    if_idle: bool = False,
 ) -> dict[str, Any]:
     """Sync ``mailbox``'s ``folder`` (``all``: every folder; or a well-known name or id), or
     resume ``job_id``: a folder's first sync lists it in full, later ones follow its delta
     (``full``: list every folder in full again). ``attachments``: content, metadata or none
-    (default: MAILSYNC_ATTACHMENTS, content). Returns the job's summary."""
+    (default: MAILSYNC_ATTACHMENTS, content). Returns the job's summary.
+
+    ``if_idle`` (a change notification's run): when a job of the mailbox is active, end at
+    once, Completed, with ``{"status": "skipped"}``: the relay starts one more sync after
+    that job, so two never run at once and nothing is missed."""
     forward_to_run_logs()  # mailsync's warnings (a delta reset…) in this run's logs too
     runtime = get_runtime()
     runtime.graph_url(graph_url)  # another Graph host is refused before anything is written
-    job, resumed = begin_job(
-        runtime.db,
-        runtime.settings,
-        mailbox=mailbox,
-        folder=folder,
-        business_id=business_id,
-        sync_from=sync_from,
-        sync_to=sync_to,
-        chunk_size=chunk_size,
-        page_size=page_size,
-        job_id=job_id,
-        full=full,
-    )
+    try:
+        job, resumed = begin_job(
+            runtime.db,
+            runtime.settings,
+            mailbox=mailbox,
+            folder=folder,
+            business_id=business_id,
+            sync_from=sync_from,
+            sync_to=sync_to,
+            chunk_size=chunk_size,
+            page_size=page_size,
+            job_id=job_id,
+            full=full,
+            if_idle=if_idle,
+        )
+    except MailboxBusyError as exc:
+        get_run_logger().info("skipped: %s", exc)
+        return {"status": "skipped", "mailbox": mailbox, "reason": str(exc)}
     job_id = str(job["id"])
     logger = get_run_logger()
     # A new job says what it is when it ends (one line when nothing changed); a resumed one

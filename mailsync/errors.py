@@ -61,6 +61,12 @@ class InvalidInputError(MailsyncError):
     category = "invalid_input"
 
 
+class MailboxBusyError(MailsyncError):
+    """A sync asked to start only if the mailbox is idle found a job of it active."""
+
+    category = "busy"
+
+
 class DatabaseError(MailsyncError):
     category = "db"
     retryable = True

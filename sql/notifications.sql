@@ -124,3 +124,9 @@ SELECT s.id AS store_id, g.id AS subscription_id, g.expires_at AS subscription_e
   FROM stores AS s
   LEFT JOIN graph_subscriptions AS g ON g.store_id = s.id AND g.business_id = s.business_id
  WHERE s.business_id = %(business_id)s AND s.registered_at IS NOT NULL;
+
+-- name: record_missed_for_store
+-- A notification of our own making: the store's subscription was re-created, so changes
+-- in the gap were never announced; the relay turns it into a sync like any 'missed'.
+INSERT INTO notification_outbox (business_id, store_id, subscription_id, kind)
+VALUES (%(business_id)s, %(store_id)s, %(subscription_id)s, 'missed');

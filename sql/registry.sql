@@ -28,10 +28,13 @@ UPDATE stores AS s
 RETURNING *, registry_health(s) AS health;
 
 -- name: list_registered_mailboxes
--- The business's registered mailboxes, problem mailboxes first, with their active job.
-SELECT s.*, registry_health(s) AS health, q.id AS active_job_id
+-- The business's registered mailboxes, problem mailboxes first, with their active job and
+-- their change-notification subscription's expiry (none: polled only).
+SELECT s.*, registry_health(s) AS health, q.id AS active_job_id,
+       g.expires_at AS subscription_expires_at
   FROM stores AS s
   LEFT JOIN sync_queue AS q ON q.store_id = s.id AND q.status IN ('pending', 'running')
+  LEFT JOIN graph_subscriptions AS g ON g.store_id = s.id AND g.business_id = s.business_id
  WHERE s.business_id = %(business_id)s AND s.registered_at IS NOT NULL
  ORDER BY registry_health(s) IN ('backing_off', 'failing') DESC, s.mailbox;
 
@@ -70,7 +73,9 @@ RETURNING id;
 -- its wait (interval, or backoff) in the same statement. Rows another sync-all is claiming
 -- right now are skipped (SKIP LOCKED), and a row claimed since this statement's snapshot
 -- is re-checked under its lock and no longer due: two sync-alls never pick one mailbox.
--- due_at (the moment it became due) names this turn of the mailbox.
+-- due_at (the moment it became due) names this turn of the mailbox. A mailbox with a live
+-- change-notification subscription waits at least %(subscribed_interval_minutes)s: its
+-- notifications keep it current, the poll is the safety net (migration 0016).
 WITH due AS (
     SELECT s.id, s.next_due_at AS due_at
       FROM stores AS s
@@ -83,7 +88,12 @@ WITH due AS (
      LIMIT %(limit)s
        FOR UPDATE OF s SKIP LOCKED)
 UPDATE stores AS s
-   SET next_due_at = now() + registry_wait(s.interval_minutes, s.consecutive_failures),
+   SET next_due_at = now() + registry_wait(
+           CASE WHEN EXISTS (SELECT 1 FROM graph_subscriptions AS g
+                              WHERE g.store_id = s.id AND g.expires_at > now())
+                THEN greatest(s.interval_minutes, %(subscribed_interval_minutes)s)
+                ELSE s.interval_minutes END,
+           s.consecutive_failures),
        last_claimed_at = now()
   FROM due
  WHERE s.id = due.id

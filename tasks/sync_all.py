@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from mailsync.errors import SyncIncompleteError
+from mailsync.config import env_int
+from mailsync.errors import ConfigError, SyncIncompleteError
 from mailsync.runtime import get_runtime
 
 NAMES_LOGGED = 5
@@ -23,10 +24,24 @@ Claim = dict[str, Any]  # a claimed mailbox: store_id, business_id, mailbox, fol
 
 
 @task(name="claim-due-mailboxes", cache_policy=NO_CACHE)
+def subscribed_interval_minutes() -> int:
+    """How often sync-all polls a mailbox whose change notifications are live (at least):
+    MAILSYNC_SUBSCRIBED_POLL_MINUTES, default an hour. Notifications keep it current; the
+    poll catches what Graph failed to announce (counted in stores.missed_changes)."""
+    minutes = env_int("MAILSYNC_SUBSCRIBED_POLL_MINUTES", 60)
+    if not 1 <= minutes <= 10080:  # the registry's own interval bounds (migration 0007)
+        raise ConfigError(f"MAILSYNC_SUBSCRIBED_POLL_MINUTES must be 1..10080, not {minutes}")
+    return minutes
+
+
 def claim_due_mailboxes(business_id: str, limit: int) -> list[Claim]:
     """Up to ``limit`` due mailboxes of the business, claimed (next_due_at moved on)."""
     rows = get_runtime().db.all(
-        "claim_due_mailboxes", business_id, business_id=business_id, limit=limit
+        "claim_due_mailboxes",
+        business_id,
+        business_id=business_id,
+        limit=limit,
+        subscribed_interval_minutes=subscribed_interval_minutes(),
     )
     claims = [
         {**row, "store_id": str(row["store_id"]), "business_id": str(row["business_id"])}

@@ -9,6 +9,7 @@
     bench      bench, and the sync it measures (bench-child, hidden)
     simulator  simulator
     mailbox    mailbox add|list|remove|pause|resume|discover, sync-all: many mailboxes
+    notifications  notifications serve|relay, subscriptions sync: change notifications
 
 Flows run in-process, against PREFECT_API_URL when set, else Prefect's ephemeral server.
 Library modules never import this package, and the command modules import only ``common``
@@ -35,7 +36,17 @@ from typing import Annotated
 
 import typer
 
-from mailsync.cli import attachments, bench, cleanup, db, mailbox, report, simulator, sync
+from mailsync.cli import (
+    attachments,
+    bench,
+    cleanup,
+    db,
+    mailbox,
+    notifications,
+    report,
+    simulator,
+    sync,
+)
 from mailsync.cli.common import options, report_error
 from mailsync.cli.startup import make_directory, prefect_home
 from mailsync.errors import ConfigError
@@ -70,6 +81,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(attachments.app, name="attachments")
 app.add_typer(mailbox.app, name="mailbox")
 app.command("sync-all")(mailbox.sync_all)
+app.add_typer(notifications.notifications_app, name="notifications")
+app.add_typer(notifications.subscriptions_app, name="subscriptions")
 
 
 def main() -> None:

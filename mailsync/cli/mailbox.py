@@ -55,6 +55,8 @@ _COLUMNS = (
     Col("last_status", "last job", rank=2),
     Col("last_success_at", "last success", rank=3),
     Col("consecutive_failures", "failures", rank=5, justify="right"),
+    Col("subscription_expires_at", "notified until", rank=6),  # empty: polled only
+    Col("missed_changes", "missed", rank=5, justify="right"),
     Col("last_error", "last error", rank=8, fold=True),
 )
 _SYNC_ALL_COLUMNS = (

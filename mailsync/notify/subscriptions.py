@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,11 @@ log = logging.getLogger("mailsync.notify.subscriptions")
 LIFETIME = timedelta(minutes=10_080 - 60)  # Graph's most for messages, less an hour's slack
 RENEW_WITHIN = timedelta(hours=24)
 CHANGE_TYPE = "created,updated,deleted"
+
+
+def public_url_from_env() -> str | None:
+    """MAILSYNC_NOTIFICATION_URL: the receiver's public base URL, as Graph must reach it."""
+    return os.environ.get("MAILSYNC_NOTIFICATION_URL") or None
 
 
 def receiver_urls(public_url: str | None) -> tuple[str, str]:
@@ -252,16 +258,27 @@ class SubscriptionManager:
             report.created.append(mailbox)
         elif row["notification_url"] != self.notification_url:  # the receiver moved
             self.delete(subscription_id)
-            self.create(store_id, mailbox)
-            report.recreated.append(mailbox)
+            self._recreate(store_id, mailbox, report)
         elif row["expires_at"] - now < RENEW_WITHIN:
             if self.renew(subscription_id) is None:
-                self.create(store_id, mailbox)
-                report.recreated.append(mailbox)
+                self._recreate(store_id, mailbox, report)
             else:
                 report.renewed.append(mailbox)
         else:
             report.kept.append(mailbox)
+
+    def _recreate(self, store_id: str, mailbox: str, report: SyncReport) -> None:
+        """A new subscription at once, and a sync of the mailbox through the relay: what
+        changed while it had none was never announced."""
+        row = self.create(store_id, mailbox)
+        self.db.one(
+            "record_missed_for_store",
+            self.business_id,
+            business_id=self.business_id,
+            store_id=store_id,
+            subscription_id=row["id"],
+        )
+        report.recreated.append(mailbox)
 
     def _delete_orphans(self, report: SyncReport) -> None:
         """Subscriptions Graph has for our receiver that no row of ours names."""

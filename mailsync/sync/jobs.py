@@ -10,7 +10,7 @@ from uuid import UUID
 
 from mailsync import validate
 from mailsync.config import Settings
-from mailsync.errors import ConflictError, InvalidInputError
+from mailsync.errors import ConflictError, InvalidInputError, MailboxBusyError
 from mailsync.store.db import Database, Row
 
 TERMINAL_JOB_STATUSES = {"completed", "partial_failure", "failed"}
@@ -76,8 +76,10 @@ def graph_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
-    """The store's unfinished job (resumed) or a new one; True when it was resumed."""
+def open_job(db: Database, request: SyncRequest, *, resume_active: bool = True) -> tuple[Row, bool]:
+    """The store's unfinished job (resumed) or a new one; True when it was resumed. Without
+    ``resume_active``, an active job is MailboxBusyError instead: the unique index on the
+    store's active job makes that check race-free (a notification's sync, issue 24)."""
     with db.transaction(request.business_id) as session:
         store = session.one(
             "upsert_store",
@@ -87,6 +89,8 @@ def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
         )
         assert store is not None
         active = session.one("get_active_job_for_store", store_id=store["id"])
+        if active and not resume_active:
+            raise MailboxBusyError(f"mailbox {request.mailbox} has a sync running")
         if active:
             return active, True
     try:
@@ -111,6 +115,8 @@ def open_job(db: Database, request: SyncRequest) -> tuple[Row, bool]:
         active = db.one("get_active_job_for_store", request.business_id, store_id=store["id"])
         if active is None:
             raise
+        if not resume_active:
+            raise MailboxBusyError(f"mailbox {request.mailbox} has a sync running") from None
         return active, True
 
 
@@ -127,6 +133,7 @@ def begin_job(
     page_size: int | None,
     job_id: str | None,
     full: bool = False,
+    if_idle: bool = False,
 ) -> tuple[Row, bool]:
     """The running job of a sync: the store's new job, its unfinished one (resumed), or
     ``job_id``: resumed when it ran before, started when it did not (the CLI opens a job,
@@ -144,7 +151,7 @@ def begin_job(
             page_size=page_size or settings.page_size,
             full=full,
         )
-        job, resumed = open_job(db, request)
+        job, resumed = open_job(db, request, resume_active=not if_idle)
     else:
         job = load_job(db, job_id)
         resumed = job["started_at"] is not None

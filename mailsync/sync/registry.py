@@ -142,6 +142,8 @@ def describe(row: Row) -> dict[str, Any]:
         "last_success_at",
         "consecutive_failures",
         "last_error",
+        "subscription_expires_at",  # change notifications (mailsync.notify); None: polled only
+        "missed_changes",  # polls that found changes no notification announced
         "last_job_id",
         "active_job_id",
         "registered_at",

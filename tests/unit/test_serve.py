@@ -37,19 +37,24 @@ def test_every_deployment_of_prefect_yaml_is_served_under_its_name(
         "chunk-report/daily",
         "cleanup/every-6h",
         "cleanup/recover-stuck",
+        "subscriptions/hourly",
         "sync-all/every-15m",
         "sync-mailbox/hourly",
     ]
     assert len(built) == len(specs())
 
 
-@pytest.mark.parametrize("spec", specs(), ids=lambda spec: spec["name"])
+@pytest.mark.parametrize("spec", specs(), ids=lambda spec: f"{spec['entrypoint']}:{spec['name']}")
 def test_a_served_deployment_is_its_prefect_yaml_entry(
     built: dict[str, Any], spec: dict[str, Any]
 ) -> None:
-    [deployment] = [d for d in built.values() if d.name == spec["name"]]
     path, function = spec["entrypoint"].split(":")
     module = path.removesuffix(".py").replace("/", ".")
+    [deployment] = [  # names repeat across flows (sync-mailbox/hourly, subscriptions/hourly)
+        d
+        for d in built.values()
+        if d.name == spec["name"] and d.entrypoint == f"mailsync.{module}.{function}"
+    ]
     assert deployment.entrypoint == f"mailsync.{module}.{function}"
     assert deployment.description == spec["description"]
     assert deployment.tags == spec["tags"]
@@ -160,3 +165,13 @@ def _default_template(pool_type: str) -> dict[str, Any]:
         if pool_type in workers:
             return dict(workers[pool_type]["default_base_job_configuration"])
     raise AssertionError(f"Prefect knows no worker type {pool_type!r}")
+
+
+def test_the_sync_deployment_is_triggered_per_mailbox_with_a_debounce(
+    built: dict[str, Any],
+) -> None:
+    [trigger] = built["sync-mailbox/hourly"].triggers
+    assert trigger.expect == {"mailsync.mailbox.changed"}
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.within.total_seconds() == trigger.schedule_after.total_seconds() == 5
+    assert trigger.parameters is not None and trigger.parameters["if_idle"] is True
