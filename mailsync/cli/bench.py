@@ -17,6 +17,7 @@ from mailsync.bench.attachments import AttachmentBenchConfig, run_bench_attachme
 from mailsync.bench.incremental import IncrementalConfig, run_bench_incremental
 from mailsync.bench.mailbox import BenchConfig, measure_sync, run_bench
 from mailsync.bench.many import ManyConfig, measure_sync_all, run_bench_many
+from mailsync.bench.notifications import NotificationsConfig, run_bench_notifications
 from mailsync.bench.store import StoreConfig, run_bench_store
 from mailsync.bench.tenant import TenantConfig, run_bench_tenant
 from mailsync.cli.common import JsonOpt, console, out
@@ -78,7 +79,23 @@ def bench(
             "changes, then one with none: seconds and requests (mailsync.bench.incremental).",
         ),
     ] = False,
-    changes: Annotated[int, typer.Option(min=0, help="Changes before the incremental sync.")] = 500,
+    changes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Changes before the incremental sync (with --notifications: in all, "
+            "spread over the mailboxes).",
+        ),
+    ] = 500,
+    notifications: Annotated[
+        bool,
+        typer.Option(
+            "--notifications",
+            help="Instead: change notifications end to end (Prefect server, a process worker, "
+            "the receiver): seconds from a change to its row, p50/p95/max "
+            "(mailsync.bench.notifications). --mailboxes (default 20) of 20 messages each.",
+        ),
+    ] = False,
     tenant: Annotated[
         bool,
         typer.Option(
@@ -123,6 +140,9 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure the sync against the raw-fetch floor: throughput, overhead, peak memory."""
+    if notifications:
+        _bench_notifications(NotificationsConfig(mailboxes=mailboxes or 20, changes=changes))
+        return
     if attachments:
         config_att = AttachmentBenchConfig(
             messages=messages,
@@ -247,6 +267,18 @@ def _bench_many(config: ManyConfig, as_json: bool) -> None:
     for key, value in result.items():
         table.add_row(key, str(value))
     out.print(table)
+
+
+def _bench_notifications(config: NotificationsConfig) -> None:
+    """Always JSON: one object, the last line (a table would only repeat it)."""
+    from mailsync.flows.sync_mailbox import sync_mailbox  # the flow's imports, when it runs
+
+    console.print(
+        f"bench --notifications: {config.mailboxes} mailboxes, {config.changes} changes "
+        "(a Prefect server, a process worker, the receiver; takes a few minutes)"
+    )
+    result = run_bench_notifications(config, sync_mailbox)
+    out.print(json.dumps(result, default=str), soft_wrap=True)
 
 
 def bench_many_child(spec: Annotated[str, typer.Argument(help="What to sync (JSON).")]) -> None:

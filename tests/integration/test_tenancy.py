@@ -380,10 +380,17 @@ def test_functions_and_view_run_with_the_callers_rights(database_url: str) -> No
         view = conn.execute(
             "SELECT reloptions FROM pg_class WHERE relname = 'chunk_processing_status'"
         ).fetchone()
-    # The one SECURITY DEFINER function answers "whose job is this?", with a fixed path.
-    assert [d["proname"] for d in definers] == ["job_business_id"]
-    assert definers[0]["owner"] == MAINTENANCE
-    assert any(c.startswith("search_path=pg_catalog,") for c in definers[0]["proconfig"])
+    # The SECURITY DEFINER functions answer "whose job is this?" and, for change
+    # notifications (0016), "whose subscription is this?" and "which businesses have
+    # notifications waiting?": each with a fixed path.
+    assert sorted(d["proname"] for d in definers) == [
+        "job_business_id",
+        "notification_pending_businesses",
+        "notification_subscriptions",
+    ]
+    for definer in definers:
+        assert definer["owner"] == MAINTENANCE
+        assert any(c.startswith("search_path=pg_catalog,") for c in definer["proconfig"])
     assert "security_invoker=true" in view["reloptions"]
 
 
