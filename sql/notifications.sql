@@ -98,8 +98,9 @@ SELECT business_id FROM notification_pending_businesses();
 -- The business's waiting notifications, one row per store: the range of outbox ids, how
 -- many, the lifecycle events among them, and whether a job of the store is active (then
 -- the relay waits for it to end: a sync started now would resume it, and the changes that
--- came after it started need one more sync). Locked: two relays never send one store.
-SELECT o.store_id, s.mailbox, min(o.id) AS first_id, max(o.id) AS last_id,
+-- came after it started need one more sync). Two relays at once would send the same
+-- event id, which Prefect's triggers take once.
+SELECT o.store_id, s.mailbox, s.folder, min(o.id) AS first_id, max(o.id) AS last_id,
        count(*) AS notifications, min(o.received_at) AS first_received_at,
        array_agg(DISTINCT o.kind) AS kinds,
        EXISTS (SELECT 1 FROM sync_queue AS q
@@ -107,7 +108,7 @@ SELECT o.store_id, s.mailbox, min(o.id) AS first_id, max(o.id) AS last_id,
   FROM notification_outbox AS o
   JOIN stores AS s ON s.id = o.store_id
  WHERE o.business_id = %(business_id)s AND o.relayed_at IS NULL
- GROUP BY o.store_id, s.mailbox
+ GROUP BY o.store_id, s.mailbox, s.folder
  ORDER BY min(o.id);
 
 -- name: mark_relayed
@@ -130,3 +131,10 @@ SELECT s.id AS store_id, g.id AS subscription_id, g.expires_at AS subscription_e
 -- in the gap were never announced; the relay turns it into a sync like any 'missed'.
 INSERT INTO notification_outbox (business_id, store_id, subscription_id, kind)
 VALUES (%(business_id)s, %(store_id)s, %(subscription_id)s, 'missed');
+
+-- name: prune_relayed_notifications
+-- Relayed rows older than %(keep_days)s days: their syncs ran long ago, and the
+-- missed-changes check (0016) looks back only to the previous job (polled hourly).
+DELETE FROM notification_outbox
+ WHERE business_id = %(business_id)s AND relayed_at IS NOT NULL
+   AND received_at < now() - make_interval(days => %(keep_days)s);

@@ -17,6 +17,7 @@ Afterwards every mailbox's live rows must equal the mailbox.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ class NotificationsConfig:
 def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank percentile (no interpolation: a reported figure is one measured)."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -75,8 +76,13 @@ def run_bench_notifications(config: NotificationsConfig, sync_mailbox: SyncFlow)
             MAILSYNC_GRAPH_URL=simulator.url,
         )
         reset_runtime()
+        # Prefect read its settings when this process imported it: its client (the pool, the
+        # deployment, the first syncs' flow runs) must be pointed at this server explicitly.
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
         try:
-            return _run(config, sync_mailbox, simulator, url, api_url, Path(workdir))
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                return _run(config, sync_mailbox, simulator, url, api_url, Path(workdir))
         finally:
             reset_runtime()
 

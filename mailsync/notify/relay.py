@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ log = logging.getLogger("mailsync.notify.relay")
 EVENT = "mailsync.mailbox.changed"
 EVENT_NAMESPACE = uuid.UUID("5b0f3c1e-6a43-4f0e-9a53-2f6d7d5e0c24")  # mailsync's, fixed
 POLL_S = 1.0  # a pass at least this often: jobs end without telling the relay
+KEEP_DAYS = 7  # relayed outbox rows are deleted after this long
+PRUNE_EVERY_S = 3600.0
 
 
 def resource_id(store_id: str) -> str:
@@ -116,6 +119,7 @@ def mailbox_event(business_id: str, row: Row) -> dict[str, Any]:
             "prefect.resource.id": resource_id(store_id),
             "prefect.resource.name": row["mailbox"],
             "mailsync.mailbox": row["mailbox"],
+            "mailsync.folder": row["folder"] or "all",  # the registered folder, or every one
             "mailsync.business": business_id,
         },
         "payload": {
@@ -138,6 +142,7 @@ class Relay:
         self.lifecycle = lifecycle  # a business's subscriptions (Graph calls); None: no Graph
         self.wake = threading.Event()
         self.sent: list[Sent] = []  # what this relay sent, for the bench and the tests
+        self._pruned_at: dict[str, float] = {}  # business -> monotonic time of its last prune
 
     def run_once(self) -> list[Sent]:
         """One pass over every business with pending notifications."""
@@ -147,6 +152,7 @@ class Relay:
         return sent
 
     def relay_business(self, business_id: str) -> list[Sent]:
+        self._prune(business_id)
         sent = []
         for row in self.db.all("pending_notifications", business_id, business_id=business_id):
             if row["busy"]:
@@ -171,6 +177,19 @@ class Relay:
             )
         self.sent.extend(sent)
         return sent
+
+    def _prune(self, business_id: str) -> None:
+        """Relayed rows past KEEP_DAYS, at most once an hour per business."""
+        now = time.monotonic()
+        last = self._pruned_at.get(business_id)
+        if last is None or now - last >= PRUNE_EVERY_S:
+            self.db.one(
+                "prune_relayed_notifications",
+                business_id,
+                business_id=business_id,
+                keep_days=KEEP_DAYS,
+            )
+            self._pruned_at[business_id] = now
 
     def _handle_lifecycle(self, business_id: str, row: Row) -> bool:
         """Lifecycle work before the event; whether the mailbox needs a sync."""

@@ -17,6 +17,12 @@ in-process attributes steer one in a test. Admin requests are never counted in t
 - ``GET /_sim/mailboxes/{user}/folders[?ids=true]``: the whole tree, with counts
 - ``POST /_sim/mailboxes/{user}/mutations``: one mutation or a list
   (``mailsync.simulator.mutations``); answers what each did and the log's sequence number
+- ``GET /_sim/subscriptions``: the live subscriptions and the delivery counters;
+  ``POST /_sim/subscriptions/{id}/lifecycle`` ``{"event": "missed" | "subscriptionRemoved"
+  | "reauthorizationRequired"}``; ``POST /_sim/subscriptions/{id}/expire``;
+  ``POST /_sim/notifications/wait`` (optional ``{"timeout_s": …}``): 200 once nothing is
+  queued or being delivered, 408 otherwise; ``POST /_sim/notifications`` (any of
+  ``duplicate_every``, ``max_attempts``, ``retry_delay_s``): delivery switches
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from mailsync.simulator.limits import MailboxLimits
 from mailsync.simulator.mutations import apply, parse_mutations
 from mailsync.simulator.stats import Stats
 from mailsync.simulator.store import Mailbox
+from mailsync.simulator.subscriptions import Subscriptions
 from mailsync.simulator.wire import GraphFailure, Request, Response, bad_request, json_response
 
 
@@ -41,6 +48,7 @@ class Controls(Protocol):
     faults: Faults
     stats: Stats
     limits: MailboxLimits
+    subscriptions: Subscriptions
 
     def add_mailbox(
         self,
@@ -95,6 +103,8 @@ class AdminApi:
             return self._expire_delta(request)
         if segments[:1] == ["mailboxes"]:
             return self._mailboxes(request, segments[1:])
+        if segments[:1] in (["subscriptions"], ["notifications"]):
+            return self._subscriptions(request, segments)
         raise GraphFailure(404, "NotFound", f"No admin resource {method} {request.path}.")
 
     def _mailboxes(self, request: Request, segments: list[str]) -> Response:
@@ -117,6 +127,40 @@ class AdminApi:
         if mailbox is not None and method == "POST" and segments[1:] == ["mutations"]:
             return self._mutate(request, mailbox)
         raise GraphFailure(404, "NotFound", f"No admin resource {method} {request.path}.")
+
+    def _subscriptions(self, request: Request, segments: list[str]) -> Response:
+        subscriptions = self._controls.subscriptions
+        body = json.loads(request.body or b"{}") if request.method == "POST" else {}
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        if request.method == "GET" and segments == ["subscriptions"]:
+            return json_response(200, subscriptions.describe())
+        if request.method == "POST" and segments == ["notifications", "wait"]:
+            timeout = body.get("timeout_s", 30)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+                raise bad_request("'timeout_s' must be a number of seconds >= 0")
+            idle = subscriptions.wait_idle(float(timeout))
+            return json_response(200 if idle else 408, {"idle": idle})
+        if request.method == "POST" and segments == ["notifications"]:
+            try:
+                subscriptions.configure(body)
+            except ValueError as exc:
+                raise bad_request(str(exc)) from None
+            return json_response(200, subscriptions.describe())
+        if request.method == "POST" and len(segments) == 3 and segments[0] == "subscriptions":
+            try:
+                if segments[2] == "lifecycle":
+                    subscriptions.lifecycle(segments[1], str(body.get("event")))
+                elif segments[2] == "expire":
+                    subscriptions.expire(segments[1])
+                else:
+                    raise GraphFailure(404, "NotFound", f"No admin resource {request.path}.")
+            except KeyError:
+                raise GraphFailure(404, "NotFound", f"No subscription {segments[1]!r}.") from None
+            except ValueError as exc:
+                raise bad_request(str(exc)) from None
+            return json_response(200, {"done": True})
+        raise GraphFailure(404, "NotFound", f"No admin resource {request.method} {request.path}.")
 
     def _set_faults(self, request: Request) -> Response:
         try:

@@ -282,6 +282,34 @@ class Subscriptions:
     def all(self) -> list[Subscription]:
         return self._live()
 
+    def describe(self) -> dict[str, Any]:
+        """The live subscriptions and the counters (the admin API's view)."""
+        return {
+            "value": [s.as_json(with_client_state=False) for s in self._live()],
+            "notifications": self.notifications,
+            "deliveries": self.deliveries,
+            "failed_attempts": self.failed_attempts,
+            "abandoned": self.abandoned,
+            "validations": self.validations,
+            "duplicate_every": self.duplicate_every,
+            "max_attempts": self.max_attempts,
+            "retry_delay_s": self.retry_delay_s,
+        }
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Set delivery switches from JSON; ValueError on an unknown or bad one."""
+        kinds: dict[str, type] = {
+            "duplicate_every": int,
+            "max_attempts": int,
+            "retry_delay_s": float,
+        }
+        for name, value in changes.items():
+            if name not in kinds:
+                raise ValueError(f"unknown notification switch {name!r}; known: {sorted(kinds)}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0")
+            setattr(self, name, kinds[name](value))
+
     def expire(self, subscription_id: str) -> None:
         """Let the subscription run out now (as one nobody renewed)."""
         with self._lock:

@@ -109,7 +109,8 @@ REVOKE EXECUTE ON FUNCTION notification_subscriptions(text[]), notification_pend
 FROM PUBLIC;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON graph_subscriptions TO mailsync_worker;
-GRANT SELECT, INSERT, UPDATE ON notification_outbox TO mailsync_worker;
+-- DELETE: the relay prunes relayed rows past a week (sql/notifications.sql).
+GRANT SELECT, INSERT, UPDATE, DELETE ON notification_outbox TO mailsync_worker;
 GRANT SELECT, INSERT, UPDATE ON notification_drops TO mailsync_worker;
 GRANT EXECUTE ON FUNCTION notification_subscriptions(text[]), notification_pending_businesses()
 TO mailsync_worker;
