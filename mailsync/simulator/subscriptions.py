@@ -125,6 +125,8 @@ class Subscriptions:
         with self._lock:
             if self._thread is None:
                 self._stopping = False
+                if self._http.is_closed:  # started again after a stop
+                    self._http = httpx.Client(timeout=10.0)
                 self._thread = threading.Thread(
                     target=self._deliver_forever, name="graph-notifications", daemon=True
                 )
