@@ -138,3 +138,10 @@ VALUES (%(business_id)s, %(store_id)s, %(subscription_id)s, 'missed');
 DELETE FROM notification_outbox
  WHERE business_id = %(business_id)s AND relayed_at IS NOT NULL
    AND received_at < now() - make_interval(days => %(keep_days)s);
+
+-- name: store_job_since
+-- Whether a job of the store was opened since %(since)s (the relay's check that the event
+-- it sent started a sync).
+SELECT EXISTS (SELECT 1 FROM sync_queue
+                WHERE business_id = %(business_id)s AND store_id = %(store_id)s
+                  AND created_at >= %(since)s) AS started;

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -44,6 +44,13 @@ EVENT_NAMESPACE = uuid.UUID("5b0f3c1e-6a43-4f0e-9a53-2f6d7d5e0c24")  # mailsync'
 POLL_S = 1.0  # a pass at least this often: jobs end without telling the relay
 KEEP_DAYS = 7  # relayed outbox rows are deleted after this long
 PRUNE_EVERY_S = 3600.0
+# An event that started no job within this long is sent again (a new id), at most
+# MAX_RESENDS times: a run Prefect failed to submit (seen: a 503 from a loaded server) would
+# otherwise leave the changes to the hourly poll. Longer than a slow run's start (over a
+# minute was seen on a loaded machine), so a resend rarely doubles a sync; a doubled one
+# finds the job active (if_idle) or nothing new.
+RESEND_AFTER_S = 300.0
+MAX_RESENDS = 3
 
 
 def resource_id(store_id: str) -> str:
@@ -109,6 +116,20 @@ class Sent:
     notifications: int
 
 
+@dataclass
+class _Awaiting:
+    """An event sent for a mailbox, until a job of it opens."""
+
+    sent: Sent
+    event: dict[str, Any]
+    first_sent_at: datetime
+    sent_at: datetime = field(init=False)
+    resends: int = 0
+
+    def __post_init__(self) -> None:
+        self.sent_at = self.first_sent_at
+
+
 def mailbox_event(business_id: str, row: Row) -> dict[str, Any]:
     store_id = str(row["store_id"])
     return {
@@ -136,8 +157,11 @@ class Relay:
         db: Database,
         emitter: Emitter,
         lifecycle: Callable[[str], Lifecycle] | None = None,
+        resend_after_s: float = RESEND_AFTER_S,
     ) -> None:
         self.db = db
+        self.resend_after_s = resend_after_s
+        self._awaiting: dict[str, _Awaiting] = {}  # store -> its last event, until a job opens
         self.emitter = emitter
         self.lifecycle = lifecycle  # a business's subscriptions (Graph calls); None: no Graph
         self.wake = threading.Event()
@@ -149,6 +173,7 @@ class Relay:
         sent: list[Sent] = []
         for row in self.db.all("notification_pending_businesses"):
             sent.extend(self.relay_business(str(row["business_id"])))
+        sent.extend(self._resend_lost())
         return sent
 
     def relay_business(self, business_id: str) -> list[Sent]:
@@ -168,6 +193,7 @@ class Relay:
                     int(row["notifications"]),
                 )
                 sent.append(item)
+                self._awaiting[item.store_id] = _Awaiting(item, event, datetime.now(UTC))
             self.db.one(
                 "mark_relayed",
                 business_id,
@@ -177,6 +203,52 @@ class Relay:
             )
         self.sent.extend(sent)
         return sent
+
+    def _resend_lost(self) -> list[Sent]:
+        """Events older than resend_after_s whose mailbox opened no job since: sent again."""
+        resent = []
+        now = datetime.now(UTC)
+        for store_id, awaiting in list(self._awaiting.items()):
+            if (now - awaiting.sent_at).total_seconds() < self.resend_after_s:
+                continue
+            business_id = awaiting.sent.business_id
+            row = self.db.one(
+                "store_job_since",
+                business_id,
+                business_id=business_id,
+                store_id=store_id,
+                since=awaiting.first_sent_at,
+            )
+            if (row and row["started"]) or awaiting.resends >= MAX_RESENDS:
+                if not (row and row["started"]):
+                    log.error(
+                        "no sync of %s started after %s events",
+                        awaiting.sent.mailbox,
+                        awaiting.resends + 1,
+                    )
+                del self._awaiting[store_id]
+                continue
+            awaiting.resends += 1
+            event = {
+                **awaiting.event,
+                "id": str(
+                    uuid.uuid5(EVENT_NAMESPACE, f"{awaiting.event['id']}:resend:{awaiting.resends}")
+                ),
+            }
+            self.emitter.emit([event])
+            awaiting.sent_at = now
+            log.warning("no sync of %s started: event sent again", awaiting.sent.mailbox)
+            resent.append(
+                Sent(
+                    business_id,
+                    store_id,
+                    awaiting.sent.mailbox,
+                    event["id"],
+                    awaiting.sent.notifications,
+                )
+            )
+        self.sent.extend(resent)
+        return resent
 
     def _prune(self, business_id: str) -> None:
         """Relayed rows past KEEP_DAYS, at most once an hour per business."""

@@ -247,3 +247,37 @@ def test_lifecycle_events_recreate_and_sync(
     assert [r["id"] for r in stored] == [second.id]
     kinds = [r["kind"] for r in outbox(database_url)]
     assert kinds == ["missed", "subscriptionRemoved"]
+
+
+def test_an_event_that_started_no_sync_is_sent_again(
+    runtime: Runtime,
+    simulator: GraphSimulator,
+    manager: SubscriptionManager,
+    database_url: str,
+    emitter: PrefectEmitter,
+) -> None:
+    register(runtime, simulator, ADA)
+    manager.sync()
+    simulator.mailbox(ADA).add_messages(1)
+    assert simulator.subscriptions.wait_idle()
+    relay = Relay(runtime.db, emitter, resend_after_s=0)  # no deployment here: no job opens
+    ids = [s.event_id for _ in range(3) for s in relay.run_once()]
+    assert len(ids) == len(set(ids)) == 4  # the event and 3 resends, each its own id
+    assert relay.run_once() == []  # then it gives up (logged): the poll is the safety net
+
+    # Once a job of the mailbox has opened after the event, nothing is sent again.
+    simulator.mailbox(ADA).add_messages(1)
+    assert simulator.subscriptions.wait_idle()
+    relay.resend_after_s = 3600
+    assert len(relay.run_once()) == 1
+    ada = rows(database_url, "SELECT id FROM stores WHERE mailbox = %s", ADA)[0]["id"]
+    rows(
+        database_url,
+        "INSERT INTO sync_queue (business_id, store_id, sync_type, status, chunk_size,"
+        " page_size, started_at, completed_at) VALUES (%s, %s, 'incremental', 'completed',"
+        " 100, 100, now(), now()) RETURNING id",
+        BUSINESS,
+        ada,
+    )
+    relay.resend_after_s = 0
+    assert relay.run_once() == []
