@@ -1,6 +1,6 @@
 -- Named queries of change notifications (mailsync/notify/): the receiver, the
 -- subscriptions and the relay. Tables and the two cross-tenant functions are in
--- migrations/0016_change_notifications.sql. Every statement below, except the two that
+-- migrations/0017_change_notifications.sql. Every statement below, except the two that
 -- call those functions and the drop counter (no tenant data), runs as the tenant.
 
 -- name: notification_subscriptions
@@ -134,7 +134,7 @@ VALUES (%(business_id)s, %(store_id)s, %(subscription_id)s, 'missed');
 
 -- name: prune_relayed_notifications
 -- Relayed rows older than %(keep_days)s days: their syncs ran long ago, and the
--- missed-changes check (0016) looks back only to the previous job (polled hourly).
+-- missed-changes check (0017) looks back only to the previous job (polled hourly).
 DELETE FROM notification_outbox
  WHERE business_id = %(business_id)s AND relayed_at IS NOT NULL
    AND received_at < now() - make_interval(days => %(keep_days)s);

@@ -75,7 +75,7 @@ RETURNING id;
 -- is re-checked under its lock and no longer due: two sync-alls never pick one mailbox.
 -- due_at (the moment it became due) names this turn of the mailbox. A mailbox with a live
 -- change-notification subscription waits at least %(subscribed_interval_minutes)s: its
--- notifications keep it current, the poll is the safety net (migration 0016).
+-- notifications keep it current, the poll is the safety net (migration 0017).
 WITH due AS (
     SELECT s.id, s.next_due_at AS due_at
       FROM stores AS s

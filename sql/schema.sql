@@ -426,6 +426,50 @@ CREATE FUNCTION public.job_business_id(p_job_id uuid) RETURNS uuid
     SELECT business_id FROM sync_queue WHERE id = p_job_id;
 $$;
 
+CREATE FUNCTION public.notification_pending_businesses() RETURNS TABLE(business_id uuid)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT DISTINCT o.business_id FROM notification_outbox AS o WHERE o.relayed_at IS NULL;
+$$;
+
+CREATE FUNCTION public.notification_record_missed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_previous_start timestamptz;
+BEGIN
+    IF NEW.status <> 'completed' OR OLD.status NOT IN ('pending', 'running')
+       OR NEW.emails_processed = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT max(q.started_at) INTO v_previous_start
+      FROM sync_queue AS q
+     WHERE q.store_id = NEW.store_id AND q.id <> NEW.id AND q.started_at < NEW.started_at;
+    IF v_previous_start IS NULL THEN
+        RETURN NULL;  -- the first sync: everything is new, nothing was to be announced
+    END IF;
+    IF EXISTS (SELECT 1 FROM graph_subscriptions AS g
+                WHERE g.store_id = NEW.store_id AND g.created_at < v_previous_start)
+       AND NOT EXISTS (SELECT 1 FROM notification_outbox AS o
+                        WHERE o.store_id = NEW.store_id
+                          AND o.received_at > v_previous_start
+                          AND o.received_at <= coalesce(NEW.completed_at, now())) THEN
+        UPDATE stores SET missed_changes = missed_changes + 1 WHERE id = NEW.store_id;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION public.notification_subscriptions(p_ids text[]) RETURNS TABLE(id text, business_id uuid, store_id uuid, client_state_sha256 bytea)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'public'
+    AS $$
+    SELECT g.id, g.business_id, g.store_id, g.client_state_sha256
+      FROM graph_subscriptions AS g
+     WHERE g.id = ANY (p_ids);
+$$;
+
 CREATE FUNCTION public.record_chunk_page(p_chunk_id uuid, p_worker_id text, p_attempt integer, p_checkpoint_data jsonb, p_emails_processed integer, p_emails_failed integer, p_emails_added integer, p_emails_updated integer, p_delta_resets integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -468,6 +512,8 @@ CREATE TABLE public.stores (
     consecutive_failures integer DEFAULT 0 NOT NULL,
     last_error text,
     folders_delta_link text,
+    missed_changes integer DEFAULT 0 NOT NULL,
+    last_notified_at timestamp with time zone,
     CONSTRAINT stores_interval_minutes_check CHECK (((interval_minutes >= 1) AND (interval_minutes <= 10080)))
 );
 
@@ -745,6 +791,23 @@ CREATE UNLOGGED TABLE public.graph_limits (
     CONSTRAINT graph_limits_refill_per_s_check CHECK ((refill_per_s > (0)::double precision))
 );
 
+CREATE TABLE public.graph_subscriptions (
+    id text NOT NULL,
+    business_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    resource text NOT NULL,
+    client_state_sha256 bytea NOT NULL,
+    notification_url text NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    renewed_at timestamp with time zone,
+    last_notification_at timestamp with time zone,
+    notifications bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT graph_subscriptions_client_state_sha256_check CHECK ((length(client_state_sha256) = 32))
+);
+
+ALTER TABLE ONLY public.graph_subscriptions FORCE ROW LEVEL SECURITY;
+
 CREATE TABLE public.mail_folders (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     business_id uuid NOT NULL,
@@ -764,6 +827,36 @@ CREATE TABLE public.mail_folders (
 );
 
 ALTER TABLE ONLY public.mail_folders FORCE ROW LEVEL SECURITY;
+
+CREATE TABLE public.notification_drops (
+    reason text NOT NULL,
+    count bigint DEFAULT 0 NOT NULL,
+    last_at timestamp with time zone,
+    CONSTRAINT notification_drops_reason_check CHECK ((reason = ANY (ARRAY['unknown_subscription'::text, 'client_state'::text, 'malformed'::text])))
+);
+
+CREATE TABLE public.notification_outbox (
+    id bigint NOT NULL,
+    business_id uuid NOT NULL,
+    store_id uuid NOT NULL,
+    subscription_id text NOT NULL,
+    kind text NOT NULL,
+    resource text,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    relayed_at timestamp with time zone,
+    CONSTRAINT notification_outbox_kind_check CHECK ((kind = ANY (ARRAY['created'::text, 'updated'::text, 'deleted'::text, 'missed'::text, 'subscriptionRemoved'::text, 'reauthorizationRequired'::text])))
+);
+
+ALTER TABLE ONLY public.notification_outbox FORCE ROW LEVEL SECURITY;
+
+ALTER TABLE public.notification_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.notification_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 CREATE TABLE public.schema_migrations (
     version integer NOT NULL,
@@ -878,11 +971,20 @@ ALTER TABLE ONLY public.graph_leases
 ALTER TABLE ONLY public.graph_limits
     ADD CONSTRAINT graph_limits_pkey PRIMARY KEY (key);
 
+ALTER TABLE ONLY public.graph_subscriptions
+    ADD CONSTRAINT graph_subscriptions_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.mail_folders
     ADD CONSTRAINT mail_folders_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.mail_folders
     ADD CONSTRAINT mail_folders_store_id_graph_id_key UNIQUE (store_id, graph_id);
+
+ALTER TABLE ONLY public.notification_drops
+    ADD CONSTRAINT notification_drops_pkey PRIMARY KEY (reason);
+
+ALTER TABLE ONLY public.notification_outbox
+    ADD CONSTRAINT notification_outbox_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
@@ -922,6 +1024,14 @@ CREATE INDEX email_attachments_sha256 ON public.email_attachments USING btree (b
 CREATE INDEX emails_store_folder_live ON public.emails USING btree (store_id, parent_folder_id) WHERE (deleted_at IS NULL);
 
 CREATE INDEX graph_leases_lease ON public.graph_leases USING btree (lease_id);
+
+CREATE INDEX graph_subscriptions_expiry ON public.graph_subscriptions USING btree (business_id, expires_at);
+
+CREATE UNIQUE INDEX graph_subscriptions_store ON public.graph_subscriptions USING btree (store_id);
+
+CREATE INDEX notification_outbox_pending ON public.notification_outbox USING btree (business_id, store_id, id) WHERE (relayed_at IS NULL);
+
+CREATE INDEX notification_outbox_received ON public.notification_outbox USING btree (store_id, received_at);
 
 CREATE INDEX stores_due ON public.stores USING btree (business_id, next_due_at) WHERE ((registered_at IS NOT NULL) AND enabled);
 
@@ -963,6 +1073,8 @@ CREATE OR REPLACE VIEW public.chunk_processing_status WITH (security_invoker='tr
      LEFT JOIN public.chunked_sync_jobs c ON ((c.parent_sync_job_id = q.id)))
   GROUP BY q.id;
 
+CREATE TRIGGER sync_queue_missed_notifications AFTER UPDATE OF status ON public.sync_queue FOR EACH ROW EXECUTE FUNCTION public.notification_record_missed();
+
 CREATE TRIGGER sync_queue_registry AFTER INSERT OR UPDATE OF status ON public.sync_queue FOR EACH ROW EXECUTE FUNCTION public.registry_record_job();
 
 ALTER TABLE ONLY public.attachment_listings
@@ -992,8 +1104,14 @@ ALTER TABLE ONLY public.emails
 ALTER TABLE ONLY public.graph_leases
     ADD CONSTRAINT graph_leases_key_fkey FOREIGN KEY (key) REFERENCES public.graph_limits(key) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.graph_subscriptions
+    ADD CONSTRAINT graph_subscriptions_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.mail_folders
     ADD CONSTRAINT mail_folders_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.notification_outbox
+    ADD CONSTRAINT notification_outbox_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.sync_queue
     ADD CONSTRAINT sync_queue_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
@@ -1019,7 +1137,11 @@ ALTER TABLE public.email_removals ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.emails ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.graph_subscriptions ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.mail_folders ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.notification_outbox ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.stores ENABLE ROW LEVEL SECURITY;
 
@@ -1039,7 +1161,11 @@ CREATE POLICY tenant_isolation ON public.email_removals USING ((business_id = pu
 
 CREATE POLICY tenant_isolation ON public.emails USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
 
+CREATE POLICY tenant_isolation ON public.graph_subscriptions USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
+
 CREATE POLICY tenant_isolation ON public.mail_folders USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
+
+CREATE POLICY tenant_isolation ON public.notification_outbox USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
 
 CREATE POLICY tenant_isolation ON public.stores USING ((business_id = public.current_business_id())) WITH CHECK ((business_id = public.current_business_id()));
 

@@ -381,7 +381,7 @@ def test_functions_and_view_run_with_the_callers_rights(database_url: str) -> No
             "SELECT reloptions FROM pg_class WHERE relname = 'chunk_processing_status'"
         ).fetchone()
     # The SECURITY DEFINER functions answer "whose job is this?" and, for change
-    # notifications (0016), "whose subscription is this?" and "which businesses have
+    # notifications (0017), "whose subscription is this?" and "which businesses have
     # notifications waiting?": each with a fixed path.
     assert sorted(d["proname"] for d in definers) == [
         "job_business_id",
