@@ -35,6 +35,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
     LogFilterLevel,
 )
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.logging.handlers import APILogWorker
 from prefect.task_runners import ThreadPoolTaskRunner
 from typer.testing import CliRunner
@@ -63,9 +64,14 @@ def every(read: Callable[[int], Sequence[T]], page: int = 200) -> list[T]:
 
 
 def artifacts_of(client: SyncPrefectClient, keys_: list[str]) -> list[Any]:
-    """Every version of the artifacts of these keys."""
+    """Every version of the artifacts of these keys, paged in id order: Prefect's default
+    order (by creation time) has ties, and offset pages over ties repeat and skip rows."""
     keys = ArtifactFilter(key=ArtifactFilterKey(any_=keys_))
-    return every(lambda at: client.read_artifacts(artifact_filter=keys, limit=200, offset=at))
+    return every(
+        lambda at: client.read_artifacts(
+            artifact_filter=keys, sort=ArtifactSort.ID_DESC, limit=200, offset=at
+        )
+    )
 
 
 def logs_of(client: SyncPrefectClient, flow_run_ids: list[UUID]) -> list[Any]:
