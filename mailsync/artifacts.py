@@ -176,7 +176,10 @@ def changed_nothing(summary: dict[str, Any]) -> bool:
 
 def sync_description(summary: dict[str, Any]) -> str:
     """One line: the mailbox, what the sync did, its job (to look it up in Postgres)."""
-    folders = len(summary["folders"])
+    # folders_unchanged: folders whose round came back empty at planning (no chunk, no row)
+    folders = len(summary["folders"]) + int(
+        summary.get("folders_unchanged") or 0
+    )  # no chunk: unchanged
     elapsed = summary.get("elapsed_s")
     took = f" in {elapsed:.1f} s" if isinstance(elapsed, int | float) else ""
     head = f"{summary['mailbox']}: {folders} folder{'' if folders == 1 else 's'} checked{took}"

@@ -34,7 +34,9 @@ def test_a_session_that_just_closed_is_counted_once_its_backend_is_gone(database
 
     assert sessions_of(postmaster, database) == []
     assert not psutil.pid_exists(busy) or psutil.Process(busy).ppid() != postmaster
-    assert process_cpu_s(postmaster) - before >= burnt > 0.05
+    # Both sides are sums of clock ticks (10 ms each) read at different moments: one tick
+    # of rounding apart (0.51 read against 0.51x burnt, CI 2026-12-07) is not a lost session.
+    assert process_cpu_s(postmaster) - before >= burnt - 0.02 and burnt > 0.05
 
 
 def test_waiting_for_a_session_that_stays_open_says_so(database_url: str) -> None:
