@@ -11,12 +11,11 @@ process: it measures requests and rounds, not peak memory.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from mailsync.bench.mailbox import SyncFlow, fresh_database
+from mailsync.bench.mailbox import SyncFlow, fresh_database, point_this_process_at
 from mailsync.prefect_server import prefect_api
 
 TENANT = "contoso-bench"
@@ -39,15 +38,7 @@ def run_bench_incremental(config: IncrementalConfig, sync_mailbox: SyncFlow) -> 
 
     mailbox = "bench-incremental@contoso.example"
     with prefect_api() as (api_url, _, _), GraphSimulator() as simulator, fresh_database() as url:
-        os.environ.update(
-            PREFECT_API_URL=api_url,
-            MAILSYNC_DATABASE_URL=url,
-            MAILSYNC_TENANT_ID=TENANT,
-            MAILSYNC_CLIENT_ID=simulator.client_id,
-            MAILSYNC_CLIENT_SECRET=simulator.client_secret,
-            MAILSYNC_GRAPH_URL=simulator.url,
-        )
-        reset_runtime()
+        point_this_process_at(api_url, url, simulator, TENANT)
         box = simulator.add_mailbox(
             mailbox, config.messages, seed=config.seed, folders=DEFAULT_TREE
         )

@@ -33,13 +33,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from mailsync.errors import MailsyncError
 from mailsync.prefect_server import prefect_api, stop_process
+
+if TYPE_CHECKING:
+    from mailsync.simulator import GraphSimulator
 
 TENANT = "contoso-bench"
 SCOPE = "https://graph.microsoft.com/.default"
@@ -293,6 +296,24 @@ def child_env(api_url: str, database_url: str, sim_url: str, **extra: str) -> di
         "MAILSYNC_GRAPH_URL": sim_url,
         **extra,
     }
+
+
+def point_this_process_at(
+    api_url: str, database_url: str, simulator: GraphSimulator, tenant: str
+) -> None:
+    """For a bench that runs the flow in its own process: this Prefect API, this database,
+    the simulator as Graph with its credentials; the runtime rebuilt from them."""
+    from mailsync.runtime import reset_runtime
+
+    os.environ.update(
+        PREFECT_API_URL=api_url,
+        MAILSYNC_DATABASE_URL=database_url,
+        MAILSYNC_TENANT_ID=tenant,
+        MAILSYNC_CLIENT_ID=simulator.client_id,
+        MAILSYNC_CLIENT_SECRET=simulator.client_secret,
+        MAILSYNC_GRAPH_URL=simulator.url,
+    )
+    reset_runtime()
 
 
 def run_sync_child(

@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailsync.bench.mailbox import SyncFlow, fresh_database
+from mailsync.bench.mailbox import SyncFlow, fresh_database, point_this_process_at
 from mailsync.prefect_server import prefect_api
 
 TENANT = "contoso-bench-notify"
@@ -70,15 +70,7 @@ def run_bench_notifications(config: NotificationsConfig, sync_mailbox: SyncFlow)
         fresh_database() as url,
         tempfile.TemporaryDirectory(prefix="mailsync-bench-worker-") as workdir,
     ):
-        os.environ.update(
-            PREFECT_API_URL=api_url,
-            MAILSYNC_DATABASE_URL=url,
-            MAILSYNC_TENANT_ID=TENANT,
-            MAILSYNC_CLIENT_ID=simulator.client_id,
-            MAILSYNC_CLIENT_SECRET=simulator.client_secret,
-            MAILSYNC_GRAPH_URL=simulator.url,
-        )
-        reset_runtime()
+        point_this_process_at(api_url, url, simulator, TENANT)
         # Prefect read its settings when this process imported it: its client (the pool, the
         # deployment, the first syncs' flow runs) must be pointed at this server explicitly.
         from prefect.settings import PREFECT_API_URL, temporary_settings
