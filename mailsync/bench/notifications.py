@@ -1,10 +1,10 @@
 """`mailsync bench --notifications`: from a change in a mailbox to its row in Postgres.
 
 Everything real, as a user runs it: a Prefect server (PREFECT_API_URL, or one started here),
-the sync-mailbox deployment built from prefect.yaml (its trigger and debounce included) on a
-process work pool, one ``prefect worker start`` process, the receiver and the relay (in this
-process, as ``mailsync notifications serve`` runs them), the simulator delivering Graph's
-notifications, and Postgres.
+the sync-changed deployment built from prefect.yaml (its trigger, debounce and concurrency
+limit included) on a process work pool, one ``prefect worker start`` process, the receiver
+and the relay (in this process, as ``mailsync notifications serve`` runs them), the
+simulator delivering Graph's notifications, and Postgres.
 
 ``mailboxes`` mailboxes are registered, synced once and subscribed; one unmeasured change to
 an extra mailbox, waited for in Postgres, proves the trigger live and warms the worker.
@@ -13,8 +13,9 @@ burst of new messages (``changes`` in all, spread evenly), the bursts ``spacing_
 A change's latency is from the moment the simulator made it to its row's ``first_synced_at``
 in Postgres (the inserting transaction's start: same clock, same machine). Also measured:
 Graph requests per change (every request the simulator served in the phase, subscriptions
-excluded, over the changes), and syncs started per burst (jobs per mailbox in the phase).
-Afterwards every mailbox's live rows must equal the mailbox.
+excluded, over the changes), syncs started per burst (jobs per mailbox in the phase), and
+the flow runs the trigger started (each a process start). Afterwards every mailbox's live
+rows must equal the mailbox.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mailsync.prefect_server import prefect_api
 
 TENANT = "contoso-bench-notify"
 POOL = "mailsync-bench-notifications"
-SYNC_DEPLOYMENT = ("flows/sync_mailbox.py:sync_mailbox", "hourly")  # prefect.yaml's entry
+SYNC_DEPLOYMENT = ("flows/sync_changed.py:sync_changed", "on-change")  # prefect.yaml's entry
 POLL_S = 0.2
 WARM_UP = "notify-warm-up@contoso.example"
 
@@ -134,7 +135,10 @@ def _run(
             warm_id = warm_up.add_messages(1)[0].id
             if not _wait_landed(url, {warm_id: time.time()}, config.timeout_s):
                 raise RuntimeError("the warm-up change never reached Postgres")
+            load_before = os.getloadavg()
             phase = _changes(config, simulator, boxes, url)
+            phase["flow_runs"] = _flow_runs(deployment_id)
+            phase["load_average"] = {"before": _rounded(load_before), "after": _rounded()}
         finally:
             stop.set()
             relay.wake.set()
@@ -220,12 +224,31 @@ def _wait_landed(url: str, made: dict[str, float], timeout_s: float) -> dict[str
     return landed
 
 
+def _flow_runs(deployment_id: Any) -> dict[str, int]:
+    """The deployment's flow runs so far, by state (the warm-up's included)."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    return dict(Counter((r.state.name if r.state else None) or "none" for r in runs))
+
+
+def _rounded(load: tuple[float, float, float] | None = None) -> list[float]:
+    """The 1, 5 and 15 minute load averages (the machine's business, beside the figures)."""
+    return [round(x, 1) for x in (load or os.getloadavg())]
+
+
 def _epoch(moment: datetime) -> float:
     return moment.timestamp()
 
 
 def _deploy() -> Any:
-    """sync-mailbox/hourly as prefect.yaml declares it (trigger included), on a process
+    """sync-changed/on-change as prefect.yaml declares it (trigger included), on a process
     pool of its own; its id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
