@@ -16,7 +16,8 @@ change is younger than the debounce → end when nothing runs and nothing waits.
 - A change during a mailbox's sync leads to exactly one more, after it: the job is active
   until it ends (the question skips the mailbox), and then the notification is newer than
   that job. This run takes it if it still runs, else the next run does. The deployment runs
-  one at a time (concurrency limit 1, ENQUEUE): an event during a run queues one.
+  one at a time (concurrency limit 1, ENQUEUE): an event during a run queues one. At its
+  end the run cancels the queued runs its last question made redundant (cancel_queued_runs).
 - Never two syncs of a mailbox at once: ``if_idle``, and the job's one-active-job rule.
 """
 
@@ -26,7 +27,9 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
@@ -38,13 +41,15 @@ from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import default_business_id
 from mailsync.sync.registry import pool_size_for
 from mailsync.tasks.sync_all import sync_in_process
-from mailsync.tasks.sync_changed import changed_mailboxes
+from mailsync.tasks.sync_changed import cancel_queued_runs, changed_mailboxes
 
 PARALLEL = 8  # mailboxes synced at once, in threads: their Graph and Postgres waits overlap
 DEBOUNCE_S = 5.0  # a mailbox's first notification this old: the rest of its burst is in
 ASK_EVERY_S = 1.0  # how soon a change that comes in during the run is seen
 MAX_TAKING_S = 600.0  # then the run takes no more: an endless stream of changes is the
 # next run's, so that this one ends and shows its outcome
+
+CLOCK_MARGIN_S = 2.0  # the Prefect server's clock against this process's
 
 _RUNNER = cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=PARALLEL))
 
@@ -79,12 +84,18 @@ def sync_changed(
         "if_idle": True,  # a job already active (a poll's, a CLI's) is left alone
     }
     asks_until = _scheduled_start() + asks_for_s
-    outcomes = _sync_while_changing(
+    outcomes, last_asked = _sync_while_changing(
         business, limit, debounce_s, max_taking_s, asks_until, overrides
     )
     counts = dict(Counter(o["status"] for o in outcomes))
     get_run_logger().info("sync-changed: %s syncs: %s", len(outcomes), counts)
-    return {"business_id": business, "mailboxes": outcomes, "counts": counts}
+    cancelled = _cancel_redundant_runs(last_asked)
+    return {
+        "business_id": business,
+        "mailboxes": outcomes,
+        "counts": counts,
+        "cancelled_runs": cancelled,
+    }
 
 
 def _sync_while_changing(
@@ -94,10 +105,10 @@ def _sync_while_changing(
     max_taking_s: float,
     asks_until: float,
     overrides: dict[str, Any],
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], datetime]:
     """Sync the changed mailboxes, asking again as each sync ends or every ASK_EVERY_S,
     until nothing runs, no change waits for its debounce, and ``asks_until`` (epoch s) has
-    passed."""
+    passed. The outcomes, and when the last question (the one that found nothing) began."""
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()  # store ids, from the threads
     running: dict[str, PrefectFuture[dict[str, Any]]] = {}
     outcomes: list[dict[str, Any]] = []
@@ -108,6 +119,7 @@ def _sync_while_changing(
     stop_taking = time.monotonic() + max_taking_s
     while True:
         waiting = False
+        asked = datetime.now(UTC)
         if time.monotonic() < stop_taking:
             for change in changed_mailboxes(business, limit, debounce_s):
                 store_id = change["store_id"]
@@ -120,12 +132,30 @@ def _sync_while_changing(
                 future.add_done_callback(_announce(finished, store_id))
                 running[store_id] = future
         if not running and not waiting and time.time() >= asks_until:
-            return outcomes
+            return outcomes, asked
         for store_id in _ended(finished):
             outcome = running.pop(store_id).result()
             outcomes.append(outcome)
             if outcome.get("job_id") is None:
                 left.add(store_id)
+
+
+def _cancel_redundant_runs(last_asked: datetime) -> int:
+    """In a deployment: its queued runs created before this run's last question to Postgres
+    (less CLOCK_MARGIN_S, for the Prefect server's clock), cancelled; how many."""
+    from prefect.runtime import deployment, flow_run
+
+    if not deployment.id:
+        return 0
+    before = last_asked - timedelta(seconds=CLOCK_MARGIN_S)
+    try:
+        cancelled = cancel_queued_runs(UUID(deployment.id), UUID(flow_run.id), before)
+    except Exception as exc:  # they run and find nothing: a cost, not a loss
+        get_run_logger().warning("could not cancel the queued runs: %s", exc)
+        return 0
+    if cancelled:
+        get_run_logger().info("cancelled %s queued runs: their changes are synced", cancelled)
+    return cancelled
 
 
 def _scheduled_start() -> float:

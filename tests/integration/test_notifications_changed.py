@@ -6,6 +6,7 @@ never at a guessed moment."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +24,7 @@ from mailsync.runtime import Runtime
 from mailsync.simulator import GraphSimulator
 from mailsync.sync.jobs import default_business_id
 from mailsync.sync.registry import Registration, add_mailbox
-from mailsync.tasks.sync_changed import changed_mailboxes
+from mailsync.tasks.sync_changed import cancel_queued_runs, changed_mailboxes
 
 BUSINESS = str(default_business_id("contoso-test"))  # the simulator fixture's tenant
 ADA, BOB, CAROL = "ada@contoso.example", "bob@contoso.example", "carol@contoso.example"
@@ -154,3 +155,29 @@ def test_a_change_during_a_sync_gets_exactly_one_more_never_two_at_once(
     assert during["completed_at"] <= after["created_at"]  # one after the other
     assert emails(database_url, ADA) == ada.ids()
     assert run_sync_changed()["mailboxes"] == []
+
+
+def test_queued_runs_made_redundant_are_cancelled(prefect_api_url: str) -> None:
+    """A queued run created before a question that found nothing is cancelled; one created
+    after it is left to run (its changes may be newer than the question)."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+
+    deployment = sync_changed.to_deployment(name=f"cancel-test-{uuid.uuid4().hex[:8]}")
+    deployment_id = deployment.apply()
+    try:
+        with get_client(sync_client=True) as client:
+            earlier = [client.create_flow_run_from_deployment(deployment_id) for _ in range(2)]
+            asked = datetime.now(UTC)
+            later = client.create_flow_run_from_deployment(deployment_id)
+            assert cancel_queued_runs(deployment_id, earlier[0].id, asked) == 1  # not its own
+            states = {run.id: client.read_flow_run(run.id).state_name for run in (*earlier, later)}
+        assert states == {
+            earlier[0].id: "Scheduled",
+            earlier[1].id: "Cancelled",
+            later.id: "Scheduled",
+        }
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
