@@ -105,10 +105,12 @@ def _sync_while_changing(
     max_taking_s: float,
     asks_until: float,
     overrides: dict[str, Any],
-) -> tuple[list[dict[str, Any]], datetime]:
+) -> tuple[list[dict[str, Any]], datetime | None]:
     """Sync the changed mailboxes, asking again as each sync ends or every ASK_EVERY_S,
     until nothing runs, no change waits for its debounce, and ``asks_until`` (epoch s) has
-    passed. The outcomes, and when the last question (the one that found nothing) began."""
+    passed. The outcomes, and when the last question (the one that found nothing) began:
+    None when the run stopped taking after ``max_taking_s``, as it then did not ask what
+    changed since, and the queued runs must take that."""
     finished: queue.SimpleQueue[str] = queue.SimpleQueue()  # store ids, from the threads
     running: dict[str, PrefectFuture[dict[str, Any]]] = {}
     outcomes: list[dict[str, Any]] = []
@@ -119,8 +121,11 @@ def _sync_while_changing(
     stop_taking = time.monotonic() + max_taking_s
     while True:
         waiting = False
-        asked = datetime.now(UTC)
-        if time.monotonic() < stop_taking:
+        if time.monotonic() >= stop_taking:
+            if not running:
+                return outcomes, None
+        else:
+            asked = datetime.now(UTC)
             for change in changed_mailboxes(business, limit, debounce_s):
                 store_id = change["store_id"]
                 if store_id in running or store_id in left:  # running: its job maybe not open yet
@@ -131,8 +136,8 @@ def _sync_while_changing(
                 future = sync_in_process.submit(change, overrides)
                 future.add_done_callback(_announce(finished, store_id))
                 running[store_id] = future
-        if not running and not waiting and time.time() >= asks_until:
-            return outcomes, asked
+            if not running and not waiting and time.time() >= asks_until:
+                return outcomes, asked
         for store_id in _ended(finished):
             outcome = running.pop(store_id).result()
             outcomes.append(outcome)
@@ -140,12 +145,12 @@ def _sync_while_changing(
                 left.add(store_id)
 
 
-def _cancel_redundant_runs(last_asked: datetime) -> int:
+def _cancel_redundant_runs(last_asked: datetime | None) -> int:
     """In a deployment: its queued runs created before this run's last question to Postgres
     (less CLOCK_MARGIN_S, for the Prefect server's clock), cancelled; how many."""
     from prefect.runtime import deployment, flow_run
 
-    if not deployment.id:
+    if last_asked is None or not deployment.id:
         return 0
     before = last_asked - timedelta(seconds=CLOCK_MARGIN_S)
     try:
