@@ -50,9 +50,9 @@ def sync_mailbox(
     (``full``: list every folder in full again). ``attachments``: content, metadata or none
     (default: MAILSYNC_ATTACHMENTS, content). Returns the job's summary.
 
-    ``if_idle`` (a change notification's run): when a job of the mailbox is active, end at
-    once, Completed, with ``{"status": "skipped"}``: the relay starts one more sync after
-    that job, so two never run at once and nothing is missed."""
+    ``if_idle`` (a change notification's sync, flows/sync_changed.py): when a job of the
+    mailbox is active, end at once, Completed, with ``{"status": "skipped"}``: the change
+    is synced after that job, so two never run at once and nothing is missed."""
     forward_to_run_logs()  # mailsync's warnings (a delta reset…) in this run's logs too
     runtime = get_runtime()
     runtime.graph_url(graph_url)  # another Graph host is refused before anything is written

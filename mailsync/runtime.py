@@ -90,6 +90,15 @@ class Runtime:
                 self._db = Database(url, max_size=self.settings.db_pool_size)
             return self._db
 
+    def reserve_db_connections(self, size: int) -> None:
+        """At least ``size`` database connections for this process, when its pool is not
+        built yet (a deployment's fresh flow run process, which syncs mailboxes in threads:
+        the environment's size is one sync's). A pool already built (the CLI's, a test's)
+        is the caller's choice and stays."""
+        with self._lock:
+            if self._db is None and self.settings.db_pool_size < size:
+                self.settings = self.settings.with_overrides(db_pool_size=size)
+
     def graph_url(self, requested: str | None = None) -> str:
         """The Graph host to use: the configured one, or Microsoft's when ``requested``.
 

@@ -145,3 +145,30 @@ DELETE FROM notification_outbox
 SELECT EXISTS (SELECT 1 FROM sync_queue
                 WHERE business_id = %(business_id)s AND store_id = %(store_id)s
                   AND created_at >= %(since)s) AS started;
+
+-- name: changed_mailboxes
+-- The business's registered, enabled mailboxes with a change no job has started after: a
+-- notification (any kind but reauthorizationRequired, which needs no sync) received after
+-- the store's newest job was created, and no job of the store active now. Decided from the
+-- rows alone, so nothing is lost when Prefect coalesces the events that announced them: a
+-- job created after a notification was received reads Graph after the change it announced
+-- (the change came first, then Graph's POST, then the insert), so it covers it. ready: the
+-- first such notification is %(debounce_s)s old, so the rest of its burst is in (a burst of
+-- 100 notifications is one sync); the others are waited for. Oldest change first.
+SELECT s.id AS store_id, s.business_id, s.mailbox, s.folder, c.first_at,
+       c.first_at <= now() - make_interval(secs => %(debounce_s)s) AS ready
+  FROM stores AS s
+ CROSS JOIN LATERAL (
+     SELECT min(o.received_at) AS first_at
+       FROM notification_outbox AS o
+      WHERE o.store_id = s.id AND o.business_id = s.business_id
+        AND o.kind <> 'reauthorizationRequired'
+        AND o.received_at > coalesce((SELECT max(q.created_at) FROM sync_queue AS q
+                                       WHERE q.store_id = s.id), '-infinity')) AS c
+ WHERE s.business_id = %(business_id)s
+   AND s.registered_at IS NOT NULL AND s.enabled
+   AND c.first_at IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM sync_queue AS q
+                    WHERE q.store_id = s.id AND q.status IN ('pending', 'running'))
+ ORDER BY c.first_at, s.mailbox
+ LIMIT %(limit)s;

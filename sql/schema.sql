@@ -1039,6 +1039,8 @@ CREATE INDEX sync_queue_finished ON public.sync_queue USING btree (status, compl
 
 CREATE UNIQUE INDEX sync_queue_one_active_per_store ON public.sync_queue USING btree (store_id) WHERE (status = ANY (ARRAY['pending'::text, 'running'::text]));
 
+CREATE INDEX sync_queue_store_created ON public.sync_queue USING btree (store_id, created_at);
+
 CREATE INDEX sync_state_checkpoints_job ON public.sync_state_checkpoints USING btree (sync_job_id, folder_id, id DESC);
 
 CREATE OR REPLACE VIEW public.chunk_processing_status WITH (security_invoker='true') AS

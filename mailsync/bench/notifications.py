@@ -1,10 +1,10 @@
 """`mailsync bench --notifications`: from a change in a mailbox to its row in Postgres.
 
 Everything real, as a user runs it: a Prefect server (PREFECT_API_URL, or one started here),
-the sync-mailbox deployment built from prefect.yaml (its trigger and debounce included) on a
-process work pool, one ``prefect worker start`` process, the receiver and the relay (in this
-process, as ``mailsync notifications serve`` runs them), the simulator delivering Graph's
-notifications, and Postgres.
+the sync-changed deployment built from prefect.yaml (its trigger, debounce and concurrency
+limit included) on a process work pool, one ``prefect worker start`` process, the receiver
+and the relay (in this process, as ``mailsync notifications serve`` runs them), the
+simulator delivering Graph's notifications, and Postgres.
 
 ``mailboxes`` mailboxes are registered, synced once and subscribed; one unmeasured change to
 an extra mailbox, waited for in Postgres, proves the trigger live and warms the worker.
@@ -13,8 +13,9 @@ burst of new messages (``changes`` in all, spread evenly), the bursts ``spacing_
 A change's latency is from the moment the simulator made it to its row's ``first_synced_at``
 in Postgres (the inserting transaction's start: same clock, same machine). Also measured:
 Graph requests per change (every request the simulator served in the phase, subscriptions
-excluded, over the changes), and syncs started per burst (jobs per mailbox in the phase).
-Afterwards every mailbox's live rows must equal the mailbox.
+excluded, over the changes), syncs started per burst (jobs per mailbox in the phase), and
+the flow runs the trigger started (each a process start). Afterwards every mailbox's live
+rows must equal the mailbox.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mailsync.prefect_server import prefect_api
 
 TENANT = "contoso-bench-notify"
 POOL = "mailsync-bench-notifications"
-SYNC_DEPLOYMENT = ("flows/sync_mailbox.py:sync_mailbox", "hourly")  # prefect.yaml's entry
+SYNC_DEPLOYMENT = ("flows/sync_changed.py:sync_changed", "on-change")  # prefect.yaml's entry
 POLL_S = 0.2
 WARM_UP = "notify-warm-up@contoso.example"
 
@@ -134,7 +135,13 @@ def _run(
             warm_id = warm_up.add_messages(1)[0].id
             if not _wait_landed(url, {warm_id: time.time()}, config.timeout_s):
                 raise RuntimeError("the warm-up change never reached Postgres")
+            # The measured changes start no earlier than the warm-up's run has ended: their
+            # first sync pays a flow run's start, as a change in a quiet hour does.
+            warm_runs = _wait_runs_ended(deployment_id, config.timeout_s)
+            load_before = os.getloadavg()
             phase = _changes(config, simulator, boxes, url)
+            phase["flow_runs"] = _subtract(_flow_runs(deployment_id), warm_runs)
+            phase["load_average"] = {"before": _rounded(load_before), "after": _rounded()}
         finally:
             stop.set()
             relay.wake.set()
@@ -153,7 +160,7 @@ def _changes(
     per_box = [config.changes // len(boxes)] * len(boxes)
     for i in range(config.changes % len(boxes)):
         per_box[i] += 1
-    requests_before = simulator.stats.as_dict()["data_requests"]
+    before = simulator.stats.as_dict()
     with psycopg.connect(url, autocommit=True) as conn:
         started_db = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     made: dict[str, float] = {}  # graph id -> when the simulator made it (epoch s)
@@ -185,7 +192,8 @@ def _changes(
             for box in boxes
         )
     latencies = [landed[i] - made[i] for i in landed]
-    requests = simulator.stats.as_dict()["data_requests"] - requests_before
+    after = simulator.stats.as_dict()
+    requests = after["data_requests"] - before["data_requests"]
     syncs = [int(n) for _, n in jobs]
     return {
         "landed": len(landed),
@@ -196,6 +204,7 @@ def _changes(
             "max": round(max(latencies), 2) if latencies else None,
         },
         "graph_requests_per_change": round(requests / max(1, config.changes), 2),
+        "graph_requests_by_kind": _subtract(after["by_kind"], before["by_kind"]),
         "syncs_per_burst": {"min": min(syncs), "max": max(syncs), "total": sum(syncs)},
         "notifications": simulator.subscriptions.notifications,
         "worker_query_s": config.worker_query_s,
@@ -220,12 +229,48 @@ def _wait_landed(url: str, made: dict[str, float], timeout_s: float) -> dict[str
     return landed
 
 
+def _flow_runs(deployment_id: Any) -> dict[str, int]:
+    """The deployment's flow runs so far, by state (the warm-up's included)."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+    return dict(Counter((r.state.name if r.state else None) or "none" for r in runs))
+
+
+def _wait_runs_ended(deployment_id: Any, timeout_s: float) -> dict[str, int]:
+    """Once no flow run of the deployment is scheduled, queued or running: its runs by
+    state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = _flow_runs(deployment_id)
+        if set(runs) <= {"Completed", "Failed", "Crashed", "Cancelled"}:
+            return runs
+        time.sleep(POLL_S)  # a bench's sampling of Prefect's states
+    raise RuntimeError(f"the warm-up's flow runs never ended: {runs}")
+
+
+def _subtract(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """Counts of the phase alone (what changed between two snapshots)."""
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def _rounded(load: tuple[float, float, float] | None = None) -> list[float]:
+    """The 1, 5 and 15 minute load averages (the machine's business, beside the figures)."""
+    return [round(x, 1) for x in (load or os.getloadavg())]
+
+
 def _epoch(moment: datetime) -> float:
     return moment.timestamp()
 
 
 def _deploy() -> Any:
-    """sync-mailbox/hourly as prefect.yaml declares it (trigger included), on a process
+    """sync-changed/on-change as prefect.yaml declares it (trigger included), on a process
     pool of its own; its id."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate

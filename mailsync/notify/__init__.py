@@ -5,7 +5,8 @@
 - ``subscriptions``: one Graph subscription per registered mailbox: created, renewed,
   re-created, deleted, reconciled with ``GET /subscriptions``
 - ``relay``: outbox rows become Prefect events (``mailsync.mailbox.changed``), which the
-  ``sync-mailbox`` deployment's trigger turns into one debounced sync per mailbox
+  ``sync-changed`` deployment's trigger turns into one debounced run for every changed
+  mailbox of the business (flows/sync_changed.py)
 - ``secrets``: clientState secrets and their hashes
 
 docs/notifications.md says how to run it.

@@ -17,8 +17,10 @@ Per mailbox, per pass:
   on the gap); ``reauthorizationRequired`` alone: reauthorize, nothing to sync;
   ``missed`` and changes: send.
 
-The deployment trigger in prefect.yaml (``for_each`` mailbox, ``within`` = ``schedule_after``
-= the debounce) turns a burst of events for one mailbox into one run of sync-mailbox.
+The deployment trigger in prefect.yaml (``for_each`` business, ``within`` =
+``schedule_after`` = the debounce) turns the events of many mailboxes into one run of
+sync-changed, which reads which mailboxes changed from the outbox itself
+(flows/sync_changed.py): an event says "look", not what to sync.
 """
 
 from __future__ import annotations

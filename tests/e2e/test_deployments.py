@@ -38,6 +38,7 @@ DEPLOYMENTS = (
     "chunk-report/daily",
     "sync-all/every-15m",
     "subscriptions/hourly",
+    "sync-changed/on-change",
 )
 WORKERS = ("worker-1", "worker-2")
 
@@ -51,7 +52,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[dict[str, uuid.UUID]]:
-    """The pool and the six deployments on the session's Prefect server, schedules paused
+    """The pool and the seven deployments on the session's Prefect server, schedules paused
     (their runs would compete with the tests' own); {name: deployment id}."""
     prefect = str(BIN_DIR / "prefect")
     run_cli([prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], child_env())

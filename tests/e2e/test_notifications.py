@@ -1,10 +1,9 @@
-"""Change notifications end to end: a Prefect server (the session's), the sync-mailbox
-deployment from prefect.yaml with its trigger on a process pool, a real `prefect worker`
-process, the receiver and the relay, the simulator delivering Graph's notifications, and
-Postgres. Driven by the bench's own code (mailsync.bench.notifications), which checks the
-rows against every mailbox. Two mailboxes here: 20 mailboxes and 200 changes start 20 flow
-run processes on two cores and take minutes; that size is the bench's
-(`mailsync bench --notifications --mailboxes 20 --changes 200`), which checks it as exactly."""
+"""Change notifications end to end: a Prefect server (the session's), the sync-changed
+deployment from prefect.yaml with its trigger and concurrency limit on a process pool, a
+real `prefect worker` process, the receiver and the relay, the simulator delivering Graph's
+notifications, and Postgres. Driven by the bench's own code (mailsync.bench.notifications),
+which checks the rows against every mailbox. Two mailboxes here; the bench's size
+(`mailsync bench --notifications --mailboxes 20 --changes 200`) checks 20 as exactly."""
 
 from __future__ import annotations
 

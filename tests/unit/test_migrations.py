@@ -31,6 +31,7 @@ PINNED = {
     "0015_attachment_content.sql": "d33fad466a77ff42b6c06ec2da7515383469a4330227d0d00e880c8d11eec8c2",
     "0016_folder_delta_and_batches.sql": "dac2b816ca27ce69a04bb4064482c24a8de0b1d47601c040ff96fdd826b394a1",
     "0017_change_notifications.sql": "dbaa567124d02b59f0648756655e315cd7bba1929f97e90c63671f7e95c0f575",
+    "0018_changed_mailboxes.sql": "7e541bb2b54d2baef7344f89a228708256294ecd075a868df6370b1901e090ce",
 }
 
 

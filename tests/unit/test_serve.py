@@ -39,6 +39,7 @@ def test_every_deployment_of_prefect_yaml_is_served_under_its_name(
         "cleanup/recover-stuck",
         "subscriptions/hourly",
         "sync-all/every-15m",
+        "sync-changed/on-change",
         "sync-mailbox/hourly",
     ]
     assert len(built) == len(specs())
@@ -167,11 +168,19 @@ def _default_template(pool_type: str) -> dict[str, Any]:
     raise AssertionError(f"Prefect knows no worker type {pool_type!r}")
 
 
-def test_the_sync_deployment_is_triggered_per_mailbox_with_a_debounce(
+def test_changed_mailboxes_are_synced_per_business_debounced_one_run_at_a_time(
     built: dict[str, Any],
 ) -> None:
-    [trigger] = built["sync-mailbox/hourly"].triggers
+    assert not built["sync-mailbox/hourly"].triggers  # one run syncs them all, not one each
+    deployment = built["sync-changed/on-change"]
+    [trigger] = deployment.triggers
     assert trigger.expect == {"mailsync.mailbox.changed"}
-    assert trigger.for_each == {"prefect.resource.id"}
-    assert trigger.within.total_seconds() == trigger.schedule_after.total_seconds() == 5
-    assert trigger.parameters is not None and trigger.parameters["if_idle"] is True
+    assert trigger.for_each == {"mailsync.business"}
+    assert trigger.parameters == {"business_id": "{{ event.resource['mailsync.business'] }}"}
+    # The run starts at once and asks Postgres until after the last event it absorbed.
+    assert trigger.schedule_after.total_seconds() == 0
+    parameters = deployment.parameters
+    assert parameters["asks_for_s"] >= trigger.within.total_seconds() + 1
+    assert parameters["debounce_s"] == 5  # a burst of notifications is one sync
+    assert deployment.concurrency_limit == 1
+    assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
