@@ -7,16 +7,16 @@ paging never waits for a 100 MB download, and a resumed job runs it again: whate
 worker left pending is fetched then.
 
 Two short transactions per attachment, none held while Graph answers, each pipelined (its
-statements travel together: a round trip for the claim, two for a known content, five for
+statements travel together: a round trip for the claim, two for a known content, six for
 a new one). The first takes the row for this run (``run_id``, ``SKIP LOCKED``) and commits;
 the bytes are fetched and hashed with no connection held; the second stores and records
-them. Holding a connection
-across the download deadlocked the pool: each Graph request takes its slot through a
-connection of the same pool (mailsync.graph.limits), so N fetch threads holding N
-connections starved the requests they waited for (two sync-alls of 3 mailboxes on a pool
-of 4, 2026-12-07). A killed run's rows keep its id, so the next run (a resumed job) takes
-them again: at most the attachments in flight are fetched twice. Each run tries each
-pending row once: a transient failure waits for the next run instead of looping here.
+them. Holding a connection across the download deadlocked the pool: each Graph request
+takes its slot through a connection of the same pool (mailsync.graph.limits), so N fetch
+threads holding N connections starved the requests they waited for (two sync-alls of 3
+mailboxes on a pool of 4, 2026-12-07). A killed run's rows keep its id, so the next run
+(a resumed job) takes them again: at most the attachments in flight are fetched twice.
+Each run tries each pending row once: a transient failure waits for the next run instead
+of looping here.
 
 Failures are per attachment, never per mailbox (Corso #5419: two attachments Graph could not
 serve blocked every backup of a mailbox). Permanent ones (404, a malformed id, 405, over the
