@@ -11,6 +11,11 @@ SELECT DISTINCT %(business_id)s::uuid, %(store_id)s::uuid, s.graph_id
  WHERE s.has_attachments OR (s.body_content_type = 'html' AND s.body ILIKE '%%cid:%%')
 ON CONFLICT (store_id, email_graph_id) DO NOTHING;
 
+-- name: commit_lazily
+-- This transaction's commit does not wait for its WAL flush (a claim: lost in a crash, its
+-- row is only pending again; mailsync.sync.attachments._claim).
+SET LOCAL synchronous_commit = off;
+
 -- name: claim_attachment_listing
 -- One message of the store whose attachments are not listed yet and that this run has not
 -- tried, taken for this run (run_id) in a short transaction of its own: no connection is

@@ -51,40 +51,45 @@ CREATE FUNCTION public.acquire_graph_slot(p_limits jsonb, p_lease_s double preci
     AS $$
 DECLARE
     v_now timestamptz := clock_timestamp();
+    v_epoch double precision;
     v_lease uuid := gen_random_uuid();
     v_keys text[];
     v_wait double precision := -1;
     v_reason text;
     v record;
     v_in_flight integer;
-    v_tokens double precision;
+    v_used bigint;
+    v_oldest bigint;
     v_this double precision;
 BEGIN
-    INSERT INTO graph_limits AS g (key, max_in_flight, capacity, refill_per_s, tokens)
-    SELECT x.key, x.max_in_flight, x.capacity, x.refill_per_s, x.capacity
+    v_epoch := extract(epoch FROM v_now);
+    INSERT INTO graph_limits AS g (key, max_in_flight, budget, span_s, slice_s)
+    SELECT x.key, x.max_in_flight, x.budget, x.span_s, x.slice_s
       FROM jsonb_to_recordset(p_limits)
-           AS x(key text, max_in_flight integer, capacity double precision,
-                refill_per_s double precision)
+           AS x(key text, max_in_flight integer, budget integer, span_s double precision,
+                slice_s double precision)
      ORDER BY x.key
     ON CONFLICT (key) DO UPDATE
-       SET max_in_flight = EXCLUDED.max_in_flight, capacity = EXCLUDED.capacity,
-           refill_per_s = EXCLUDED.refill_per_s
-     WHERE (g.max_in_flight, g.capacity, g.refill_per_s)
-           IS DISTINCT FROM (EXCLUDED.max_in_flight, EXCLUDED.capacity, EXCLUDED.refill_per_s);
+       SET max_in_flight = EXCLUDED.max_in_flight, budget = EXCLUDED.budget,
+           span_s = EXCLUDED.span_s, slice_s = EXCLUDED.slice_s
+     WHERE (g.max_in_flight, g.budget, g.span_s, g.slice_s)
+           IS DISTINCT FROM (EXCLUDED.max_in_flight, EXCLUDED.budget, EXCLUDED.span_s,
+                             EXCLUDED.slice_s);
     SELECT array_agg(x.key ORDER BY x.key) INTO v_keys
       FROM jsonb_to_recordset(p_limits) AS x(key text);
     FOR v IN SELECT g.*,
                     least(g.max_in_flight, greatest(1, coalesce(x.slots, 1))) AS want_slots,
-                    least(g.capacity, greatest(1, coalesce(x.tokens, 1))) AS want_tokens
+                    least(g.budget, greatest(1, coalesce(x.tokens, 1))) AS want_tokens
                FROM graph_limits AS g
                JOIN jsonb_to_recordset(p_limits) AS x(key text, slots integer, tokens integer)
                  ON x.key = g.key
               ORDER BY g.key
                 FOR UPDATE OF g LOOP
         DELETE FROM graph_leases AS l WHERE l.key = v.key AND l.expires_at < v_now;
-        v_tokens := least(v.capacity,
-                          v.tokens + v.refill_per_s * extract(epoch FROM v_now - v.refilled_at));
-        UPDATE graph_limits SET tokens = v_tokens, refilled_at = v_now WHERE key = v.key;
+        DELETE FROM graph_window AS w
+         WHERE w.key = v.key AND w.slice < floor((v_epoch - v.span_s) / v.slice_s)::bigint;
+        SELECT coalesce(sum(w.requests), 0), min(w.slice) INTO v_used, v_oldest
+          FROM graph_window AS w WHERE w.key = v.key;
         SELECT coalesce(sum(l.slots), 0) INTO v_in_flight FROM graph_leases AS l
          WHERE l.key = v.key;
         v_this := -1;
@@ -94,8 +99,9 @@ BEGIN
         ELSIF v_in_flight + v.want_slots > v.max_in_flight THEN
             v_this := 0;
             v_reason := coalesce(v_reason, 'in flight: ' || v.key);
-        ELSIF v_tokens < v.want_tokens THEN
-            v_this := (v.want_tokens - v_tokens) / v.refill_per_s;
+        ELSIF v_used + v.want_tokens > v.budget THEN
+            -- The oldest slice leaves once floor((now - span_s) / slice_s) passes it.
+            v_this := greatest(0.001, (v_oldest + 1) * v.slice_s + v.span_s - v_epoch);
             v_reason := coalesce(v_reason, 'budget: ' || v.key);
         END IF;
         v_wait := greatest(v_wait, v_this);
@@ -105,11 +111,14 @@ BEGIN
         RETURN QUERY SELECT NULL::uuid, v_wait, v_reason;
         RETURN;
     END IF;
-    UPDATE graph_limits AS g
-       SET tokens = g.tokens - least(g.capacity, greatest(1, coalesce(x.tokens, 1))),
-           requests = g.requests + greatest(1, coalesce(x.tokens, 1))
+    UPDATE graph_limits AS g SET requests = g.requests + greatest(1, coalesce(x.tokens, 1))
       FROM jsonb_to_recordset(p_limits) AS x(key text, tokens integer)
      WHERE g.key = x.key;
+    INSERT INTO graph_window AS w (key, slice, requests)
+    SELECT g.key, floor(v_epoch / g.slice_s)::bigint, greatest(1, coalesce(x.tokens, 1))
+      FROM graph_limits AS g
+      JOIN jsonb_to_recordset(p_limits) AS x(key text, tokens integer) ON x.key = g.key
+    ON CONFLICT (key, slice) DO UPDATE SET requests = w.requests + EXCLUDED.requests;
     INSERT INTO graph_leases (lease_id, key, expires_at, slots)
     SELECT v_lease, g.key, v_now + make_interval(secs => p_lease_s),
            least(g.max_in_flight, greatest(1, coalesce(x.slots, 1)))
@@ -778,18 +787,24 @@ CREATE UNLOGGED TABLE public.graph_leases (
 CREATE UNLOGGED TABLE public.graph_limits (
     key text NOT NULL,
     max_in_flight integer NOT NULL,
-    capacity double precision NOT NULL,
-    refill_per_s double precision NOT NULL,
-    tokens double precision NOT NULL,
-    refilled_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     paused_until timestamp with time zone,
     requests bigint DEFAULT 0 NOT NULL,
     throttled bigint DEFAULT 0 NOT NULL,
     waits bigint DEFAULT 0 NOT NULL,
-    CONSTRAINT graph_limits_capacity_check CHECK ((capacity >= (1)::double precision)),
+    budget integer,
+    span_s double precision,
+    slice_s double precision,
+    CONSTRAINT graph_limits_budget_check CHECK ((budget >= 1)),
     CONSTRAINT graph_limits_max_in_flight_check CHECK ((max_in_flight >= 1)),
-    CONSTRAINT graph_limits_refill_per_s_check CHECK ((refill_per_s > (0)::double precision))
+    CONSTRAINT graph_limits_slice_s_check CHECK ((slice_s > (0)::double precision)),
+    CONSTRAINT graph_limits_span_s_check CHECK ((span_s > (0)::double precision))
 );
+
+COMMENT ON COLUMN public.graph_limits.budget IS 'requests allowed in any span_s seconds';
+
+COMMENT ON COLUMN public.graph_limits.span_s IS 'Graph''s window plus the arrival headroom';
+
+COMMENT ON COLUMN public.graph_limits.slice_s IS 'the granularity of graph_window';
 
 CREATE TABLE public.graph_subscriptions (
     id text NOT NULL,
@@ -807,6 +822,13 @@ CREATE TABLE public.graph_subscriptions (
 );
 
 ALTER TABLE ONLY public.graph_subscriptions FORCE ROW LEVEL SECURITY;
+
+CREATE UNLOGGED TABLE public.graph_window (
+    key text NOT NULL,
+    slice bigint NOT NULL,
+    requests integer NOT NULL,
+    CONSTRAINT graph_window_requests_check CHECK ((requests >= 0))
+);
 
 CREATE TABLE public.mail_folders (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -974,6 +996,9 @@ ALTER TABLE ONLY public.graph_limits
 ALTER TABLE ONLY public.graph_subscriptions
     ADD CONSTRAINT graph_subscriptions_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.graph_window
+    ADD CONSTRAINT graph_window_pkey PRIMARY KEY (key, slice);
+
 ALTER TABLE ONLY public.mail_folders
     ADD CONSTRAINT mail_folders_pkey PRIMARY KEY (id);
 
@@ -1108,6 +1133,9 @@ ALTER TABLE ONLY public.graph_leases
 
 ALTER TABLE ONLY public.graph_subscriptions
     ADD CONSTRAINT graph_subscriptions_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.graph_window
+    ADD CONSTRAINT graph_window_key_fkey FOREIGN KEY (key) REFERENCES public.graph_limits(key) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.mail_folders
     ADD CONSTRAINT mail_folders_store_id_business_id_fkey FOREIGN KEY (store_id, business_id) REFERENCES public.stores(id, business_id) ON DELETE CASCADE;

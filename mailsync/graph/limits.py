@@ -5,9 +5,9 @@ minutes, and a 429 on one mailbox says nothing about another (research notes §5
 runs many mailboxes in many processes on many machines, so the limits are held where all
 of them meet: before every Graph request, the HTTP transport below takes a slot of the
 mailbox's limit and of the app's (a ceiling of our own, ``MAILSYNC_GRAPH_APP_*``) in one
-statement (``acquire_graph_slot``, migration 0007), and frees it when the answer is read.
-A slot needs a free in-flight lease and a whole token of a token bucket; a 429 with
-Retry-After pauses that mailbox's limit for every worker, and no other.
+statement (``acquire_graph_slot``, migrations 0007 and 0019), and frees it when the answer
+is read. A slot needs a free in-flight lease and room in the limit's window of requests; a
+429 with Retry-After pauses that mailbox's limit for every worker, and no other.
 
 Why Postgres and not Prefect's global concurrency limits, which do the same job (a
 ``concurrency()`` slot and a ``rate_limit()`` token per limit):
@@ -22,16 +22,23 @@ Why Postgres and not Prefect's global concurrency limits, which do the same job 
   uses them: a missing limit cannot silently mean "unthrottled" (what Prefect's
   ``strict=False`` does).
 What it costs: two short statements per Graph request on tables that are UNLOGGED (no WAL
-flush at commit); the app's row is locked by every acquire for well under a millisecond.
+flush at commit), each one round trip (its transaction pipelined with it); the app's row is
+locked by every acquire for well under a millisecond. Threads of one process wait for a
+mailbox's in-flight slot in the process (``LocalSlots``), not by asking Postgres again and
+again: only another process's requests can make a worker poll.
 
-The bucket of ``N`` requests in ``W`` seconds holds ``C = max(1, N // 50)`` tokens and
-refills ``(N - C) / (W + 2)`` a second: at most ``C + rate * W < N`` slots in any window,
-with 2 s of headroom for a request taken at one moment and arriving at Graph later.
+The budget of ``N`` requests in ``W`` seconds is a sliding window of ``W + 2`` seconds (2 s
+of headroom for a request taken at one moment and arriving at Graph later), counted in
+slices of a sixtieth of it: any ``N`` requests go at once, and a mailbox that has sent ``N``
+waits until its oldest leave the window. It was a token bucket of ``N // 50`` tokens
+refilled to stay under ``N``: that paced every mailbox at 16 requests a second after its
+first 200, however few it needed in all (a first sync's attachments, docs/attachments.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -51,6 +58,7 @@ POLL_S = (0.01, 0.5)  # waiting for a free in-flight slot: from 10 ms, doubling,
 LEASE_GRACE_S = 30.0  # a lease outlives the HTTP timeout by this much
 MAX_WAIT_S = 900.0  # longer than this without a slot: the request fails as throttled
 BATCH_PARALLEL = 4  # Outlook runs up to 4 items of an unordered $batch at a time
+WINDOW_SLICES = 60  # a window is counted in this many slices (at most 61 rows a limit)
 
 
 @dataclass(frozen=True)
@@ -63,18 +71,44 @@ class Limit:
     window_s: float
 
     def as_json(self) -> dict[str, Any]:
-        capacity = max(1, self.requests // 50)
-        refill = (self.requests - capacity) / (self.window_s + ARRIVAL_HEADROOM_S)
+        span = self.window_s + ARRIVAL_HEADROOM_S
         return {
             "key": self.key,
             "max_in_flight": self.max_in_flight,
-            "capacity": float(capacity),
-            "refill_per_s": max(refill, 1e-6),
+            "budget": max(1, self.requests),
+            "span_s": span,
+            "slice_s": span / WINDOW_SLICES,
         }
 
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+class LocalSlots:
+    """The in-flight slots of each mailbox limit, within this process: a thread waits here
+    for one of its own process's requests to end (woken when it does), then asks Postgres,
+    which also counts every other worker's. Without it, N threads of one process over a
+    limit of 4 polled Postgres (from 10 ms, doubling), each poll a transaction."""
+
+    def __init__(self) -> None:
+        self._free = threading.Condition()
+        self._used: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, limit: Limit, slots: int) -> Iterator[None]:
+        slots = min(slots, limit.max_in_flight)
+        with self._free:
+            self._free.wait_for(lambda: self._used.get(limit.key, 0) + slots <= limit.max_in_flight)
+            self._used[limit.key] = self._used.get(limit.key, 0) + slots
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used[limit.key] -= slots
+                if not self._used[limit.key]:
+                    del self._used[limit.key]
+                self._free.notify_all()
 
 
 class GraphLimiter:
@@ -99,6 +133,7 @@ class GraphLimiter:
         )
         self.lease_s = settings.http_timeout_s + LEASE_GRACE_S
         self.waited_s = 0.0  # time this process spent waiting for slots
+        self.local = LocalSlots()
 
     def mailbox_limit(self, mailbox: str) -> Limit:
         """The limit of one mailbox: Graph's is per app and mailbox. The key is a digest, so
@@ -118,18 +153,21 @@ class GraphLimiter:
         (up to 4) and takes a token per item (mailsync.graph.batch)."""
         limits = [self.app_limit] + ([self.mailbox_limit(mailbox)] if mailbox else [])
         weight = {"slots": min(items, BATCH_PARALLEL), "tokens": items} if items > 1 else {}
-        lease = self._acquire(limits, mailbox, weight)
-        try:
-            yield Slot(self, limits[-1] if mailbox else None)
-        finally:
-            self._db().one("release_graph_slot", lease_id=lease)
+        with ExitStack() as local:
+            if mailbox:
+                local.enter_context(self.local.hold(limits[-1], weight.get("slots", 1)))
+            lease = self._acquire(limits, mailbox, weight)
+            try:
+                yield Slot(self, limits[-1] if mailbox else None)
+            finally:
+                self._one_trip("release_graph_slot", lease_id=lease)
 
     def _acquire(self, limits: list[Limit], mailbox: str | None, weight: dict[str, int]) -> UUID:
         payload = [{**limit.as_json(), **weight} for limit in limits]
         started = time.monotonic()
         poll = POLL_S[0]
         while True:
-            row = self._db().one("acquire_graph_slot", limits=payload, lease_s=self.lease_s)
+            row = self._one_trip("acquire_graph_slot", limits=payload, lease_s=self.lease_s)
             assert row is not None
             if row["lease_id"] is not None:
                 self.waited_s += time.monotonic() - started
@@ -140,11 +178,18 @@ class GraphLimiter:
                     f"no Graph request slot for {mailbox or 'the app'} after {waited:.0f} s "
                     f"({row['reason']})"
                 )
-            if row["wait_s"] > 0:  # a pause or the next token: known to the millisecond
+            if row["wait_s"] > 0:  # a pause, or the window's oldest slice leaving: known
                 self._sleep(min(float(row["wait_s"]), POLL_S[1] * 4))
             else:  # in flight: someone frees a slot when their answer arrives
                 self._sleep(poll)
                 poll = min(poll * 2, POLL_S[1])
+
+    def _one_trip(self, query: str, **params: Any) -> Any:
+        """One statement in a transaction of its own, all of it in one round trip (the
+        statement's row comes back with the commit): two of these per Graph request."""
+        with self._db().pipelined() as session:
+            pending = session.send(query, **params)
+        return pending.one()
 
     def pause(self, limit: Limit, seconds: float) -> None:
         self._db().one("pause_graph_limit", key=limit.key, seconds=seconds)

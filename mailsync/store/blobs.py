@@ -22,11 +22,11 @@ _CHUNK = 1 << 20
 
 def copy_bytea(session: Session, table: str, column: str, source: IO[bytes], size: int) -> None:
     """COPY one row of one bytea ``column`` into ``table`` from ``source`` (``size`` bytes,
-    read from its current position), in the session's transaction."""
+    read from its current position), in the session's transaction (pipelined or not)."""
     statement = pgsql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         pgsql.Identifier(table), pgsql.Identifier(column)
     )
-    with session.conn.cursor() as cur, cur.copy(statement) as copy:
+    with session.outside_pipeline(), session.conn.cursor() as cur, cur.copy(statement) as copy:
         copy.write(_HEADER + struct.pack("!hi", 1, size))
         left = size
         while left > 0:

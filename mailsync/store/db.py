@@ -173,14 +173,20 @@ class Session:
             pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns),
             pgsql.SQL(" (FORMAT BINARY)" if types is not None else ""),
         )
-        pipelined = self._pipeline is not None
-        if pipelined:
-            self._leave_pipeline()
-        with self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        with self.outside_pipeline(), self.conn.cursor() as cur, cur.copy(copy_sql) as copy:
             if types is not None:
                 copy.set_types(list(types))
             for row in rows:
                 copy.write_row(row)
+
+    @contextmanager
+    def outside_pipeline(self) -> Iterator[None]:
+        """For a COPY, which libpq has not in pipeline mode: what was queued goes first, and
+        the block runs outside the pipeline (entered again after it, when it succeeds)."""
+        pipelined = self._pipeline is not None
+        if pipelined:
+            self._leave_pipeline()
+        yield
         if pipelined:
             self._enter_pipeline()
 

@@ -6,15 +6,17 @@ mailsync.sync.ingest); this runs after the job's chunks (the ``fetch-attachments
 paging never waits for a 100 MB download, and a resumed job runs it again: whatever a killed
 worker left pending is fetched then.
 
-Two short transactions per attachment, none held while Graph answers. The first takes the
-row for this run (``run_id``, ``SKIP LOCKED``) and commits; the bytes are fetched and
-hashed with no connection held; the second stores and records them. Holding a connection
-across the download deadlocked the pool: each Graph request takes its slot through a
-connection of the same pool (mailsync.graph.limits), so N fetch threads holding N
-connections starved the requests they waited for (two sync-alls of 3 mailboxes on a pool
-of 4, 2026-12-07). A killed run's rows keep its id, so the next run (a resumed job) takes
-them again: at most the attachments in flight are fetched twice. Each run tries each
-pending row once: a transient failure waits for the next run instead of looping here.
+Two short transactions per attachment, none held while Graph answers, each pipelined (its
+statements travel together: a round trip for the claim, two for a known content, six for
+a new one). The first takes the row for this run (``run_id``, ``SKIP LOCKED``) and commits;
+the bytes are fetched and hashed with no connection held; the second stores and records
+them. Holding a connection across the download deadlocked the pool: each Graph request
+takes its slot through a connection of the same pool (mailsync.graph.limits), so N fetch
+threads holding N connections starved the requests they waited for (two sync-alls of 3
+mailboxes on a pool of 4, 2026-12-07). A killed run's rows keep its id, so the next run
+(a resumed job) takes them again: at most the attachments in flight are fetched twice.
+Each run tries each pending row once: a transient failure waits for the next run instead
+of looping here.
 
 Failures are per attachment, never per mailbox (Corso #5419: two attachments Graph could not
 serve blocked every backup of a mailbox). Permanent ones (404, a malformed id, 405, over the
@@ -40,7 +42,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from threading import Lock
-from typing import IO
+from typing import IO, Any
 from uuid import UUID
 
 from mailsync.errors import (
@@ -150,10 +152,7 @@ def _drain(workers: int, step: Callable[[], bool]) -> None:
 def _list_one(db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts) -> bool:
     """List one claimed message's attachments; False when none is left for this run."""
     client = graph.fork()
-    with db.transaction(target.business_id) as session:
-        row = session.one(
-            "claim_attachment_listing", store_id=target.store_id, run_id=target.run_id
-        )
+    row = _claim(db, target, "claim_attachment_listing")
     if row is None:
         return False
     message_id = row["email_graph_id"]
@@ -167,7 +166,7 @@ def _list_one(db: Database, graph: GraphClient, target: Target, counts: Attachme
         error = str(exc)[:500] if done else None
         if not done:
             logger.warning("listing attachments of %s failed for now: %s", message_id[:20], exc)
-    with db.transaction(target.business_id) as session:
+    with db.pipelined(target.business_id) as session:
         if listed:
             session.execute(
                 "upsert_listed_attachments",
@@ -200,10 +199,7 @@ def _fetch_one(
 ) -> bool:
     """Fetch one claimed attachment's content; False when none is left for this run."""
     client = graph.fork()
-    with db.transaction(target.business_id) as session:
-        row = session.one(
-            "claim_pending_attachment", store_id=target.store_id, run_id=target.run_id
-        )
+    row = _claim(db, target, "claim_pending_attachment")
     if row is None:
         return False
     ids = {"id": row["id"], "job_id": target.job_id, "run_id": target.run_id}
@@ -219,7 +215,7 @@ def _fetch_one(
         except (GraphError, TooLargeError) as exc:  # TransientError too: the network
             permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
             message = str(exc)[:500]
-            with db.transaction(target.business_id) as session:
+            with db.pipelined(target.business_id) as session:
                 session.execute(
                     "record_attachment_failure",
                     fetch_error=message if permanent else None,
@@ -232,7 +228,7 @@ def _fetch_one(
                 api_calls=client.api_calls,
             )
             return True
-        with db.transaction(target.business_id) as session:
+        with db.pipelined(target.business_id) as session:
             deduplicated = _store_blob(session, target.business_id, sha256, size, spool)
             session.execute(
                 "record_attachment_content",
@@ -248,6 +244,19 @@ def _fetch_one(
         api_calls=client.api_calls,
     )
     return True
+
+
+def _claim(db: Database, target: Target, query: str) -> Any:
+    """Take one row for this run (``query``: a claim of sql/attachments.sql), or None.
+
+    One round trip (the claim's row comes back with the commit), and the commit does not
+    wait for the WAL flush: a claim lost in a crash of the server only leaves its row
+    pending, and the run that made it has lost its connections anyway. What the row's
+    content is stored with commits durably, and flushes the claim before it."""
+    with db.pipelined(target.business_id) as session:
+        session.execute("commit_lazily")
+        pending = session.send(query, store_id=target.store_id, run_id=target.run_id)
+    return pending.one()
 
 
 def spool_content(chunks: Iterator[bytes], spool: IO[bytes], max_bytes: int) -> tuple[str, int]:

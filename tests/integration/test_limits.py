@@ -162,3 +162,30 @@ def test_a_mailbox_asked_faster_than_its_budget_is_paced_not_throttled(
     usage = simulator.limits.usage("ada@contoso.example")
     assert usage["requests"] == 60 and usage["over_budget"] == 0
     assert simulator.stats.throttled == 0
+
+
+def test_the_whole_budget_goes_at_once_and_then_waits_for_the_window(
+    pools: list[Database],
+) -> None:
+    """A sliding window, not a bucket: a mailbox that has sent nothing may send its whole
+    budget without a wait (a bucket paced all but its first N // 50); the next request is
+    told to wait until the oldest slice leaves the window (and its headroom)."""
+    first, second = limiters(pools, graph_mailbox_requests=30, graph_mailbox_window_s=60.0)
+    started = time.monotonic()
+    for worker in [first, second] * 15:  # two workers, one budget
+        with worker.slot("burst@contoso.example"):
+            pass
+    limit = first.mailbox_limit("burst@contoso.example")
+    usage = {row["key"]: row for row in pools[0].all("graph_limit_usage")}
+    assert usage[limit.key]["requests"] == 30 and usage[limit.key]["waits"] == 0
+    assert usage[limit.key]["in_window"] == 30
+
+    payload = [first.app_limit.as_json(), limit.as_json()]
+    refused = pools[0].one("acquire_graph_slot", limits=payload, lease_s=30.0)
+    elapsed = time.monotonic() - started
+    assert refused is not None and refused["lease_id"] is None
+    assert refused["reason"] == f"budget: {limit.key}"
+    span, slice_s = limit.as_json()["span_s"], limit.as_json()["slice_s"]
+    # The first slot's slice leaves the window 62 s after it began: to a slice, less the
+    # time the burst took (however slow this machine is).
+    assert span - slice_s - elapsed < refused["wait_s"] <= span + slice_s

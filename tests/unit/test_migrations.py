@@ -32,6 +32,7 @@ PINNED = {
     "0016_folder_delta_and_batches.sql": "dac2b816ca27ce69a04bb4064482c24a8de0b1d47601c040ff96fdd826b394a1",
     "0017_change_notifications.sql": "dbaa567124d02b59f0648756655e315cd7bba1929f97e90c63671f7e95c0f575",
     "0018_changed_mailboxes.sql": "7e541bb2b54d2baef7344f89a228708256294ecd075a868df6370b1901e090ce",
+    "0019_graph_request_window.sql": "ef2cda8c23d3cbffd0fd4635a96c3b6cc5591524ed913d5daa1084957c1d2696",
 }
 
 
