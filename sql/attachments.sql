@@ -142,3 +142,8 @@ SELECT store_id, email_graph_id, graph_attachment_id, kind, name, content_type, 
  WHERE graph_attachment_id = %(graph_attachment_id)s
  ORDER BY sha256 IS NULL
  LIMIT 1;
+
+-- name: add_job_api_calls
+-- Graph requests the job made outside its chunks (listing and fetching attachments),
+-- counted in its api_calls_made with the record of what they fetched.
+UPDATE sync_queue SET api_calls_made = api_calls_made + %(api_calls)s WHERE id = %(job_id)s;

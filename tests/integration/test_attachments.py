@@ -158,6 +158,26 @@ def test_every_attachment_is_stored_byte_exact_once_per_content(
     assert row["failure_rate"] == round(100 / len(fetchable), 2)
 
 
+def test_the_jobs_api_calls_count_its_attachment_requests(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """Listing and fetching attachments are Graph requests of the job: its api_calls is
+    every request the mailbox served, those included (they were counted only in the task's
+    numbers before)."""
+    simulator.add_mailbox(MAILBOX, 150, seed=19)
+
+    summary = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url)
+
+    assert summary["status"] == "completed"
+    fetched = simulator.attachments.list_requests + sum(
+        simulator.attachments.value_requests.values()
+    )
+    assert fetched > 0
+    assert summary["api_calls"] == simulator.limits.usage(MAILBOX)["requests"]
+    in_chunks = sum(f["api_calls"] for f in summary["folders"])
+    assert summary["api_calls"] - in_chunks >= fetched  # planning's requests besides
+
+
 def test_a_transient_failure_stays_pending_and_the_next_sync_fetches_it(
     runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
