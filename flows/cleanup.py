@@ -30,6 +30,7 @@ from prefect.runtime import deployment, flow_run
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.store.maintenance import cleanup_lock
+from mailsync.store.rows import ClosedJob
 from mailsync.tasks.recover import claim_jobs_to_resume, close_finished_jobs, reset_stuck_chunks
 from mailsync.tasks.retention import RetentionPolicy, apply_retention, prune_prefect_history
 
@@ -88,18 +89,16 @@ def cleanup(
         recovered = reset_stuck_chunks(stuck_after)
         closed = close_finished_jobs()
         to_resume = (
-            claim_jobs_to_resume(recovered["job_ids"], stuck_after, _requested_by())
-            if resume
-            else []
+            claim_jobs_to_resume(recovered.job_ids, stuck_after, _requested_by()) if resume else []
         )
         if retention:
             result.update(apply_retention(policy))
-    started, failed = resume_jobs([job["job_id"] for job in to_resume], sync_deployment)
+    started, failed = resume_jobs([str(job.job_id) for job in to_resume], sync_deployment)
     if retention:  # Prefect's database, not ours: outside the lock, after the resumes
         result.update(prune_prefect_history(policy))
     result.update(
-        stuck_reset=recovered["stuck_reset"],
-        stuck_failed=recovered["stuck_failed"],
+        stuck_reset=recovered.stuck_reset,
+        stuck_failed=recovered.stuck_failed,
         jobs_closed=len(closed),
         jobs_resumed=len(started),
         jobs_resume_failed=len(failed),
@@ -169,7 +168,7 @@ def _publish(
     result: dict[str, Any],
     stuck_after_s: float,
     policy: RetentionPolicy | None,
-    closed: list[dict[str, str]],
+    closed: list[ClosedJob],
     started: list[str],
     failed: list[str],
 ) -> None:
@@ -184,7 +183,7 @@ def _publish(
             f"after the job, orphan attachments {policy.orphan_attachments_hours:g} h; "
             f"batches of {policy.batch_size}."
         )
-    lines += [f"- closed job `{job['job_id']}`: {job['status']}" for job in closed]
+    lines += [f"- closed job `{job.job_id}`: {job.status}" for job in closed]
     lines += [f"- resumed job `{job_id}`" for job_id in started]
     lines += [f"- could not resume job `{job_id}`" for job_id in failed]
     create_markdown_artifact(

@@ -31,6 +31,7 @@ from mailsync.artifacts import sync_all_key
 from mailsync.flows.cleanup import inside_deployment
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
+from mailsync.store.rows import MailboxClaim, MailboxState
 from mailsync.sync.jobs import default_business_id
 from mailsync.tasks.sync_all import (
     claim_due_mailboxes,
@@ -74,28 +75,29 @@ def sync_all(
 
 
 def _with_registry_state(
-    business: str, claims: list[dict[str, Any]], outcomes: list[dict[str, Any]]
+    business: str, claims: list[MailboxClaim], outcomes: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Each outcome with what its store says now: last success, health."""
     states = {
-        str(row["store_id"]): row
-        for row in get_runtime().db.all(
+        state.store_id: state
+        for state in get_runtime().db.all_as(
+            MailboxState,
             "registered_mailbox_states",
             business,
             business_id=business,
-            store_ids=[c["store_id"] for c in claims],
+            store_ids=[str(c.store_id) for c in claims],
         )
     }
     rows = []
     for claim, outcome in zip(claims, outcomes, strict=True):
-        state = states.get(claim["store_id"], {})
+        state = states.get(claim.store_id)
         rows.append(
             {
                 **outcome,
                 "started": _iso(outcome.get("started")),
                 "messages": outcome.get("messages"),
-                "last_success": _iso(state.get("last_success_at")),
-                "health": state.get("health"),
+                "last_success": _iso(state.last_success_at if state else None),
+                "health": state.health if state else None,
             }
         )
     return rows

@@ -111,13 +111,13 @@ def _sync_while_changing(
     passed. The outcomes, and when the last question (the one that found nothing) began:
     None when the run stopped taking after ``max_taking_s``, as it then did not ask what
     changed since, and the queued runs must take that."""
-    finished: queue.SimpleQueue[str] = queue.SimpleQueue()  # store ids, from the threads
-    running: dict[str, PrefectFuture[dict[str, Any]]] = {}
+    finished: queue.SimpleQueue[UUID] = queue.SimpleQueue()  # store ids, from the threads
+    running: dict[UUID, PrefectFuture[dict[str, Any]]] = {}
     outcomes: list[dict[str, Any]] = []
     # Mailboxes whose sync opened no job (it failed before, or another job was active):
     # their changes still look new, and asking again every second would retry them in a
     # loop. Not again in this run; the next run, or the poll, tries again.
-    left: set[str] = set()
+    left: set[UUID] = set()
     stop_taking = time.monotonic() + max_taking_s
     while True:
         waiting = False
@@ -127,10 +127,10 @@ def _sync_while_changing(
         else:
             asked = datetime.now(UTC)
             for change in changed_mailboxes(business, limit, debounce_s):
-                store_id = change["store_id"]
+                store_id = change.store_id
                 if store_id in running or store_id in left:  # running: its job maybe not open yet
                     continue
-                if not change["ready"]:
+                if not change.ready:
                     waiting = True
                     continue
                 future = sync_in_process.submit(change, overrides)
@@ -173,7 +173,7 @@ def _scheduled_start() -> float:
 
 
 def _announce(
-    finished: queue.SimpleQueue[str], store_id: str
+    finished: queue.SimpleQueue[UUID], store_id: UUID
 ) -> Callable[[PrefectFuture[dict[str, Any]]], None]:
     """A sync's done-callback (in its thread): its store id, for the flow's loop."""
 
@@ -183,7 +183,7 @@ def _announce(
     return done
 
 
-def _ended(finished: queue.SimpleQueue[str]) -> list[str]:
+def _ended(finished: queue.SimpleQueue[UUID]) -> list[UUID]:
     """The syncs that ended: at least one within ASK_EVERY_S (else none), and every other
     one that has ended by then."""
     try:

@@ -24,7 +24,14 @@ from mailsync.errors import (
 )
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
-from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
+from mailsync.sync.jobs import (
+    JobSummary,
+    SkippedSync,
+    begin_job,
+    fail_job,
+    finish_job,
+    incomplete_message,
+)
 from mailsync.tasks.fetch_attachments import fetch_job_attachments
 from mailsync.tasks.plan import plan_chunks
 from mailsync.tasks.sync_chunk import sync_chunk
@@ -44,7 +51,7 @@ def sync_mailbox(
     full: bool = False,
     attachments: str | None = None,
     if_idle: bool = False,
-) -> dict[str, Any]:
+) -> JobSummary | SkippedSync:
     """Sync ``mailbox``'s ``folder`` (``all``: every folder; or a well-known name or id), or
     resume ``job_id``: a folder's first sync lists it in full, later ones follow its delta
     (``full``: list every folder in full again). ``attachments``: content, metadata or none
@@ -74,7 +81,7 @@ def sync_mailbox(
     except MailboxBusyError as exc:
         get_run_logger().info("skipped: %s", exc)
         return {"status": "skipped", "mailbox": mailbox, "reason": str(exc)}
-    job_id = str(job["id"])
+    job_id = str(job.id)
     logger = get_run_logger()
     # A new job says what it is when it ends (one line when nothing changed); a resumed one
     # now, since it carries on from an earlier run.
@@ -84,10 +91,10 @@ def sync_mailbox(
     except MailsyncError as exc:  # nothing can be synced without a plan
         fail_job(runtime.db, job, str(exc), exc.category)
         raise
-    chunk_task = sync_chunk.with_options(retries=plan["max_attempts"])
+    chunk_task = sync_chunk.with_options(retries=plan.max_attempts)
     watch_after_s = env_float("MAILSYNC_PROGRESS_AFTER_S", ChunkProgress.WATCH_AFTER_S)
-    progress = ChunkProgress(job_id, plan["total_chunks"], watch_after_s)
-    for index in range(1, plan["total_chunks"] + 1):
+    progress = ChunkProgress(job_id, plan.total_chunks, watch_after_s)
+    for index in range(1, plan.total_chunks + 1):
         outcome = _run_chunk(chunk_task, job_id, index, graph_url)
         progress.add(outcome)
         if outcome["status"] == "unfinished":  # later chunks start where this one stops

@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -29,6 +29,9 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+
+if TYPE_CHECKING:
+    from mailsync.sync.jobs import JobSummary
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +166,7 @@ def _reported(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return None
 
 
-def changed_nothing(summary: dict[str, Any]) -> bool:
+def changed_nothing(summary: JobSummary) -> bool:
     """Whether a sync completed without adding, changing or removing a message, or anything
     else an operator would look at (a delta reset, a fallback, a failed chunk)."""
     counts = ("emails_added", "emails_updated", "emails_deleted", "delta_resets", "chunks_failed")
@@ -174,7 +177,7 @@ def changed_nothing(summary: dict[str, Any]) -> bool:
     )
 
 
-def sync_description(summary: dict[str, Any]) -> str:
+def sync_description(summary: JobSummary) -> str:
     """One line: the mailbox, what the sync did, its job (to look it up in Postgres)."""
     # folders_unchanged: folders whose round came back empty at planning (no chunk, no row)
     folders = len(summary["folders"]) + int(
@@ -194,7 +197,7 @@ def sync_description(summary: dict[str, Any]) -> str:
     )
 
 
-def publish_sync(summary: dict[str, Any]) -> None:
+def publish_sync(summary: JobSummary) -> None:
     """The finished sync as a version of its mailbox's table artifact: a row per folder
     (added, updated, deleted, delta resets, failed chunks), or none when nothing changed;
     the totals in the description. The chunks' own numbers are in `mailsync report`."""

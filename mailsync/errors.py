@@ -31,7 +31,10 @@ decision, which is all the Prefect task's ``retry_condition_fn`` reads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # mailsync.sync.jobs imports this module
+    from mailsync.sync.jobs import JobSummary
 
 
 class MailsyncError(Exception):
@@ -180,7 +183,7 @@ class SyncIncompleteError(MailsyncError):
 
     category = "incomplete"
 
-    def __init__(self, message: str, *, summary: dict[str, Any]) -> None:
+    def __init__(self, message: str, *, summary: JobSummary) -> None:
         super().__init__(message)
         self.summary = summary
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 from uuid import UUID
 
 import pandas as pd
@@ -389,6 +389,26 @@ def success_trend(chunks: pd.DataFrame, bucket: str) -> pd.DataFrame:
 # -- the report -----------------------------------------------------------------------------
 
 
+class ReportSummary(TypedDict):
+    """The report's totals over its window (JSON-able: ``--json``'s ``summary``)."""
+
+    since: str
+    until: str
+    bucket: str
+    store: str | None
+    business: str | None
+    chunks: int
+    completed: int
+    failed: int
+    open: int  # pending, retrying or processing
+    success_rate: float | None  # completed of finished, in percent; None: none finished
+    recovered: int  # completed after a retry
+    emails_synced: int
+    api_calls: int
+    p95_ms: float | None
+    errors: dict[str, int]  # failed chunks by error category
+
+
 @dataclass(frozen=True)
 class ChunkReport:
     scope: ReportScope
@@ -400,7 +420,7 @@ class ChunkReport:
     attempts: pd.DataFrame
     trend: pd.DataFrame
     attachments: pd.DataFrame
-    summary: dict[str, Any]
+    summary: ReportSummary
 
     @property
     def is_empty(self) -> bool:
@@ -417,7 +437,7 @@ class ChunkReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: ``summary`` (with ``message`` when empty) and one list of records per
         table."""
-        return {"summary": self.summary | {"message": self.message}} | {
+        return {"summary": {**self.summary, "message": self.message}} | {
             name: records(frame) for name, frame in self.tables().items()
         }
 
@@ -465,7 +485,7 @@ def _summary(
     chunks: pd.DataFrame,
     durations: pd.DataFrame,
     errors: pd.DataFrame,
-) -> dict[str, Any]:
+) -> ReportSummary:
     counts = {row["status"]: int(row["count"]) for row in status.to_dict("records")}
     total = sum(counts.values())
     completed, failed = counts.get("completed", 0), counts.get("failed", 0)

@@ -139,11 +139,23 @@ UPDATE sync_queue
 RETURNING status;
 
 -- name: get_attachment_content
--- One attachment (by its Graph id, in the caller's business) and its content, for
--- `mailsync attachments get`.
+-- One attachment (by its Graph id, in the caller's business) and whether its content is
+-- stored, for `mailsync attachments get`; the bytes come by attachment_content_part.
 SELECT store_id, email_graph_id, graph_attachment_id, kind, name, content_type, size_bytes,
-       sha256, content
+       sha256, content IS NOT NULL AS stored
   FROM attachment_contents
  WHERE graph_attachment_id = %(graph_attachment_id)s
  ORDER BY sha256 IS NULL
  LIMIT 1;
+
+-- name: attachment_content_part
+-- %(length)s bytes of a stored content from byte %(start)s (1-based): the column's EXTERNAL
+-- storage (migration 0015) lets the server read only the TOAST chunks of that slice.
+SELECT substring(content FROM %(start)s FOR %(length)s) AS part
+  FROM attachment_blobs
+ WHERE business_id = %(business_id)s AND sha256 = %(sha256)s;
+
+-- name: add_job_api_calls
+-- Graph requests the job made outside its chunks (listing and fetching attachments),
+-- counted in its api_calls_made with the record of what they fetched.
+UPDATE sync_queue SET api_calls_made = api_calls_made + %(api_calls)s WHERE id = %(job_id)s;

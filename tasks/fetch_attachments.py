@@ -32,7 +32,7 @@ def fetch_job_attachments(
     mode = attachments_mode(mode) if mode else settings.attachments
     job = load_job(runtime.db, job_id)
     store = load_store(runtime.db, job)
-    target = Target(job["business_id"], job["store_id"], store["mailbox"], job["id"])
+    target = Target(job.business_id, job.store_id, store.mailbox, job.id)
     counts = fetch_attachments(
         runtime.db,
         runtime.graph(graph_url),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import NamedTuple
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -14,28 +14,31 @@ from mailsync.sync.planning import plan_job
 from mailsync.tasks.retry import MAINTENANCE_RETRIES
 
 
+class Plan(NamedTuple):
+    total_chunks: int
+    estimated_emails: int  # messages to list in full
+    max_attempts: int  # each chunk's
+
+
 @task(name="plan-chunks", cache_policy=NO_CACHE, **MAINTENANCE_RETRIES)
-def plan_chunks(job_id: str, graph_url: str | None = None) -> dict[str, Any]:
+def plan_chunks(job_id: str, graph_url: str | None = None) -> Plan:
     """The job's plan: total_chunks, estimated_emails and the chunks' max_attempts (a
     resumed job keeps the plan it had)."""
     runtime = get_runtime()
     job = load_job(runtime.db, job_id)
     store = load_store(runtime.db, job)
-    planned = plan_job(
+    planned, max_attempts = plan_job(
         runtime.db, runtime.graph(graph_url), job, store, runtime.settings.max_attempts
     )
     get_run_logger().log(
-        logging.INFO if planned["estimated_emails"] else logging.DEBUG,  # a poll: no news
+        logging.INFO if planned.estimated_emails else logging.DEBUG,  # a poll: no news
         "job %s (%s): %s folders, %s messages to list in full, %s chunks, up to %s attempts each",
         job_id,
-        planned["sync_type"],
-        planned["folders"],
-        planned["estimated_emails"],
-        planned["total_chunks"],
-        planned["max_attempts"],
+        planned.sync_type,
+        planned.folders,
+        planned.estimated_emails,
+        planned.total_chunks,
+        max_attempts,
     )
-    return {
-        "total_chunks": planned["total_chunks"],
-        "estimated_emails": planned["estimated_emails"],
-        "max_attempts": planned["max_attempts"],
-    }
+    assert planned.total_chunks is not None and planned.estimated_emails is not None
+    return Plan(planned.total_chunks, planned.estimated_emails, max_attempts)

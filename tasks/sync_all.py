@@ -18,9 +18,10 @@ from prefect.deployments import run_deployment
 from mailsync.config import env_int
 from mailsync.errors import ConfigError, SyncIncompleteError
 from mailsync.runtime import get_runtime
+from mailsync.store.rows import ChangedMailbox, MailboxClaim
+from mailsync.sync.jobs import JobSummary, SkippedSync
 
 NAMES_LOGGED = 5
-Claim = dict[str, Any]  # a claimed mailbox: store_id, business_id, mailbox, folder, due_at, …
 
 
 @task(name="claim-due-mailboxes", cache_policy=NO_CACHE)
@@ -34,45 +35,44 @@ def subscribed_interval_minutes() -> int:
     return minutes
 
 
-def claim_due_mailboxes(business_id: str, limit: int) -> list[Claim]:
+def claim_due_mailboxes(business_id: str, limit: int) -> list[MailboxClaim]:
     """Up to ``limit`` due mailboxes of the business, claimed (next_due_at moved on)."""
-    rows = get_runtime().db.all(
+    claims = get_runtime().db.all_as(
+        MailboxClaim,
         "claim_due_mailboxes",
         business_id,
         business_id=business_id,
         limit=limit,
         subscribed_interval_minutes=subscribed_interval_minutes(),
     )
-    claims = [
-        {**row, "store_id": str(row["store_id"]), "business_id": str(row["business_id"])}
-        for row in rows
-    ]
-    names = [c["mailbox"] for c in claims]
+    names = [c.mailbox for c in claims]
     # A few names, not all: at 10,000 mailboxes the whole list was one line of 300 kB.
     shown = ", ".join(names[:NAMES_LOGGED]) + (", …" if len(names) > NAMES_LOGGED else "")
     get_run_logger().info("%s mailboxes due%s", len(claims), f": {shown}" if names else "")
     return claims
 
 
-def idempotency_key(claim: Claim) -> str:
+def idempotency_key(claim: MailboxClaim) -> str:
     """One flow run per mailbox and turn: a sync-all run that is retried, or a second one
     racing it, asks Prefect for the same run again and gets the first one back."""
-    return f"sync-all:{claim['business_id']}:{claim['store_id']}:{claim['due_at'].isoformat()}"
+    return f"sync-all:{claim.business_id}:{claim.store_id}:{claim.due_at.isoformat()}"
 
 
-def sync_parameters(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The sync-mailbox flow's parameters for a claimed mailbox."""
+def sync_parameters(
+    claim: MailboxClaim | ChangedMailbox, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The sync-mailbox flow's parameters for a claimed mailbox (JSON: a deployment's)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     return {
-        "mailbox": claim["mailbox"],
-        "folder": claim["folder"],
-        "business_id": claim["business_id"],
+        "mailbox": claim.mailbox,
+        "folder": claim.folder,
+        "business_id": str(claim.business_id),
         **given,
     }
 
 
 def start_through_deployment(
-    claim: Claim, deployment: str, overrides: dict[str, Any]
+    claim: MailboxClaim, deployment: str, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """A flow run of the sync deployment for the mailbox, not waited for (timeout=0): any
     worker of the pool, on any machine, takes it. Called from the flow itself, not from a
@@ -86,23 +86,21 @@ def start_through_deployment(
                 parameters=sync_parameters(claim, overrides),
                 timeout=0,
                 idempotency_key=idempotency_key(claim),
-                flow_run_name=f"sync {claim['mailbox']}",
+                flow_run_name=f"sync {claim.mailbox}",
             ),
         )
     except Exception as exc:  # unknown deployment, API down: due again at once
         release_claim(claim)
-        get_run_logger().error(
-            "could not start %s through %s: %s", claim["mailbox"], deployment, exc
-        )
+        get_run_logger().error("could not start %s through %s: %s", claim.mailbox, deployment, exc)
         return {
-            "mailbox": claim["mailbox"],
+            "mailbox": claim.mailbox,
             "started": started,
             "status": "not started",
             "error": str(exc)[:300],
         }
     state = (run.state.name if run.state else None) or "Scheduled"
     return {
-        "mailbox": claim["mailbox"],
+        "mailbox": claim.mailbox,
         "started": started,
         "status": state.lower(),
         "flow_run_id": str(run.id),
@@ -110,8 +108,10 @@ def start_through_deployment(
     }
 
 
-@task(name="sync-mailbox-here", task_run_name="sync-{claim[mailbox]}", cache_policy=NO_CACHE)
-def sync_in_process(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
+@task(name="sync-mailbox-here", task_run_name="sync-{claim.mailbox}", cache_policy=NO_CACHE)
+def sync_in_process(
+    claim: MailboxClaim | ChangedMailbox, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """The mailbox's sync in this process; its outcome, never an exception: one mailbox's
     failure is its own.
 
@@ -123,13 +123,13 @@ def sync_in_process(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
     from mailsync.flows.sync_mailbox import sync_mailbox  # the sync's imports, when it runs
 
     started = datetime.now(UTC)
-    outcome: dict[str, Any] = {"mailbox": claim["mailbox"], "started": started}
+    outcome: dict[str, Any] = {"mailbox": claim.mailbox, "started": started}
     try:
         summary = sync_mailbox.fn(**sync_parameters(claim, overrides))
     except SyncIncompleteError as exc:
         return {**_outcome(exc.summary), **outcome, "error": str(exc)[:300]}
     except Exception as exc:  # whatever stopped it (a bad mailbox, an outage): its own
-        get_run_logger().error("sync of %s failed: %s", claim["mailbox"], exc)
+        get_run_logger().error("sync of %s failed: %s", claim.mailbox, exc)
         return {
             **outcome,
             "status": "failed",
@@ -140,19 +140,19 @@ def sync_in_process(claim: Claim, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**_outcome(summary), **outcome}
 
 
-def _outcome(summary: dict[str, Any]) -> dict[str, Any]:
+def _outcome(summary: JobSummary | SkippedSync) -> dict[str, Any]:
     return {
-        "status": summary.get("status") or "failed",
+        "status": summary["status"],
         "job_id": summary.get("job_id"),
         "messages": summary.get("emails_processed"),
     }
 
 
-def release_claim(claim: Claim) -> None:
+def release_claim(claim: MailboxClaim) -> None:
     get_runtime().db.one(
         "release_mailbox_claim",
-        claim["business_id"],
-        store_id=claim["store_id"],
-        business_id=claim["business_id"],
-        due_at=claim["due_at"],
+        claim.business_id,
+        store_id=claim.store_id,
+        business_id=claim.business_id,
+        due_at=claim.due_at,
     )

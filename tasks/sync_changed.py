@@ -11,28 +11,23 @@ other is ``skipped``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from mailsync.runtime import get_runtime
+from mailsync.store.rows import ChangedMailbox
 
-Change = dict[str, Any]  # store_id, business_id, mailbox, folder, first_at, ready
 
-
-def changed_mailboxes(business_id: str, limit: int, debounce_s: float) -> list[Change]:
+def changed_mailboxes(business_id: str, limit: int, debounce_s: float) -> list[ChangedMailbox]:
     """Up to ``limit`` mailboxes with a change no job started after, oldest change first;
     ``ready``: its first notification is ``debounce_s`` old (the rest of its burst is in)."""
-    rows = get_runtime().db.all(
+    return get_runtime().db.all_as(
+        ChangedMailbox,
         "changed_mailboxes",
         business_id,
         business_id=business_id,
         limit=limit,
         debounce_s=debounce_s,
     )
-    return [
-        {**row, "store_id": str(row["store_id"]), "business_id": str(row["business_id"])}
-        for row in rows
-    ]
 
 
 def cancel_queued_runs(deployment_id: UUID, own_run_id: UUID | None, before: datetime) -> int:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ TENANT = "contoso-bench"
 SCOPE = "https://graph.microsoft.com/.default"
 
 # The sync flow, as the measured child calls it (keyword arguments, the job's summary back).
-SyncFlow = Callable[..., dict[str, Any]]
+SyncFlow = Callable[..., Mapping[str, Any]]  # sync-mailbox: a summary (or skipped)
 
 
 @dataclass(frozen=True)
@@ -356,11 +356,12 @@ def measure_sync(spec: dict[str, Any], sync_mailbox: SyncFlow) -> dict[str, Any]
     )
     returned_at, cpu_s = time.time(), _own_cpu_s() - cpu_before
     job = load_job(runtime.db, summary["job_id"])
+    assert job.completed_at is not None, "the flow has returned: its job is closed"
     chunks = runtime.db.all("list_chunks", business_id, job_id=summary["job_id"])
     return {
         "called_at": called_at,
         # The job's clock is the database's: the same host's clock for the embedded server.
-        "job_completed_at": job["completed_at"].timestamp(),
+        "job_completed_at": job.completed_at.timestamp(),
         "returned_at": returned_at,
         "cpu_s": cpu_s,
         "summary": summary,

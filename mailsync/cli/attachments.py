@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
 from mailsync.cli.common import configure_runtime, fail, out, upgrade_database
+from mailsync.store.blobs import read_bytea
+from mailsync.store.rows import StoredAttachment
 from mailsync.sync.jobs import default_business_id
 from mailsync.validate import business_id as checked_business_id
 
@@ -30,20 +36,48 @@ def get(
     upgrade_database(runtime)
     tenant = checked_business_id(business or default_business_id(runtime.settings.tenant_id))
     with runtime.db.reporting_transaction(tenant) as session:
-        row = session.one("get_attachment_content", graph_attachment_id=attachment_id)
-    if row is None:
-        fail(f"no attachment {attachment_id!r} in business {tenant}")
-    if row["content"] is None:
-        why = (
-            "a reference attachment has no content"
-            if row["kind"] == "reference"
-            else ("its content is not stored (not fetched yet, or Graph could not serve it)")
+        row = session.one_as(
+            StoredAttachment, "get_attachment_content", graph_attachment_id=attachment_id
         )
-        fail(f"attachment {attachment_id!r}: {why}")
-    content = bytes(row["content"])
-    if output is None:
-        sys.stdout.buffer.write(content)
-        sys.stdout.buffer.flush()
-    else:
-        output.write_bytes(content)
-        out.print(f"{output}: {len(content)} bytes, sha256 {row['sha256']} ({row['name']})")
+        if row is None:
+            fail(f"no attachment {attachment_id!r} in business {tenant}")
+        if not row.stored or row.sha256 is None or row.size_bytes is None:
+            why = (
+                "a reference attachment has no content"
+                if row.kind == "reference"
+                else "its content is not stored (not fetched yet, or Graph could not serve it)"
+            )
+            fail(f"attachment {attachment_id!r}: {why}")
+        parts = read_bytea(
+            session,
+            "attachment_content_part",
+            row.size_bytes,
+            business_id=tenant,
+            sha256=row.sha256,
+        )
+        if output is None:
+            _write(parts, sys.stdout.buffer, row.sha256)
+            sys.stdout.buffer.flush()
+            return
+        # Into a file beside the output, renamed once whole and checked: a failed read
+        # leaves an existing file as it was, and never half an attachment under its name.
+        with tempfile.NamedTemporaryFile(
+            dir=output.parent, prefix=f".{output.name}.", delete=False
+        ) as part:
+            try:
+                _write(parts, part, row.sha256)
+            except BaseException:
+                os.unlink(part.name)
+                raise
+        os.replace(part.name, output)
+    out.print(f"{output}: {row.size_bytes} bytes, sha256 {row.sha256} ({row.name})")
+
+
+def _write(parts: Iterable[bytes], sink: IO[bytes], sha256: str) -> None:
+    """The parts into ``sink``, checked against the content's SHA-256 as they pass."""
+    digest = hashlib.sha256()
+    for chunk in parts:
+        digest.update(chunk)
+        sink.write(chunk)
+    if digest.hexdigest() != sha256:
+        fail(f"the stored content does not match its sha256 {sha256}", code=1)

@@ -24,6 +24,7 @@ from mailsync.cli.common import (
 from mailsync.cli.tables import Col, print_fitted
 from mailsync.errors import ConflictError, InvalidInputError
 from mailsync.runtime import Runtime, graph_credentials
+from mailsync.store.rows import RegistryEntry
 from mailsync.sync.jobs import default_business_id
 from mailsync.sync.registry import (
     DEFAULT_INTERVAL_MINUTES,
@@ -107,12 +108,11 @@ def _print_json(obj: dict[str, Any]) -> None:
     out.print(json.dumps(obj, default=str), soft_wrap=True, highlight=False)
 
 
-def _done(verb: str, row: dict[str, Any], as_json: bool) -> None:
-    fields = describe(row)
+def _done(verb: str, entry: RegistryEntry, as_json: bool) -> None:
     if as_json:
-        _print_json({"action": verb, **fields})
+        _print_json({"action": verb, **describe(entry)})
     else:
-        console.print(f"{verb}: {fields['mailbox']}")
+        console.print(f"{verb}: {entry.mailbox}")
 
 
 @app.command("add")
@@ -240,7 +240,7 @@ def discover(
     graph_credentials(runtime.settings)
     upgrade_database(runtime)
     found = discover_mailboxes(runtime.graph())
-    registered = {m["mailbox"].lower() for m in list_mailboxes(runtime.db, business_id)}
+    registered = {m.mailbox.lower() for m in list_mailboxes(runtime.db, business_id)}
     rows = []
     for item in found:
         row = {**item.as_json(), "registered": item.user.upn.lower() in registered, "added": False}

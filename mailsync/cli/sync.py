@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +33,8 @@ from mailsync.runtime import Runtime
 from mailsync.store.db import redact_url
 from mailsync.sync import shutdown
 from mailsync.sync.jobs import (
+    FolderSummary,
+    JobSummary,
     SyncRequest,
     default_business_id,
     incomplete_message,
@@ -42,9 +44,6 @@ from mailsync.sync.jobs import (
     open_job,
     start_job,
 )
-
-Summary = dict[str, Any]
-
 
 AttachmentsOpt = Annotated[
     str | None,
@@ -155,7 +154,7 @@ def resume(
     prepare_flow_run(runtime, graph=True)
     started = time.perf_counter()
     job = start_job(runtime.db, load_job(runtime.db, job_uuid))
-    summary = run_sync(runtime, str(job["id"]), quiet=as_json)
+    summary = run_sync(runtime, str(job.id), quiet=as_json)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     summary["database_url"] = redact_url(runtime.db.url)
     print_summary(summary, as_json)
@@ -172,7 +171,7 @@ def status(
     print_summary(summary, as_json)
 
 
-def run_sync(runtime: Runtime, job_id: str, *, quiet: bool) -> Summary:
+def run_sync(runtime: Runtime, job_id: str, *, quiet: bool) -> JobSummary:
     """Run the sync flow over an open job, with a progress bar unless ``quiet``; the job's
     summary afterwards."""
     from mailsync.flows.sync_mailbox import sync_mailbox  # the flow's imports, when it runs
@@ -182,19 +181,17 @@ def run_sync(runtime: Runtime, job_id: str, *, quiet: bool) -> Summary:
     return job_summary(runtime.db, validate.job_id(job_id))
 
 
-def _with_progress(
-    runtime: Runtime, job_id: str, run: Callable[[], Summary], quiet: bool
-) -> Summary:
-    """Run the flow in a thread; draw its progress from the database until it ends."""
+def _with_progress(runtime: Runtime, job_id: str, run: Callable[[], object], quiet: bool) -> None:
+    """Run the flow in a thread; draw its progress from the database until it ends (the
+    caller reads the job's summary then)."""
     business_id = job_business(runtime.db, job_id)  # the progress is read as the job's tenant
-    result: Summary = {}
     error: list[BaseException] = []
 
     def target() -> None:
         try:
-            result.update(run())
-        except SyncIncompleteError as incomplete:  # the summary is shown, then exit != 0
-            result.update(incomplete.summary)
+            run()
+        except SyncIncompleteError:  # the summary is shown, then exit != 0
+            pass
         except BaseException as exc:
             error.append(exc)
 
@@ -230,25 +227,24 @@ def _with_progress(
                 )
     if error:
         raise error[0]
-    return result
 
 
-def print_summary(summary: Summary, as_json: bool) -> None:
+def print_summary(summary: JobSummary, as_json: bool) -> None:
     """The job's summary (a table, and one per folder; or one JSON line); a job that did
     not complete then ends the command with exit code 1, after saying why in one line."""
     if as_json:
         out.print(json.dumps(summary, default=str), soft_wrap=True, highlight=False)
     else:
-        table = Table(title=f"sync job {summary.get('job_id')}", show_header=False)
+        table = Table(title=f"sync job {summary['job_id']}", show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")  # a URL must stay whole enough to copy
         for key, value in summary.items():
             if key != "folders":
                 table.add_row(key, "" if value is None else str(value))
         out.print(table)
-        _print_folders(summary.get("folders") or [])
-    if summary.get("status") in ("partial_failure", "failed") or (
-        summary.get("status") in ("pending", "running") and summary.get("chunks_pending")
+        _print_folders(summary["folders"])
+    if summary["status"] in ("partial_failure", "failed") or (
+        summary["status"] in ("pending", "running") and summary["chunks_pending"]
     ):
         error_line("incomplete", incomplete_message(summary))
         raise typer.Exit(1)
@@ -267,7 +263,7 @@ _FOLDER_COLUMNS = (  # on screen in this order; a narrow terminal keeps the low 
 )
 
 
-def _print_folders(folders: list[dict[str, Any]]) -> None:
+def _print_folders(folders: list[FolderSummary]) -> None:
     if folders:
         print_fitted(out, "per folder", _FOLDER_COLUMNS, folders)
         _print_folder_attachments(folders)
@@ -283,7 +279,7 @@ _ATTACHMENT_COLUMNS = (
 )
 
 
-def _print_folder_attachments(folders: list[dict[str, Any]]) -> None:
+def _print_folder_attachments(folders: list[FolderSummary]) -> None:
     """The attachments per folder, when the job fetched or tried any (a table of its own:
     the folder table is as wide as a terminal allows)."""
     touched = [f for f in folders if any(f.get(c.key) for c in _ATTACHMENT_COLUMNS[1:])]
@@ -299,12 +295,12 @@ def _print_short_report(runtime: Runtime, store_id: str) -> None:
 
 def _sync_and_report(
     runtime: Runtime, request: SyncRequest, as_json: bool, with_report: bool = False
-) -> Summary:
+) -> JobSummary:
     started = time.perf_counter()
     job, resumed = open_job(runtime.db, request)
     if resumed:
-        console.print(f"resuming the store's unfinished job {job['id']}")
-    summary = run_sync(runtime, str(job["id"]), quiet=as_json)
+        console.print(f"resuming the store's unfinished job {job.id}")
+    summary = run_sync(runtime, str(job.id), quiet=as_json)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     summary["database_url"] = redact_url(runtime.db.url)
     if with_report and as_json:  # the JSON stays the last line of stdout

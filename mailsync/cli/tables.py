@@ -10,7 +10,7 @@ declared one. ``--json`` prints every field whatever the width.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ def print_fitted(
     console: Console,
     title: str,
     columns: Sequence[Col],
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[Mapping[str, Any]],
     cell: Callable[[Any], str] = lambda value: "" if value is None else str(value),
 ) -> None:
     """Print ``rows`` as a table of as many of ``columns`` as fit ``console.width``.

@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from mailsync.errors import BadDataError, GraphError
-from mailsync.graph.client import RETRY_STATUSES, GraphClient
+from mailsync.graph.client import RETRY_STATUSES, GraphClient, whole_body
 
 MAX_BATCH = 20  # Graph's limit of requests per batch
 # An httpx request extension: the mailbox and item count a batch's lease is taken for
@@ -95,14 +95,14 @@ def _send(
     }
     content = orjson.dumps(payload)
     extensions = {BATCH_EXTENSION: (mailbox, len(ids))}
-    raw = graph.send(
-        lambda: graph.http.post(
-            f"{graph.base_url}/v1.0/$batch",
-            content=content,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            extensions=extensions,
-        )
+    request = graph.http.build_request(
+        "POST",
+        f"{graph.base_url}/v1.0/$batch",
+        content=content,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        extensions=extensions,
     )
+    raw = graph.send(request, whole_body)
     envelope = graph.decode(raw)
     items = envelope.get("responses")
     if not isinstance(items, list):

@@ -280,6 +280,11 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP-date: Graph does not send those; fall back to backoff
 
 
+def whole_body(response: httpx.Response) -> bytes:
+    """A streamed answer's body, read whole (a JSON page: parsed whole anyway)."""
+    return response.read()
+
+
 def _when_sent(on_sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], None]:
     """An httpcore trace hook that calls ``on_sent`` when the request has been written."""
 
@@ -364,34 +369,56 @@ class GraphClient:
             prefer = f"odata.maxpagesize={max_page_size}, {prefer}"
         headers = {"Prefer": prefer, "Accept": "application/json", **(headers or {})}
         extensions = {} if on_sent is None else {"trace": _when_sent(on_sent)}
-        return self.send(
-            lambda: self.http.get(url, params=params, headers=headers, extensions=extensions)
+        request = self.http.build_request(
+            "GET", url, params=params, headers=headers, extensions=extensions
         )
+        return self.send(request, whole_body)
 
-    def send(self, request: Callable[[], httpx.Response]) -> bytes:
-        """The body of a 200 to ``request()``, sent again after throttling, 5xx and network
-        errors (Graph's Retry-After, else bounded backoff); other answers raise."""
+    def download(self, url: str, consume: Callable[[Iterator[bytes]], T]) -> T:
+        """GET raw bytes (an attachment's ``$value``), streamed: ``consume`` reads the body's
+        chunks as they arrive, never the whole body at once, and its result is returned.
+        Retried as ``get_bytes`` is; a retry calls ``consume`` again from the first byte, so
+        it must start afresh."""
+        request = self.http.build_request(
+            "GET",
+            url,
+            headers={"Prefer": 'IdType="ImmutableId"'},
+            extensions={STREAM_EXTENSION: True},  # the Graph slot is held while it streams
+        )
+        return self.send(request, lambda response: consume(response.iter_bytes(DOWNLOAD_CHUNK)))
+
+    def send(self, request: httpx.Request, read: Callable[[httpx.Response], T]) -> T:
+        """``read(response)`` of a 200 to ``request``, sent again after throttling, 5xx and
+        network errors, including those while ``read`` takes the body (Graph's Retry-After,
+        else bounded backoff); other answers raise. The one retry loop of every request.
+
+        The answer is streamed: ``read`` takes the body as it wants it, whole
+        (``whole_body``) or chunk by chunk (``download``); an error answer's body (small
+        JSON) is read for its message. The request is sent as built each time: the auth
+        flow (mailsync.graph.auth) sets a fresh token on it, and a 401 is its to retry."""
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
+            self.api_calls += 1
             try:
-                response = request()
+                response = self.http.send(request, stream=True)
+                try:
+                    if response.status_code == 200:
+                        return read(response)
+                    response.read()
+                finally:
+                    response.close()
             except httpx.TimeoutException as exc:
-                self.api_calls += 1
                 if last:
                     raise TransientError(f"Graph request timed out: {type(exc).__name__}") from None
                 self.sleep(self.backoff(attempt))
                 continue
             except httpx.TransportError as exc:
-                self.api_calls += 1
                 if last:
                     raise TransientError(
                         f"Graph unreachable: {type(exc).__name__}: {exc}"
                     ) from None
                 self.sleep(self.backoff(attempt))
                 continue
-            self.api_calls += 1
-            if response.status_code == 200:
-                return response.content
             if response.status_code in RETRY_STATUSES:
                 retry_after = _retry_after(response)
                 if response.status_code == 429:
@@ -401,41 +428,6 @@ class GraphClient:
                 self.sleep(self.backoff(attempt, retry_after))
                 continue
             raise self.error(response, None)
-        raise AssertionError("unreachable")  # the loop always returns or raises
-
-    def download(self, url: str, consume: Callable[[Iterator[bytes]], T]) -> T:
-        """GET raw bytes (an attachment's ``$value``), streamed: ``consume`` reads the body's
-        chunks as they arrive and its result is returned. Retried as ``get_bytes`` is; a
-        retry calls ``consume`` again from the first byte, so it must start afresh."""
-        headers = {"Prefer": 'IdType="ImmutableId"'}
-        extensions = {STREAM_EXTENSION: True}
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            self.api_calls += 1
-            try:
-                with self.http.stream("GET", url, headers=headers, extensions=extensions) as r:
-                    if r.status_code == 200:
-                        return consume(r.iter_bytes(DOWNLOAD_CHUNK))
-                    r.read()  # an error answer: small JSON
-                    response = r
-            except httpx.TimeoutException as exc:
-                if last:
-                    raise TransientError(
-                        f"Graph download timed out: {type(exc).__name__}"
-                    ) from None
-                self.sleep(self.backoff(attempt))
-                continue
-            except httpx.TransportError as exc:
-                if last:
-                    raise TransientError(f"Graph download failed: {type(exc).__name__}") from None
-                self.sleep(self.backoff(attempt))
-                continue
-            if response.status_code in RETRY_STATUSES and not last:
-                if response.status_code == 429:
-                    self.throttled += 1
-                self.sleep(self.backoff(attempt, _retry_after(response)))
-                continue
-            raise self.error(response, _retry_after(response))
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -30,8 +30,11 @@ from mailsync.errors import (
 )
 from mailsync.sql import queries
 from mailsync.store import roles
+from mailsync.store.rows import TypedRow, typed_row
 
 Row = dict[str, Any]
+R = TypeVar("R", bound=TypedRow)
+T = TypeVar("T")
 
 LEASE_LOST = "MSL01"  # the SQLSTATE of a page fence whose claim is gone (migration 0012)
 MAX_IDLE_S = 120.0  # a pool connection idle this long (beyond min_size) is closed,
@@ -91,15 +94,15 @@ def check_connectable(url: str, timeout_s: int = 10) -> None:
         pass
 
 
-class Pending:
+class Pending(Generic[T]):
     """A statement sent in a pipelined transaction (``Session.send``) and its row, once it
     has come."""
 
-    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
-        self._cursor: psycopg.Cursor[Row] | None = cursor
-        self._row: Row | None = None
+    def __init__(self, cursor: psycopg.Cursor[T]) -> None:
+        self._cursor: psycopg.Cursor[T] | None = cursor
+        self._row: T | None = None
 
-    def one(self) -> Row | None:
+    def one(self) -> T | None:
         """The statement's row (or None). Read inside the transaction, it costs a round trip
         for everything sent so far; after it, nothing: the commit's trip brought it."""
         if self._cursor is not None:
@@ -127,14 +130,24 @@ class Session:
     def __init__(self, conn: psycopg.Connection[Row], *, pipelined: bool = False) -> None:
         self.conn = conn
         self.pipelined = pipelined
-        self.sent: list[Pending] = []
+        self.sent: list[Pending[Any]] = []
         self._pipeline: ExitStack | None = None  # the pipeline mode block we are in
 
     def one(self, query: str, /, **params: Any) -> Row | None:
         return self.send(query, **params).one()
 
+    def one_as(self, cls: type[R], query: str, /, **params: Any) -> R | None:
+        """``one``'s row as ``cls`` (mailsync.store.rows)."""
+        return self.send_as(cls, query, **params).one()
+
     def all(self, query: str, /, **params: Any) -> list[Row]:
         with self.conn.cursor() as cur:
+            cur.execute(queries[query], _adapt(params))
+            return cur.fetchall() if cur.description else []
+
+    def all_as(self, cls: type[R], query: str, /, **params: Any) -> list[R]:
+        """``all``'s rows as ``cls`` (mailsync.store.rows)."""
+        with self.conn.cursor(row_factory=typed_row(cls)) as cur:
             cur.execute(queries[query], _adapt(params))
             return cur.fetchall() if cur.description else []
 
@@ -147,10 +160,16 @@ class Session:
             cur.execute(queries[query], _adapt(params))
             return cur.rowcount
 
-    def send(self, query: str, /, **params: Any) -> Pending:
+    def send(self, query: str, /, **params: Any) -> Pending[Row]:
         """Run a statement whose row is read later (``Pending.one``): when pipelined, it
         travels with the next round trip."""
-        cur = self.conn.cursor()
+        return self._pending(self.conn.cursor(), query, params)
+
+    def send_as(self, cls: type[R], query: str, /, **params: Any) -> Pending[R]:
+        """``send``, its row read as ``cls`` (mailsync.store.rows)."""
+        return self._pending(self.conn.cursor(row_factory=typed_row(cls)), query, params)
+
+    def _pending(self, cur: psycopg.Cursor[T], query: str, params: dict[str, Any]) -> Pending[T]:
         cur.execute(queries[query], _adapt(params))
         pending = Pending(cur)
         if self.pipelined:
@@ -357,6 +376,18 @@ class Database:
     def all(self, query: str, business_id: UUID | str | None = None, /, **params: Any) -> list[Row]:
         with self.transaction(business_id) as session:
             return session.all(query, **params)
+
+    def one_as(
+        self, cls: type[R], query: str, business_id: UUID | str | None = None, /, **params: Any
+    ) -> R | None:
+        with self.transaction(business_id) as session:
+            return session.one_as(cls, query, **params)
+
+    def all_as(
+        self, cls: type[R], query: str, business_id: UUID | str | None = None, /, **params: Any
+    ) -> list[R]:
+        with self.transaction(business_id) as session:
+            return session.all_as(cls, query, **params)
 
     def close(self) -> None:
         self.pool.close()

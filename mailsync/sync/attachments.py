@@ -40,9 +40,11 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from threading import Lock
-from typing import IO, Any
+from typing import IO, TypeVar
 from uuid import UUID
 
 from mailsync.errors import (
@@ -55,6 +57,7 @@ from mailsync.graph.attachments import download, list_attachments
 from mailsync.graph.client import GraphClient
 from mailsync.store.blobs import copy_bytea
 from mailsync.store.db import Database, Session
+from mailsync.store.rows import AttachmentClaim, ListingClaim
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +152,54 @@ def _drain(workers: int, step: Callable[[], bool]) -> None:
             future.result()  # a database error ends the run: the job stays resumable
 
 
-def _list_one(db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts) -> bool:
-    """List one claimed message's attachments; False when none is left for this run."""
-    client = graph.fork()
-    row = _claim(db, target, "claim_attachment_listing")
+# What a step's Graph work leaves to record: a statement or two in the recording transaction,
+# and the counts they amount to.
+Record = Callable[[Session], dict[str, int]]
+C = TypeVar("C", ListingClaim, AttachmentClaim)
+
+
+def _one(
+    db: Database,
+    graph: GraphClient,
+    target: Target,
+    counts: AttachmentCounts,
+    claim: tuple[type[C], str],
+    work: Callable[[GraphClient, C], AbstractContextManager[Record]],
+) -> bool:
+    """One row of a step, the shape both steps share: claim it for this run (a transaction
+    of its own), ask Graph with no connection held (``work``), then record what came back
+    and count the Graph requests in the job's (one more transaction). False when no row is
+    left for this run.
+
+    ``work`` is a context: what it fetched may live in a temporary file until recorded."""
+    client = graph.fork()  # counts this row's requests only
+    row_class, query = claim
+    row = _claim(db, target, row_class, query)
     if row is None:
         return False
-    message_id = row["email_graph_id"]
+    with work(client, row) as record, db.pipelined(target.business_id) as session:
+        tally = record(session)
+        # Last: the job's row stays locked only until this commit (three threads record).
+        session.execute("add_job_api_calls", job_id=target.job_id, api_calls=client.api_calls)
+    counts.add(api_calls=client.api_calls, **tally)
+    return True
+
+
+def _list_one(db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts) -> bool:
+    """List one claimed message's attachments; False when none is left for this run."""
+    return _one(
+        db,
+        graph,
+        target,
+        counts,
+        (ListingClaim, "claim_attachment_listing"),
+        partial(_listing, target),
+    )
+
+
+@contextmanager
+def _listing(target: Target, client: GraphClient, claim: ListingClaim) -> Iterator[Record]:
+    message_id = claim.email_graph_id
     error: str | None = None
     done = True
     try:
@@ -166,7 +210,8 @@ def _list_one(db: Database, graph: GraphClient, target: Target, counts: Attachme
         error = str(exc)[:500] if done else None
         if not done:
             logger.warning("listing attachments of %s failed for now: %s", message_id[:20], exc)
-    with db.pipelined(target.business_id) as session:
+
+    def record(session: Session) -> dict[str, int]:
         if listed:
             session.execute(
                 "upsert_listed_attachments",
@@ -185,68 +230,86 @@ def _list_one(db: Database, graph: GraphClient, target: Target, counts: Attachme
             job_id=target.job_id,
             run_id=target.run_id,
         )
-    counts.add(
-        listed=1 if done and error is None else 0,
-        unavailable=1 if error else 0,
-        failed=0 if done else 1,
-        api_calls=client.api_calls,
-    )
-    return True
+        return {
+            "listed": 1 if done and error is None else 0,
+            "unavailable": 1 if error else 0,
+            "failed": 0 if done else 1,
+        }
+
+    yield record
 
 
 def _fetch_one(
     db: Database, graph: GraphClient, target: Target, counts: AttachmentCounts, max_bytes: int
 ) -> bool:
     """Fetch one claimed attachment's content; False when none is left for this run."""
-    client = graph.fork()
-    row = _claim(db, target, "claim_pending_attachment")
-    if row is None:
-        return False
-    ids = {"id": row["id"], "job_id": target.job_id, "run_id": target.run_id}
+    return _one(
+        db,
+        graph,
+        target,
+        counts,
+        (AttachmentClaim, "claim_pending_attachment"),
+        partial(_fetching, target, max_bytes),
+    )
+
+
+@contextmanager
+def _fetching(
+    target: Target, max_bytes: int, client: GraphClient, claim: AttachmentClaim
+) -> Iterator[Record]:
+    """The content into a temporary file (hashed on the way), kept until it is recorded."""
+    ids = {"id": claim.id, "job_id": target.job_id, "run_id": target.run_id}
     with tempfile.TemporaryFile(prefix="mailsync-attachment-") as spool:
         try:
-            sha256, size = download(
+            fetched: tuple[str, int] | GraphError | TooLargeError = download(
                 client,
                 target.mailbox,
-                row["email_graph_id"],
-                row["graph_attachment_id"],
+                claim.email_graph_id,
+                claim.graph_attachment_id,
                 lambda chunks: spool_content(chunks, spool, max_bytes),
             )
         except (GraphError, TooLargeError) as exc:  # TransientError too: the network
-            permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
-            message = str(exc)[:500]
-            with db.pipelined(target.business_id) as session:
-                session.execute(
-                    "record_attachment_failure",
-                    fetch_error=message if permanent else None,
-                    transient_error=None if permanent else message,
-                    **ids,
-                )
-            counts.add(
-                unavailable=int(permanent),
-                failed=int(not permanent),
-                api_calls=client.api_calls,
-            )
-            return True
-        with db.pipelined(target.business_id) as session:
-            deduplicated = _store_blob(session, target.business_id, sha256, size, spool)
-            session.execute(
-                "record_attachment_content",
-                sha256=sha256,
-                size_bytes=size,
-                deduplicated=deduplicated,
-                **ids,
-            )
-    counts.add(
-        stored=int(not deduplicated),
-        deduplicated=int(deduplicated),
-        bytes=size,
-        api_calls=client.api_calls,
+            fetched = exc
+        if isinstance(fetched, tuple):
+            yield partial(_record_content, target.business_id, ids, spool, *fetched)
+        else:
+            yield partial(_record_failure, ids, fetched)
+
+
+def _record_content(
+    business_id: UUID,
+    ids: dict[str, object],
+    spool: IO[bytes],
+    sha256: str,
+    size: int,
+    session: Session,
+) -> dict[str, int]:
+    deduplicated = _store_blob(session, business_id, sha256, size, spool)
+    session.execute(
+        "record_attachment_content",
+        sha256=sha256,
+        size_bytes=size,
+        deduplicated=deduplicated,
+        **ids,
     )
-    return True
+    return {"stored": int(not deduplicated), "deduplicated": int(deduplicated), "bytes": size}
 
 
-def _claim(db: Database, target: Target, query: str) -> Any:
+def _record_failure(
+    ids: dict[str, object], exc: GraphError | TooLargeError, session: Session
+) -> dict[str, int]:
+    permanent = isinstance(exc, TooLargeError) or is_permanent(exc)
+    message = str(exc)[:500]
+    session.execute(
+        "record_attachment_failure",
+        fetch_error=message if permanent else None,
+        transient_error=None if permanent else message,
+        **ids,
+    )
+    return {"unavailable": int(permanent), "failed": int(not permanent)}
+
+
+def _claim(db: Database, target: Target, row_class: type[C], query: str) -> C | None:
     """Take one row for this run (``query``: a claim of sql/attachments.sql), or None.
 
     One round trip (the claim's row comes back with the commit), and the commit does not
@@ -255,7 +318,7 @@ def _claim(db: Database, target: Target, query: str) -> Any:
     content is stored with commits durably, and flushes the claim before it."""
     with db.pipelined(target.business_id) as session:
         session.execute("commit_lazily")
-        pending = session.send(query, store_id=target.store_id, run_id=target.run_id)
+        pending = session.send_as(row_class, query, store_id=target.store_id, run_id=target.run_id)
     return pending.one()
 
 

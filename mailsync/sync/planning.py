@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from mailsync.errors import InvalidInputError, SyncStateExpiredError
@@ -45,7 +45,8 @@ from mailsync.graph.folders import (
     tree_of,
     well_known_ids,
 )
-from mailsync.store.db import Database, Row, Session
+from mailsync.store.db import Database, Session
+from mailsync.store.rows import FolderRow, JobRow, StoreRow
 from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -59,23 +60,30 @@ class FolderPlan:
     start_link: str | None  # where the folder's delta round starts (None: from scratch)
 
 
-def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempts: int) -> Row:
+class Planned(NamedTuple):
+    job: JobRow  # as planned: total_chunks, estimated_emails, folders, sync_type
+    max_attempts: int  # each of its chunks'
+
+
+def plan_job(
+    db: Database, graph: GraphClient, job: JobRow, store: StoreRow, max_attempts: int
+) -> Planned:
     """Plan the job once (a planned job keeps its plan); the job's row with the chunks'
     ``max_attempts``."""
-    if job["total_chunks"] is not None:
-        return {**job, "max_attempts": _planned_max_attempts(db, job, max_attempts)}
+    if job.total_chunks is not None:
+        return Planned(job, _planned_max_attempts(db, job, max_attempts))
     calls_before = graph.api_calls
-    if job["folder"].lower() == "all":
+    if job.folder.lower() == "all":
         folders = _current_tree(db, graph, job, store)
     else:
-        folders = _record_folders(db, job, [resolve_folder(graph, store["mailbox"], job["folder"])])
+        folders = _record_folders(db, job, [resolve_folder(graph, store.mailbox, job.folder)])
     everything = [_plan_folder(graph, job, store, folder) for folder in folders]
-    plans, unchanged = _ask_rounds(graph, store["mailbox"], job, everything)
-    chunks = chunk_rows(plans, job["chunk_size"], job["page_size"], windowed=_windowed(job))
-    with db.transaction(job["business_id"]) as session:
+    plans, unchanged = _ask_rounds(graph, store.mailbox, job, everything)
+    chunks = chunk_rows(plans, job.chunk_size, job.page_size, windowed=job.windowed)
+    with db.transaction(job.business_id) as session:
         row = session.one(
             "plan_sync_job",
-            job_id=job["id"],
+            job_id=job.id,
             estimated_emails=sum(p.estimated for p in plans),
             total_chunks=len(chunks),
             folders=len(everything),
@@ -85,7 +93,7 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
             api_calls=graph.api_calls - calls_before,
             chunks=chunks,
         )
-        created = bool(row and row["planned"])
+        created = bool(row and row["planned"])  # one column: no class of its own
         # Only the planner whose plan was recorded presumes: a second process that read the
         # job before the first one's plan committed waits for it on the job's row, records
         # nothing, and must not presume messages removed that the running chunks have
@@ -93,25 +101,27 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
         if created:
             _presume_removed(session, job, plans)
             if unchanged:
-                session.execute("set_folder_delta_links", store_id=job["store_id"], links=unchanged)
-        planned = session.one("get_sync_job", job_id=job["id"])
+                session.execute("set_folder_delta_links", store_id=job.store_id, links=unchanged)
+        planned = session.one_as(JobRow, "get_sync_job", job_id=job.id)
     assert planned is not None
     if not created:
-        return {**planned, "max_attempts": _planned_max_attempts(db, planned, max_attempts)}
-    return {**planned, "max_attempts": max_attempts}
+        return Planned(planned, _planned_max_attempts(db, planned, max_attempts))
+    return Planned(planned, max_attempts)
 
 
-def _planned_max_attempts(db: Database, job: Row, default: int) -> int:
-    row = db.one("job_max_attempts", job["business_id"], job_id=job["id"])
+def _planned_max_attempts(db: Database, job: JobRow, default: int) -> int:
+    row = db.one("job_max_attempts", job.business_id, job_id=job.id)
     return int(row["max_attempts"]) if row else default
 
 
-def _current_tree(db: Database, graph: GraphClient, job: Row, store: Row) -> list[Row]:
+def _current_tree(
+    db: Database, graph: GraphClient, job: JobRow, store: StoreRow
+) -> list[FolderRow]:
     """The mailbox's folders, recorded: from the store's folder deltaLink (one request when
     nothing changed: the rows as they are), else the whole tree (a first sync, ``--full``,
     an expired or foreign link). The folder deltaLink is stored with the tree it led to."""
-    mailbox, link = store["mailbox"], store["folders_delta_link"]
-    if job["force_full"] or (link is not None and not graph.serves(link)):
+    mailbox, link = store.mailbox, store.folders_delta_link
+    if job.force_full or (link is not None and not graph.serves(link)):
         link = None
     try:
         delta = folder_tree_delta(graph, mailbox, link)
@@ -121,7 +131,7 @@ def _current_tree(db: Database, graph: GraphClient, job: Row, store: Row) -> lis
         )
         link, delta = None, folder_tree_delta(graph, mailbox, None)
     if link is not None and not delta.changed and not delta.removed:
-        return db.all("live_folders", job["business_id"], store_id=job["store_id"])
+        return db.all_as(FolderRow, "live_folders", job.business_id, store_id=job.store_id)
     if link is None:
         raws = {raw["id"]: raw for raw in delta.changed}
         folders = tree_of(raws, well_known_ids(graph, mailbox))
@@ -132,21 +142,21 @@ def _current_tree(db: Database, graph: GraphClient, job: Row, store: Row) -> lis
     return _record_folders(db, job, folders, delta_link=delta.delta_link)
 
 
-def _merged_tree(db: Database, job: Row, delta: FolderTreeDelta) -> list[Folder]:
+def _merged_tree(db: Database, job: JobRow, delta: FolderTreeDelta) -> list[Folder]:
     """The tree as stored, with the folder delta's changes applied (paths recomputed: a
     folder's path follows its parent's)."""
-    known = db.all("live_folders", job["business_id"], store_id=job["store_id"])
-    raws: dict[str, dict[str, Any]] = {
-        row["graph_id"]: {
-            "id": row["graph_id"],
-            "parentFolderId": row["parent_graph_id"],
-            "displayName": row["display_name"],
-            "isHidden": row["is_hidden"],
-            "totalItemCount": row["total_item_count"],
+    known = db.all_as(FolderRow, "live_folders", job.business_id, store_id=job.store_id)
+    raws: dict[str, dict[str, Any]] = {  # Graph's folder objects: the delta's changes merge in
+        row.graph_id: {
+            "id": row.graph_id,
+            "parentFolderId": row.parent_graph_id,
+            "displayName": row.display_name,
+            "isHidden": row.is_hidden,
+            "totalItemCount": row.total_item_count,
         }
         for row in known
     }
-    named = {row["graph_id"]: row["well_known_name"] for row in known if row["well_known_name"]}
+    named = {row.graph_id: row.well_known_name for row in known if row.well_known_name}
     for raw in delta.changed:
         raws[raw["id"]] = {**raws.get(raw["id"], {}), **raw}
     for gone in delta.removed:
@@ -155,62 +165,57 @@ def _merged_tree(db: Database, job: Row, delta: FolderTreeDelta) -> list[Folder]
 
 
 def _record_folders(
-    db: Database, job: Row, folders: list[Folder], *, delta_link: str | None = None
-) -> list[Row]:
+    db: Database, job: JobRow, folders: list[Folder], *, delta_link: str | None = None
+) -> list[FolderRow]:
     """Upsert the listed folders; with a whole-mailbox listing, tombstone the missing (and
     keep the folder deltaLink that listed them, in the same transaction)."""
-    with db.transaction(job["business_id"]) as session:
-        rows = session.all(
+    with db.transaction(job.business_id) as session:
+        rows = session.all_as(
+            FolderRow,
             "upsert_mail_folders",
-            business_id=job["business_id"],
-            store_id=job["store_id"],
+            business_id=job.business_id,
+            store_id=job.store_id,
             folders=[f.as_json() for f in folders],
         )
-        if job["folder"].lower() == "all":
+        if job.folder.lower() == "all":
             session.all(
                 "tombstone_missing_folders",
-                store_id=job["store_id"],
+                store_id=job.store_id,
                 seen=[f.graph_id for f in folders],
             )
             if delta_link is not None:
                 session.execute(
-                    "set_folders_delta_link", store_id=job["store_id"], delta_link=delta_link
+                    "set_folders_delta_link", store_id=job.store_id, delta_link=delta_link
                 )
     order = {f.graph_id: i for i, f in enumerate(folders)}
-    return sorted(rows, key=lambda row: order[row["graph_id"]])
+    return sorted(rows, key=lambda row: order[row.graph_id])
 
 
-def _windowed(job: Row) -> bool:
-    return job["sync_from"] is not None or job["sync_to"] is not None
-
-
-def _plan_folder(graph: GraphClient, job: Row, store: Row, folder: Row) -> FolderPlan:
-    folder_id, link = folder["graph_id"], folder["delta_link"]
+def _plan_folder(graph: GraphClient, job: JobRow, store: StoreRow, folder: FolderRow) -> FolderPlan:
+    folder_id, link = folder.graph_id, folder.delta_link
     if link is not None and not graph.serves(link):
         # Kept from another Graph host (MAILSYNC_GRAPH_URL changed: another simulator, a
         # proxy, a national cloud): the token may not go there, and that host's delta state
         # means nothing here. The folder is read from scratch, as after Graph's 410.
         logger.warning(
             "folder %s: its deltaLink is for %s, not %s; reading it in full",
-            folder["path"], urlsplit(link).netloc, urlsplit(graph.base_url).netloc,
+            folder.path, urlsplit(link).netloc, urlsplit(graph.base_url).netloc,
         )  # fmt: skip
         link = None
-    if not (_windowed(job) or job["force_full"] or link is None):
+    if not (job.windowed or job.force_full or link is None):
         return FolderPlan(folder_id, full=False, estimated=0, start_link=link)
-    if not _windowed(job) and folder["total_item_count"] is not None:
+    if not job.windowed and folder.total_item_count is not None:
         # The tree's own count: the round lists the whole folder, and its last chunk runs
         # to the end whatever the estimate said (no $count request per folder).
-        return FolderPlan(
-            folder_id, full=True, estimated=folder["total_item_count"], start_link=None
-        )
+        return FolderPlan(folder_id, full=True, estimated=folder.total_item_count, start_link=None)
     count = graph.count_messages(
-        store["mailbox"], folder_id, graph_time(job["sync_from"]), graph_time(job["sync_to"])
+        store.mailbox, folder_id, graph_time(job.sync_from), graph_time(job.sync_to)
     )
     return FolderPlan(folder_id, full=True, estimated=count, start_link=None)
 
 
 def _ask_rounds(
-    graph: GraphClient, mailbox: str, job: Row, plans: list[FolderPlan]
+    graph: GraphClient, mailbox: str, job: JobRow, plans: list[FolderPlan]
 ) -> tuple[list[FolderPlan], list[dict[str, str]]]:
     """Every incremental folder's round, asked at once (``$batch``): the plans that still
     need a chunk, and the new deltaLinks of the folders whose round came back empty. A
@@ -220,7 +225,7 @@ def _ask_rounds(
     asked = {p.folder_id: p.start_link for p in plans if not p.full and p.start_link}
     if not asked:
         return plans, []
-    answers = get_many(graph, mailbox, asked, max_page_size=job["page_size"])
+    answers = get_many(graph, mailbox, asked, max_page_size=job.page_size)
     kept: list[FolderPlan] = []
     unchanged: list[dict[str, str]] = []
     for plan in plans:
@@ -279,22 +284,22 @@ def chunk_rows(
     return chunks
 
 
-def _presume_removed(session: Session, job: Row, plans: list[FolderPlan]) -> None:
+def _presume_removed(session: Session, job: JobRow, plans: list[FolderPlan]) -> None:
     for plan in plans:
         if plan.full:
             session.execute(
                 "presume_folder_removed",
-                job_id=job["id"],
-                store_id=job["store_id"],
+                job_id=job.id,
+                store_id=job.store_id,
                 folder_id=plan.folder_id,
-                since=job["sync_from"],
-                until=job["sync_to"],
+                since=job.sync_from,
+                until=job.sync_to,
             )
-    if job["folder"].lower() == "all":
-        session.execute("presume_tombstoned_removed", job_id=job["id"], store_id=job["store_id"])
+    if job.folder.lower() == "all":
+        session.execute("presume_tombstoned_removed", job_id=job.id, store_id=job.store_id)
 
 
-def _sync_type(job: Row, plans: list[FolderPlan]) -> str:
-    if _windowed(job):
+def _sync_type(job: JobRow, plans: list[FolderPlan]) -> str:
+    if job.windowed:
         return "date_range"
     return "full" if any(plan.full for plan in plans) else "incremental"

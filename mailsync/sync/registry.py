@@ -13,14 +13,15 @@ Removing keeps the store and its mail; ``purge`` deletes both, as the maintenanc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from mailsync import validate
 from mailsync.errors import ConflictError, InvalidInputError
-from mailsync.store.db import Database, Row, Session
+from mailsync.store.db import Database, Session
+from mailsync.store.rows import RegisteredMailbox, RegistryEntry, StoreRow
 
 DEFAULT_INTERVAL_MINUTES = 60
 MAX_INTERVAL_MINUTES = 7 * 24 * 60  # the column's CHECK says the same
@@ -58,101 +59,94 @@ class Registration:
         )
 
 
-def add_mailbox(db: Database, registration: Registration) -> Row:
+def add_mailbox(db: Database, registration: Registration) -> RegistryEntry:
     """Register a mailbox (due at once); ConflictError when it is registered already."""
     r = registration
     with db.transaction(r.business_id) as session:
-        store = session.one("find_store", business_id=r.business_id, mailbox=r.mailbox)
+        store = session.one_as(StoreRow, "find_store", business_id=r.business_id, mailbox=r.mailbox)
         params: dict[str, Any] = {
             "business_id": r.business_id,
             "folder": r.folder,
             "interval_minutes": r.interval_minutes,
         }
         if store is None:
-            row = session.one("register_new_store", mailbox=r.mailbox, **params)
+            row = session.one_as(RegistryEntry, "register_new_store", mailbox=r.mailbox, **params)
         else:
-            row = session.one("register_existing_store", store_id=store["id"], **params)
+            row = session.one_as(
+                RegistryEntry, "register_existing_store", store_id=store.id, **params
+            )
             if row is None:
-                raise ConflictError(f"mailbox {store['mailbox']} is already registered")
+                raise ConflictError(f"mailbox {store.mailbox} is already registered")
         assert row is not None
         return row
 
 
-def list_mailboxes(db: Database, business_id: str | UUID) -> list[Row]:
+def list_mailboxes(db: Database, business_id: str | UUID) -> list[RegisteredMailbox]:
     """The business's registered mailboxes, problem mailboxes first."""
     business = validate.business_id(business_id)
-    return db.all("list_registered_mailboxes", business, business_id=business)
+    return db.all_as(RegisteredMailbox, "list_registered_mailboxes", business, business_id=business)
 
 
 def remove_mailbox(
     db: Database, business_id: str | UUID, mailbox: str, *, purge: bool = False
-) -> Row:
+) -> RegistryEntry:
     """Stop syncing a mailbox; with ``purge``, delete its store and mail too."""
     business, name = validate.business_id(business_id), validate.mailbox(mailbox)
     with db.transaction(business) as session:
-        store = _registered(session.one("find_store", business_id=business, mailbox=name), name)
+        store = _registered(
+            session.one_as(StoreRow, "find_store", business_id=business, mailbox=name), name
+        )
         if purge and _has_active_job(session, store):
             raise InvalidInputError(
-                f"mailbox {store['mailbox']} has a sync running; purge it once the sync ended"
+                f"mailbox {store.mailbox} has a sync running; purge it once the sync ended"
             )
-        row = session.one("unregister_store", store_id=store["id"], business_id=business)
+        row = session.one_as(
+            RegistryEntry, "unregister_store", store_id=store.id, business_id=business
+        )
     assert row is not None, "registered under the same transaction's eyes"
     if purge:
         with db.maintenance_transaction() as session:
-            session.one("purge_store", store_id=store["id"], business_id=business)
-        row = {**row, "purged": True}
+            session.one("purge_store", store_id=store.id, business_id=business)
     return row
 
 
-def set_enabled(db: Database, business_id: str | UUID, mailbox: str, enabled: bool) -> Row:
+def set_enabled(
+    db: Database, business_id: str | UUID, mailbox: str, enabled: bool
+) -> RegistryEntry:
     """Pause (False) or resume (True) a registered mailbox."""
     business, name = validate.business_id(business_id), validate.mailbox(mailbox)
     with db.transaction(business) as session:
-        store = _registered(session.one("find_store", business_id=business, mailbox=name), name)
-        row = session.one(
-            "set_store_enabled", store_id=store["id"], business_id=business, enabled=enabled
+        store = _registered(
+            session.one_as(StoreRow, "find_store", business_id=business, mailbox=name), name
+        )
+        row = session.one_as(
+            RegistryEntry,
+            "set_store_enabled",
+            store_id=store.id,
+            business_id=business,
+            enabled=enabled,
         )
     assert row is not None
     return row
 
 
-def _has_active_job(session: Session, store: Row) -> bool:
-    row = session.one("store_has_active_job", store_id=store["id"])
-    return bool(row and row["active"])
+def _has_active_job(session: Session, store: StoreRow) -> bool:
+    row = session.one("store_has_active_job", store_id=store.id)
+    return bool(row and row["active"])  # one column: no class of its own
 
 
-def _registered(store: Row | None, mailbox: str) -> Row:
-    if store is None or store["registered_at"] is None:
+def _registered(store: StoreRow | None, mailbox: str) -> StoreRow:
+    if store is None or store.registered_at is None:
         raise InvalidInputError(
             f"mailbox {mailbox} is not registered (see `mailsync mailbox list`)"
         )
     return store
 
 
-def describe(row: Row) -> dict[str, Any]:
-    """A registered mailbox as JSON-able fields (the CLI's --json, sync-all's table)."""
-    fields = (
-        "mailbox",
-        "folder",
-        "health",
-        "enabled",
-        "interval_minutes",
-        "next_due_at",
-        "last_status",
-        "last_success_at",
-        "consecutive_failures",
-        "last_error",
-        "subscription_expires_at",  # change notifications (mailsync.notify); None: polled only
-        "missed_changes",  # polls that found changes no notification announced
-        "last_job_id",
-        "active_job_id",
-        "registered_at",
-        "store_id",
-        "id",
-    )
-    out = {name: _jsonable(row[name]) for name in fields if name in row}
-    if "id" in out:
-        out["store_id"] = out.pop("id")
+def describe(entry: RegistryEntry) -> dict[str, Any]:
+    """A registered mailbox as JSON-able fields (the CLI's --json and tables)."""
+    out = {name: _jsonable(value) for name, value in asdict(entry).items()}
+    out["store_id"] = out.pop("id")
     return out
 
 

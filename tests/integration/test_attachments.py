@@ -158,6 +158,26 @@ def test_every_attachment_is_stored_byte_exact_once_per_content(
     assert row["failure_rate"] == round(100 / len(fetchable), 2)
 
 
+def test_the_jobs_api_calls_count_its_attachment_requests(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """Listing and fetching attachments are Graph requests of the job: its api_calls is
+    every request the mailbox served, those included (they were counted only in the task's
+    numbers before)."""
+    simulator.add_mailbox(MAILBOX, 150, seed=19)
+
+    summary = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url)
+
+    assert summary["status"] == "completed"
+    fetched = simulator.attachments.list_requests + sum(
+        simulator.attachments.value_requests.values()
+    )
+    assert fetched > 0
+    assert summary["api_calls"] == simulator.limits.usage(MAILBOX)["requests"]
+    in_chunks = sum(f["api_calls"] for f in summary["folders"])
+    assert summary["api_calls"] - in_chunks >= fetched  # planning's requests besides
+
+
 def test_a_transient_failure_stays_pending_and_the_next_sync_fetches_it(
     runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,7 +348,12 @@ def test_another_business_sees_no_blob(runtime: Any, simulator: Any, database_ur
     other = UUID("00000000-0000-0000-0000-00000000beef")
     with runtime.db.transaction(owner) as session:
         mine = session.all("get_attachment_content", graph_attachment_id=_any_stored(database_url))
-    assert mine and mine[0]["content"] is not None
+    assert mine and mine[0]["stored"]
+    part = {"business_id": owner, "sha256": mine[0]["sha256"], "start": 1, "length": 8}
+    with runtime.db.reporting_transaction(owner) as session:
+        assert session.one("attachment_content_part", **part)["part"]
+    with runtime.db.reporting_transaction(other) as session:
+        assert session.one("attachment_content_part", **part) is None  # not even by its hash
     with runtime.db.transaction(other) as session:
         assert (
             session.one("touch_attachment_blob", business_id=owner, sha256=mine[0]["sha256"])
@@ -366,17 +391,34 @@ def test_the_cli_writes_one_attachments_bytes(
     from mailsync.cli import app
 
     box = simulator.add_mailbox(MAILBOX, 150, seed=18)
+    large = {  # read back in three slices of at most 1 MiB (mailsync.store.blobs.read_bytea)
+        "id": "AAMkA-large-attachment",
+        "name": "large.bin",
+        "contentType": "application/octet-stream",
+        "size": 2_700_000,
+        "isInline": False,
+        "_kind": "file",
+        "_key": "large",
+        "_length": 2_600_000,
+    }
+    box.attach(next(iter(box.messages())).id, [large], has_attachments=True)
     summary = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url)
     assert summary["status"] == "completed"
     expected = expected_attachments(box)
-    wanted = first_of_kind(box, "file")
     target = tmp_path / "out.bin"
     business = ["--business", summary["business_id"]]
 
-    result = CliRunner().invoke(app, ["attachments", "get", wanted, "-o", str(target), *business])
-
-    assert result.exit_code == 0, result.output
-    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected[wanted][1]
+    for wanted in (first_of_kind(box, "file"), large["id"]):
+        result = CliRunner().invoke(
+            app, ["attachments", "get", wanted, "-o", str(target), *business]
+        )
+        assert result.exit_code == 0, result.output
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == expected[wanted][1]
+        assert target.stat().st_size == expected[wanted][2]
+    to_stdout = CliRunner().invoke(app, ["attachments", "get", large["id"], *business])
+    assert to_stdout.exit_code == 0
+    assert hashlib.sha256(to_stdout.stdout_bytes).hexdigest() == expected[large["id"]][1]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no partial file left
     reference = first_of_kind(box, "reference")
     refused = CliRunner().invoke(app, ["attachments", "get", reference, *business])
     assert refused.exit_code == 2 and "reference attachment has no content" in refused.output

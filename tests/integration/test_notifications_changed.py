@@ -123,9 +123,9 @@ def test_a_change_waits_for_its_debounce(
     simulator.mailbox(ADA).add_messages(1)
     assert simulator.subscriptions.wait_idle()
     [young] = changed_mailboxes(BUSINESS, 10, debounce_s=3600)
-    assert young["mailbox"] == ADA and young["ready"] is False  # the rest of a burst may come
+    assert young.mailbox == ADA and young.ready is False  # the rest of a burst may come
     [ready] = changed_mailboxes(BUSINESS, 10, debounce_s=0)
-    assert ready["mailbox"] == ADA and ready["ready"] is True
+    assert ready.mailbox == ADA and ready.ready is True
 
 
 def test_a_change_during_a_sync_gets_exactly_one_more_never_two_at_once(

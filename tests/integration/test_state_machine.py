@@ -293,3 +293,26 @@ def test_an_attempt_starts_in_one_transaction_as_its_jobs_tenant(
         with db.pool.connection() as pooled:
             assert not pooled.autocommit
         assert db.one("get_sync_job", BUSINESS, job_id=job) is not None
+
+
+def test_typed_rows_take_their_columns_and_name_a_missing_one(conn: Any, database_url: str) -> None:
+    """``one_as``/``all_as``/``send_as`` read rows straight into their classes: the declared
+    columns (a SELECT * with more is fine), pipelined too; a query without one of them is a
+    MissingColumnsError naming it, not a row with a hole."""
+    from mailsync.store.db import Database
+    from mailsync.store.rows import JobRow, MissingColumnsError, StoreRow
+
+    job = setup_job(conn, chunks=1)
+    with Database(database_url) as db:
+        row = db.one_as(JobRow, "get_sync_job", BUSINESS, job_id=job)
+        assert isinstance(row, JobRow) and row.id == job and row.total_chunks is None
+        assert row.status == "pending" and not row.windowed
+        with db.pipelined(BUSINESS) as pipeline:
+            sent = pipeline.send_as(StoreRow, "get_job_store", job_id=job)
+            none = pipeline.send_as(JobRow, "get_sync_job", job_id=uuid.uuid4())
+        store = sent.one()
+        assert store is not None and store.id == row.store_id and store.registered_at is None
+        assert none.one() is None
+        assert db.all_as(JobRow, "get_sync_job", uuid.uuid4(), job_id=job) == []  # RLS
+        with pytest.raises(MissingColumnsError, match="store_id"):
+            db.one_as(JobRow, "get_store", BUSINESS, store_id=row.store_id)

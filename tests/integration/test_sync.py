@@ -18,6 +18,7 @@ from mailsync.errors import (
     SyncIncompleteError,
 )
 from mailsync.flows.sync_mailbox import sync_mailbox
+from mailsync.store.rows import JobRow
 from mailsync.sync import attempt as attempt_module
 from mailsync.sync import shutdown
 from mailsync.sync.attempt import Worker, claim_chunk
@@ -284,7 +285,7 @@ def test_resuming_takes_back_a_dead_workers_chunk(
     assert set(stored_ids(database_url)) == box.ids()
 
 
-def open_inbox_job(runtime: Any, **options: Any) -> dict[str, Any]:
+def open_inbox_job(runtime: Any, **options: Any) -> JobRow:
     """A new job for the mailbox's inbox, opened as the flow opens one (not planned yet)."""
     job, _ = begin_job(
         runtime.db,
@@ -317,13 +318,13 @@ def test_a_job_the_cli_opened_is_started_by_its_first_run_and_resumed_by_later_o
     job, _ = open_job(runtime.db, request)
     by_id = dict(
         mailbox=None, folder="all", business_id=None, sync_from=None, sync_to=None,
-        chunk_size=None, page_size=None, job_id=str(job["id"]),
+        chunk_size=None, page_size=None, job_id=str(job.id),
     )  # fmt: skip
     first, resumed_first = begin_job(runtime.db, runtime.settings, **by_id)
     again, resumed_again = begin_job(runtime.db, runtime.settings, **by_id)
 
     assert (resumed_first, resumed_again) == (False, True)
-    assert first["id"] == again["id"] == job["id"] and again["status"] == "running"
+    assert first.id == again.id == job.id and again.status == "running"
 
 
 @flow
@@ -343,14 +344,14 @@ def test_a_process_that_plans_a_running_job_again_presumes_nothing(
     sync_mailbox(mailbox=MAILBOX, folder="inbox", graph_url=simulator.url, **options)
     job = open_inbox_job(runtime, full=True, **options)
     store, graph = load_store(runtime.db, job), runtime.graph(simulator.url)
-    first = plan_job(runtime.db, graph, job, store, 3)
-    assert first["total_chunks"] == 3
-    assert run_one_chunk(str(job["id"]), 1, simulator.url)["emails_processed"] == 200
+    first = plan_job(runtime.db, graph, job, store, 3).job
+    assert first.total_chunks == 3
+    assert run_one_chunk(str(job.id), 1, simulator.url)["emails_processed"] == 200
 
-    again = plan_job(runtime.db, graph, job, store, 3)  # the job as the second process read it
+    again = plan_job(runtime.db, graph, job, store, 3).job  # the job as the second process read
 
-    assert again["id"] == job["id"] and again["total_chunks"] == 3
-    summary = sync_mailbox(job_id=str(job["id"]), graph_url=simulator.url)
+    assert again.id == job.id and again.total_chunks == 3
+    summary = sync_mailbox(job_id=str(job.id), graph_url=simulator.url)
     assert summary["status"] == "completed" and summary["emails_deleted"] == 0
     live = scalar(database_url, "SELECT count(*) FROM emails WHERE deleted_at IS NULL")
     assert live == len(box.ids()) == 600
@@ -366,7 +367,7 @@ def first_chunks_attempt(
     graph = runtime.graph(simulator.url)
     plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
     worker = Worker.of(runtime.settings, worker_id)
-    claim = claim_chunk(runtime.db, str(job["id"]), 1, worker)
+    claim = claim_chunk(runtime.db, str(job.id), 1, worker)
     assert claim.position is not None
     return DeltaAttempt(
         runtime.db,
@@ -394,7 +395,7 @@ def test_a_claim_names_its_chunks_folder_as_a_person_reads_it(
     job = open_inbox_job(runtime, chunk_size=50, page_size=50)
     graph = runtime.graph(simulator.url)
     plan_job(runtime.db, graph, job, load_store(runtime.db, job), 3)
-    claim = claim_chunk(runtime.db, str(job["id"]), 1, Worker.of(runtime.settings, "w"))
+    claim = claim_chunk(runtime.db, str(job.id), 1, Worker.of(runtime.settings, "w"))
     assert claim.chunk.folder_id.startswith("AAMk")  # what the log said before
     assert (claim.folder_path, claim.folder) == ("Inbox", "Inbox")
 

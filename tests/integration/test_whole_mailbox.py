@@ -195,7 +195,7 @@ def test_a_job_planned_on_another_graph_host_restarts_its_rounds_here(
     plan_job(runtime.db, runtime.graph(simulator.url), job, store, 3)  # incremental, old links
     with graph_moved(monkeypatch) as (moved, again):
         again.add_messages(25, "inbox")
-        summary = sync_mailbox(job_id=str(job["id"]), graph_url=moved.url)
+        summary = sync_mailbox(job_id=str(job.id), graph_url=moved.url)
 
     assert summary["status"] == "completed" and summary["sync_type"] == "incremental"
     assert summary["delta_resets"] == len(summary["folders"]) > 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -98,3 +98,27 @@ def test_past_its_retries_a_download_fails_transient_and_a_404_permanent() -> No
 def test_content_over_the_cap_stops_the_read() -> None:
     with pytest.raises(TooLargeError):
         spool_content(iter([b"x" * 600, b"x" * 600]), io.BytesIO(), 1000)
+
+
+class BreaksOff(httpx.SyncByteStream):
+    """A body that ends in a connection reset after its first bytes."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"abc"
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_a_body_that_breaks_off_is_asked_again_streamed_or_whole() -> None:
+    """One retry loop (GraphClient.send) serves downloads and JSON alike: a body cut off
+    while it is read is a network error like any other, retried from its first byte."""
+    answers = iter([httpx.Response(200, stream=BreaksOff()), httpx.Response(200, content=b"xyz")])
+    spool = io.BytesIO()
+    graph = client(lambda request: next(answers))
+
+    _, size = download(graph, "ada", "m", "a", lambda chunks: spool_content(chunks, spool, 100))
+
+    assert (size, spool.getvalue(), graph.api_calls) == (3, b"xyz", 2)
+    pages = iter([httpx.Response(200, stream=BreaksOff()), httpx.Response(200, json={"v": 1})])
+    paging = client(lambda request: next(pages))
+    assert paging.get_json(f"{BASE}/v1.0/users/ada/messages") == {"v": 1}
+    assert paging.api_calls == 2
