@@ -302,7 +302,8 @@ def chunk_rows(
     def add(**chunk: Any) -> None:
         chunks.append({"chunk_index": len(chunks) + 1, "checkpoint_data": {}, **chunk})
 
-    for plan, following in zip(plans, [*plans[1:], None], strict=True):
+    for at, plan in enumerate(plans):
+        following = plans[at + 1] if at + 1 < len(plans) else None
         count = max(1, math.ceil(plan.estimated / chunk_size)) if plan.full else 1
         round_start: dict[str, Any] = {
             "start_link": plan.start_link,

@@ -51,3 +51,7 @@ def test_a_windowed_job_is_window_chunks_only_and_lists_even_an_empty_folder() -
 def test_a_delta_chunk_holds_whole_pages() -> None:
     chunks = chunk_rows([INBOX], chunk_size=500, page_size=300, windowed=False)
     assert [c["estimated_emails"] for c in chunks] == [600, 600]  # 500 → two pages of 300
+
+
+def test_a_plan_with_no_folder_to_sync_has_no_chunk() -> None:
+    assert chunk_rows([], chunk_size=500, page_size=250, windowed=False) == []
