@@ -283,7 +283,11 @@ def fresh_database() -> Iterator[str]:
 
 def child_env(api_url: str, database_url: str, sim_url: str, **extra: str) -> dict[str, str]:
     """The measured child's environment: this Prefect API, this database, the simulator as
-    Graph with its tenant's credentials (and ``extra`` settings)."""
+    Graph with its tenant's credentials, no attachment content (and ``extra`` settings).
+
+    Attachments are off unless ``extra`` asks for them (``mailsync bench --attachments``
+    measures them): the floor reads messages only, so a sync that also fetched content
+    would be compared with a floor that did not."""
     from mailsync.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 
     return {
@@ -294,6 +298,7 @@ def child_env(api_url: str, database_url: str, sim_url: str, **extra: str) -> di
         "MAILSYNC_CLIENT_ID": DEFAULT_CLIENT_ID,
         "MAILSYNC_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
         "MAILSYNC_GRAPH_URL": sim_url,
+        "MAILSYNC_ATTACHMENTS": "none",
         **extra,
     }
 

@@ -32,13 +32,14 @@ from mailsync.graph.client import (
     GraphClient,
     parse_message,
 )
-from mailsync.graph.prefetch import PagePrefetch
+from mailsync.graph.prefetch import PagePrefetch, Then
 
 logger = logging.getLogger(__name__)
 
 # The page's nextLink as it stands in the raw JSON: the key, then a JSON string. Inside a
 # JSON string every quote is escaped, so the key's quoted form can only be a real key.
 _NEXT_LINK = re.compile(rb'"@odata\.nextLink"\s*:\s*("(?:[^"\\]|\\.)*")')
+_DELTA_LINK = re.compile(rb'"@odata\.deltaLink"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 @dataclass
@@ -85,10 +86,21 @@ def early_next_link(raw: bytes) -> str | None:
     one is parsed. Graph writes the link after ``value`` or before it; the last occurrence
     is searched from the end. What the parsed page says wins: a link it does not confirm is
     a request nobody takes (mailsync.graph.prefetch drops it)."""
-    at = raw.rfind(b'"@odata.nextLink"')
+    return _early_link(raw, b'"@odata.nextLink"', _NEXT_LINK)
+
+
+def early_delta_link(raw: bytes) -> str | None:
+    """A round's last page's deltaLink, read off its raw bytes as ``early_next_link`` reads
+    a nextLink: the requests that follow the round (its catch-up, the next folder's first
+    page) leave before this page is parsed and written (mailsync.sync.rounds)."""
+    return _early_link(raw, b'"@odata.deltaLink"', _DELTA_LINK)
+
+
+def _early_link(raw: bytes, key: bytes, pattern: re.Pattern[bytes]) -> str | None:
+    at = raw.rfind(key)
     if at < 0:
         return None
-    match = _NEXT_LINK.match(raw, at)
+    match = pattern.match(raw, at)
     if match is None:
         return None
     try:
@@ -106,14 +118,18 @@ def fetch_page(
     on_sent: Callable[[], None] | None = None,
     *,
     params: dict[str, str] | None = None,
+    on_delta_link: Callable[[str], None] | None = None,
 ) -> DeltaPage:
     """One page of a round, parsed. ``on_next_link`` is called with the page's nextLink as
     soon as it is read off the raw bytes, before the parse (to request the next page);
-    ``on_sent`` once the request for this page is on the wire."""
+    ``on_delta_link`` likewise with the deltaLink of a round's last page (to request what
+    follows the round); ``on_sent`` once the request for this page is on the wire."""
     raw = graph.get_bytes(url, params, max_page_size=page_size, on_sent=on_sent)
     early = None
     if on_next_link is not None and (early := early_next_link(raw)) is not None:
         on_next_link(early)
+    elif on_delta_link is not None and (end := early_delta_link(raw)) is not None:
+        on_delta_link(end)
     body = graph.decode(raw)
     del raw  # a page is megabytes: not kept while it is parsed
     page = DeltaPage([], [], [], *_links(graph, body))
@@ -123,6 +139,16 @@ def fetch_page(
     return page
 
 
+def round_start(
+    graph: GraphClient, mailbox: str, folder_id: str, link: str | None
+) -> tuple[str, dict[str, str] | None]:
+    """A round's first request: ``link`` (a nextLink or deltaLink carries its options), or
+    the folder's delta from scratch with its ``$select``."""
+    if link:
+        return link, None
+    return delta_url(graph, mailbox, folder_id), {"$select": SELECT_FIELDS}
+
+
 def iter_delta(
     graph: GraphClient,
     mailbox: str,
@@ -130,6 +156,7 @@ def iter_delta(
     link: str | None,
     page_size: int,
     prefetch: PagePrefetch,
+    then: Then | None = None,
 ) -> Generator[DeltaPage, None, None]:
     """The pages of one round, from ``link`` (a nextLink or deltaLink), or from the start of
     a new round (every message of the folder) when ``link`` is None.
@@ -137,11 +164,11 @@ def iter_delta(
     Every request runs in a thread of ``prefetch``, and each page's next one is requested
     (and parsed, in its own thread) as soon as the page's nextLink is read off its bytes,
     before the page is parsed; a caller that stops early leaves those requests to whoever
-    continues the round from the same link (mailsync.graph.prefetch)."""
-    url = link or delta_url(graph, mailbox, folder_id)
-    params: dict[str, str] | None = None if link else {"$select": SELECT_FIELDS}
+    continues the round from the same link (mailsync.graph.prefetch). ``then`` names what
+    is requested as soon as the round's deltaLink is read (mailsync.sync.rounds)."""
+    url, params = round_start(graph, mailbox, folder_id, link)
     while True:
-        page: DeltaPage = prefetch.page(graph, url, page_size, fetch_page, params)
+        page: DeltaPage = prefetch.page(graph, url, page_size, fetch_page, params, then=then)
         if page.next_link is not None:  # read early, its request is on its way already
             prefetch.start(graph, page.next_link, page_size, fetch_page)
         yield page

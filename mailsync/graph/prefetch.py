@@ -10,6 +10,13 @@ stays flat however slowly pages are written. A link named while the chain is ful
 requested when its taker takes the next page. A keyset listing (``ahead``) is simpler: its
 next page is asked while the caller writes this one, one at a time.
 
+A round's end is a link too: the deltaLink of its last page, read off the raw bytes the same
+way. What follows the round (``Then``, given by whoever takes its pages: the catch-up round
+after a round from scratch, the next folder's first page) is requested at that moment, each
+a chain of its own, so the next folder's pages come while this folder's last ones are
+written and its chunk ends (mailsync.sync.rounds). Chunks still run, and commit, in order:
+only the requests run ahead.
+
 Every request, the first of a round too, runs in one of this object's threads, and the
 caller waits for its page with ``wait`` (the runtime's: one that a stop wakes,
 mailsync.sync.shutdown.result). So a stop that lands while a Graph request hangs (or
@@ -35,7 +42,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -47,6 +54,11 @@ Page = Any  # what a fetch returns (mailsync.graph.delta: a parsed DeltaPage)
 NextLink = Callable[[str], None]  # called by a fetch with its page's nextLink, read early
 Sent = Callable[[], None]  # called by a fetch once its request is on the wire
 Params = dict[str, str] | None  # a round's first request has options; its links carry theirs
+# What follows a round, requested as soon as its deltaLink is read off its last page: given
+# that link and whether that page was the round's opening request (the one with options),
+# the first requests of the rounds that come next (mailsync.sync.rounds: the catch-up, the
+# next folder's first page). Each is a chain of its own.
+Then = Callable[[str, bool], Sequence[tuple[str, Params]]]
 Wait = Callable[[Future[Any]], Any]  # a future's result, as the caller may wait for it
 Key = tuple[str, int, tuple[tuple[str, str], ...]]
 # How long the thread that named a link waits for its request to be on the wire, before it
@@ -67,6 +79,7 @@ class Fetch(Protocol):
         on_sent: Sent,
         *,
         params: Params = None,
+        on_delta_link: NextLink | None = None,
     ) -> Page: ...
 
 
@@ -84,6 +97,9 @@ class _Chain:
     waiting: int = 0  # its requests not yet taken (in flight or parsed)
     deferred: str | None = None  # a link named while ``waiting`` was full
     dropped: bool = False  # nobody took its pages in time: it requests nothing more
+    then: Then | None = None  # what its taker wants requested once the round ends
+    ended: tuple[str, bool] | None = None  # the deltaLink read, and on the opening page?
+    followed: bool = False  # ``then`` was requested
 
 
 @dataclass
@@ -118,19 +134,29 @@ class PagePrefetch:
         self.max_age_s, self.max_pending, self.depth = max_age_s, max_pending, depth
         self._wait = wait
 
-    def start(self, graph: GraphClient, url: str, page_size: int, fetch: Fetch) -> None:
-        """Request the page at ``url`` (a nextLink, replayed exactly) now, for a later take,
-        unless it is on its way already: ``fetch`` runs in a thread with a fork of ``graph``,
-        and requests the pages after it the same way."""
-        self._next(_Chain(graph, page_size, fetch), url)
+    def start(
+        self, graph: GraphClient, url: str, page_size: int, fetch: Fetch, params: Params = None
+    ) -> None:
+        """Request the page at ``url`` (a nextLink, replayed exactly; or a round's opening
+        request, with its ``params``) now, for a later take, unless it is on its way already:
+        ``fetch`` runs in a thread with a fork of ``graph``, and requests the pages after it
+        the same way."""
+        self._next(_Chain(graph, page_size, fetch), url, params)
 
     def page(
-        self, graph: GraphClient, url: str, page_size: int, fetch: Fetch, params: Params = None
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        fetch: Fetch,
+        params: Params = None,
+        *,
+        then: Then | None = None,
     ) -> Page:
         """The page at ``url``: the one requested ahead if there is one, else requested now
         (a chain of its own, so the pages after it are requested ahead); waited for as
-        ``take`` waits."""
-        page = self.take(graph, url, page_size, params)
+        ``take`` waits. ``then``: what to request as soon as the round's end is read."""
+        page = self.take(graph, url, page_size, params, then=then)
         if page is not None:
             return page
         key = _key(url, page_size, params)
@@ -139,17 +165,29 @@ class PagePrefetch:
                 raise PrefetchClosedError("the page prefetch is closed")
             # A new chain is neither full nor dropped: the request is made, unless another
             # caller's request for the same page came first (then that one is ours).
-            self._request(_Chain(graph, page_size, fetch), url, params)
+            self._request(_Chain(graph, page_size, fetch, then=then), url, params)
             request = self._pending.pop(key)
             request.chain.waiting -= 1
+            if request.chain.then is None:
+                request.chain.then = then
+            follow = self._follow_ups(request.chain)
+        self._start_all(request.chain, follow)
         return self._collect(graph, request)
 
     def take(
-        self, graph: GraphClient, url: str, page_size: int, params: Params = None
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        params: Params = None,
+        *,
+        then: Then | None = None,
     ) -> Page | None:
         """The page at ``url`` if it was requested ahead, less than ``max_age_s`` ago
         (waiting for it if need be, in a wait that a stop wakes), its requests now counted
-        by ``graph``; None: ask it yourself."""
+        by ``graph``; None: ask it yourself. ``then`` is kept by the page's chain (a chain
+        started ahead learns it from its first taker): requested when the round's end is
+        read, or now if it was read already."""
         with self._lock:
             request = self._pending.pop(_key(url, page_size, params), None)
             if request is None:
@@ -162,6 +200,10 @@ class PagePrefetch:
             if chain.deferred is not None:  # the chain was full: it goes on now
                 link, chain.deferred = chain.deferred, None
                 self._request(chain, link)
+            if then is not None:
+                chain.then = then
+            follow = self._follow_ups(chain)
+        self._start_all(chain, follow)
         return self._collect(graph, request)
 
     def _collect(self, graph: GraphClient, request: _Request) -> Page:
@@ -201,13 +243,34 @@ class PagePrefetch:
                 raise PrefetchClosedError("the page prefetch is closed")
             return self._pool.submit(call, *args)
 
-    def _next(self, chain: _Chain, url: str) -> None:
+    def _next(self, chain: _Chain, url: str, params: Params = None) -> None:
         """Request ``url`` for the chain, and return once the request is on the wire."""
         with self._lock:
             self._drop_stale()
-            request = self._request(chain, url)
+            request = self._request(chain, url, params)
         if request is not None:
             request.sent.wait(SEND_WAIT_S)
+
+    def _ended(self, chain: _Chain, link: str, opening: bool) -> None:
+        """A fetch of the chain read the round's deltaLink: what follows it, requested now."""
+        with self._lock:
+            chain.ended = (link, opening)
+            follow = self._follow_ups(chain)
+        self._start_all(chain, follow)
+
+    def _follow_ups(self, chain: _Chain) -> Sequence[tuple[str, Params]]:
+        """(Lock held.) The requests that follow the chain's round, once: when both its end
+        and its taker's ``then`` are known (whichever came second), unless it was dropped."""
+        if chain.then is None or chain.ended is None or chain.followed or chain.dropped:
+            return ()
+        chain.followed = True
+        return chain.then(*chain.ended)
+
+    def _start_all(self, chain: _Chain, requests: Sequence[tuple[str, Params]]) -> None:
+        """Each request a chain of its own, with the graph, page size and fetch of ``chain``
+        (a request already on its way is not asked twice)."""
+        for url, params in requests:
+            self.start(chain.graph, url, chain.page_size, chain.fetch, params)
 
     def _request(self, chain: _Chain, url: str, params: Params = None) -> _Request | None:
         """(Lock held.) Send the request for ``url`` in a thread, if the chain may."""
@@ -227,8 +290,16 @@ class PagePrefetch:
         self, chain: _Chain, ahead: GraphClient, url: str, params: Params, sent: threading.Event
     ) -> Page:
         try:
-            follow = self._follow(chain)
-            return chain.fetch(ahead, url, chain.page_size, follow, sent.set, params=params)
+            follow, opening = self._follow(chain), params is not None
+            return chain.fetch(
+                ahead,
+                url,
+                chain.page_size,
+                follow,
+                sent.set,
+                params=params,
+                on_delta_link=lambda link: self._ended(chain, link, opening),
+            )
         finally:
             sent.set()  # failed before it was sent, or a transport that does not trace
 

@@ -244,10 +244,11 @@ class Faults:
             finally:
                 self._held_now -= 1
 
-    def wait_held(self, timeout_s: float) -> bool:
-        """Block until a page request is held (True), or ``timeout_s`` passed (False)."""
+    def wait_held(self, timeout_s: float, count: int = 1) -> bool:
+        """Block until ``count`` page requests are held at once (True), or ``timeout_s``
+        passed (False)."""
         with self._hold_changed:
-            return self._hold_changed.wait_for(lambda: self._held_now > 0, timeout_s)
+            return self._hold_changed.wait_for(lambda: self._held_now >= count, timeout_s)
 
     def release_held(self) -> None:
         """Answer every held request, and hold no more."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -47,6 +49,7 @@ from mailsync.graph.folders import (
 )
 from mailsync.store.db import Database, Session
 from mailsync.store.rows import FolderRow, JobRow, StoreRow
+from mailsync.sync import shutdown
 from mailsync.sync.jobs import graph_time
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,7 @@ def _current_tree(
     mailbox, link = store.mailbox, store.folders_delta_link
     if job.force_full or (link is not None and not graph.serves(link)):
         link = None
+    names = _well_known_names(db, graph, job, mailbox, ask=link is None)
     try:
         delta = folder_tree_delta(graph, mailbox, link)
     except SyncStateExpiredError as exc:
@@ -134,12 +138,46 @@ def _current_tree(
         return db.all_as(FolderRow, "live_folders", job.business_id, store_id=job.store_id)
     if link is None:
         raws = {raw["id"]: raw for raw in delta.changed}
-        folders = tree_of(raws, well_known_ids(graph, mailbox))
+        folders = tree_of(raws, names())
     else:
         folders = _merged_tree(db, job, delta)
     if not folders:
         raise InvalidInputError(f"mailbox {mailbox} lists no folders")
     return _record_folders(db, job, folders, delta_link=delta.delta_link)
+
+
+def _well_known_names(
+    db: Database, graph: GraphClient, job: JobRow, mailbox: str, *, ask: bool
+) -> Callable[[], dict[str, str]]:
+    """The labels of the well-known folders (graph id → inbox, sentitems), to call once the
+    tree is read. They only label folders (mail_folders.well_known_name), and a folder id
+    does not change, so they are asked once per store: a store whose folders carry them
+    already (a ``--full`` sync, an expired folder delta) asks nothing. Else (a first sync)
+    both requests run beside the folder delta, in a thread, instead of after it: at Graph's
+    latency, two round trips off every first sync (the upsert keeps a label it is not
+    given, so labels asked late are never lost)."""
+    if not ask:  # needed only if the folder delta's link has expired: then, one by one
+        return lambda: _stored_names(db, job) or well_known_ids(graph, mailbox)
+    if named := _stored_names(db, job):
+        return lambda: named
+    aside = graph.fork()  # its requests are counted apart, then charged to ``graph``
+    pool = ThreadPoolExecutor(1, thread_name_prefix="well-known-names")
+    asked = pool.submit(well_known_ids, aside, mailbox)
+    pool.shutdown(wait=False)  # the thread ends with its requests
+
+    def names() -> dict[str, str]:
+        try:
+            return shutdown.result(asked)
+        finally:
+            graph.api_calls += aside.api_calls
+            graph.throttled += aside.throttled
+
+    return names
+
+
+def _stored_names(db: Database, job: JobRow) -> dict[str, str]:
+    known = db.all_as(FolderRow, "live_folders", job.business_id, store_id=job.store_id)
+    return {row.graph_id: row.well_known_name for row in known if row.well_known_name}
 
 
 def _merged_tree(db: Database, job: JobRow, delta: FolderTreeDelta) -> list[Folder]:
@@ -258,7 +296,10 @@ def chunk_rows(
     deltaLink), an incremental folder in one; a window's folders in keyset chunks.
 
     A delta chunk ends after a whole page (a round cannot stop mid-page): its share is
-    ``chunk_size`` rounded up to whole pages."""
+    ``chunk_size`` rounded up to whole pages. Each delta chunk also names where the next
+    folder's round starts (``next_round``): its first page is requested as soon as this
+    folder's round ends, while this folder's last pages are written (mailsync.sync.rounds).
+    Every chunk of the folder names it, since the round may end before its last chunk."""
     if not windowed:
         chunk_size = math.ceil(chunk_size / page_size) * page_size
     chunks: list[dict[str, Any]] = []
@@ -266,12 +307,18 @@ def chunk_rows(
     def add(**chunk: Any) -> None:
         chunks.append({"chunk_index": len(chunks) + 1, "checkpoint_data": {}, **chunk})
 
-    for plan in plans:
+    for at, plan in enumerate(plans):
+        following = plans[at + 1] if at + 1 < len(plans) else None
         count = max(1, math.ceil(plan.estimated / chunk_size)) if plan.full else 1
-        round_start = {
+        round_start: dict[str, Any] = {
             "start_link": plan.start_link,
             "mode": "initial" if plan.full else "incremental",
         }
+        if following is not None:
+            round_start["next_round"] = {
+                "folder_id": following.folder_id,
+                "start_link": following.start_link,
+            }
         for i in range(count):
             estimated = chunk_size if i < count - 1 else plan.estimated - chunk_size * i
             add(

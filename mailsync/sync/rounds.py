@@ -22,7 +22,18 @@ same transaction, presumes every message the store files in that folder removed;
 withdraws each one it shows, and what is left when the job ends is gone. Its content is
 fixed when its first page is served, so what changed while it was paged comes in the next
 round: a round from scratch is followed at once by one round from its own deltaLink (the
-catch-up, usually one request), and the job ends exact.
+catch-up, usually one request), and the job ends exact: each folder as it stood when its
+last round ended, as after any incremental round. A round from scratch of **one page**
+has no such gap (it was served whole, at one moment, with its deltaLink): it gets no
+catch-up, which would only bring what changed after the round, as the next sync will.
+
+What follows a round is requested as soon as its last page's deltaLink is read off the
+raw bytes, before that page is parsed and written (mailsync.graph.prefetch, ``Then``): the
+catch-up round, and the first page of the next folder's round (``next_round``, which the
+plan gives each delta chunk). Both are then on their way together, while this folder's
+last pages are written and its chunk ends, within the mailbox's four requests in flight
+(mailsync.graph.limits): per folder, the catch-up costs a request but no wait, and the next
+folder's first page no wait either. Chunks still run, and commit, in order.
 
 Two answers change course instead of failing the chunk:
 - an expired token (410 / SyncStateNotFound / resyncRequired): the round restarts from
@@ -43,7 +54,8 @@ from urllib.parse import urlsplit
 
 from mailsync.errors import DeltaQuotaExceededError, GraphError, SyncStateExpiredError
 from mailsync.graph.client import Cursor, Page
-from mailsync.graph.delta import DeltaPage, iter_delta
+from mailsync.graph.delta import DeltaPage, iter_delta, round_start
+from mailsync.graph.prefetch import Params, Then
 from mailsync.store.db import Session
 from mailsync.sync.attempt import Attempt, Position
 from mailsync.sync.jobs import graph_time
@@ -105,11 +117,14 @@ class DeltaAttempt(Attempt):
                 code="OtherGraphHost",
             )
         mailbox, folder = self.store.mailbox, self.folder_id
-        pages = iter_delta(self.graph, mailbox, folder, link, self.job.page_size, self.prefetch)
+        then = self._then(state)
+        pages = iter_delta(
+            self.graph, mailbox, folder, link, self.job.page_size, self.prefetch, then
+        )
         with closing(pages):
             while (page := self.timing.wait(pages)) is not None:
                 self._check_lease()
-                after = self._after(page, state)
+                after = self._after(page, state, opening=link is None)
                 complete = page.delta_link is not None and after.get("next_link") is None
                 done = complete or (
                     self._full(page) and not self._last and not state.get("catch_up")
@@ -122,17 +137,47 @@ class DeltaAttempt(Attempt):
                 state, link = after, after.get("next_link")
         raise AssertionError("a delta round ends with a page that has its deltaLink")
 
-    def _after(self, page: DeltaPage, state: RoundState) -> RoundState:
-        """The round's position once this page is written."""
+    def _after(self, page: DeltaPage, state: RoundState, *, opening: bool) -> RoundState:
+        """The round's position once this page is written (``opening``: the page is a round
+        from scratch's first, asked without a link)."""
         if page.next_link is not None:
             return RoundState(
                 next_link=page.next_link,
                 scratch=bool(state.get("scratch")),
                 catch_up=bool(state.get("catch_up")),
             )
-        if state.get("scratch") and not state.get("catch_up"):
+        if state.get("scratch") and not state.get("catch_up") and not opening:
             return RoundState(next_link=page.delta_link, scratch=True, catch_up=True)
-        return RoundState(next_link=None, scratch=False, catch_up=False)  # round complete
+        # The round is complete: an incremental or catch-up round, or a round from scratch
+        # of one page (no gap between its content and its deltaLink to catch up on).
+        return RoundState(next_link=None, scratch=False, catch_up=False)
+
+    def _then(self, state: RoundState) -> Then:
+        """What this round's end requests at once (mailsync.graph.prefetch): the catch-up
+        round after a round from scratch of more than one page (as ``_after`` decides), and
+        the next folder's first page. A link read early that is not this Graph host's is
+        left for the parsed page to refuse."""
+        catch_up = bool(state.get("scratch")) and not state.get("catch_up")
+        following = self._next_round()
+
+        def then(delta_link: str, opening: bool) -> list[tuple[str, Params]]:
+            if catch_up and not opening and self.graph.serves(delta_link):
+                return [(delta_link, None), *following]
+            return following
+
+        return then
+
+    def _next_round(self) -> list[tuple[str, Params]]:
+        """The first request of the next folder's round, as the plan named it for this
+        chunk (none: this is the job's last folder, or a plan made before it was named)."""
+        upcoming = self.progress.get("next_round")
+        if not isinstance(upcoming, dict) or not isinstance(upcoming.get("folder_id"), str):
+            return []
+        link = upcoming.get("start_link")
+        if link is not None and not (isinstance(link, str) and self.graph.serves(link)):
+            return []  # its chunk will restart it from scratch (another Graph host)
+        start = round_start(self.graph, self.store.mailbox, upcoming["folder_id"], link)
+        return [start]
 
     def _full(self, page: DeltaPage) -> bool:
         """With this page, the chunk has its share of the round (``chunk_size`` messages)."""

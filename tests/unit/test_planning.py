@@ -21,8 +21,22 @@ def test_a_full_folder_is_one_round_cut_by_its_count_an_incremental_one_is_one_c
     ]
     assert [c["estimated_emails"] for c in chunks] == [500, 500, 200, 0, 0]
     starts = {c["folder_id"]: c["checkpoint_data"] for c in chunks}
-    assert starts["inbox-id"] == {"start_link": None, "mode": "initial"}  # from scratch
-    assert starts["archive-id"] == {"start_link": KEPT.start_link, "mode": "incremental"}
+    # from scratch; every chunk of a folder names the next folder's round start (requested
+    # as soon as this folder's round ends, wherever it ends)
+    inbox = {
+        "start_link": None,
+        "mode": "initial",
+        "next_round": {"folder_id": "empty-id", "start_link": None},
+    }
+    assert [c["checkpoint_data"] for c in chunks[:3]] == [inbox] * 3
+    assert starts["empty-id"]["next_round"] == {
+        "folder_id": "archive-id",
+        "start_link": KEPT.start_link,
+    }
+    assert starts["archive-id"] == {
+        "start_link": KEPT.start_link,
+        "mode": "incremental",
+    }  # the last
 
 
 def test_a_windowed_job_is_window_chunks_only_and_lists_even_an_empty_folder() -> None:
@@ -37,3 +51,7 @@ def test_a_windowed_job_is_window_chunks_only_and_lists_even_an_empty_folder() -
 def test_a_delta_chunk_holds_whole_pages() -> None:
     chunks = chunk_rows([INBOX], chunk_size=500, page_size=300, windowed=False)
     assert [c["estimated_emails"] for c in chunks] == [600, 600]  # 500 → two pages of 300
+
+
+def test_a_plan_with_no_folder_to_sync_has_no_chunk() -> None:
+    assert chunk_rows([], chunk_size=500, page_size=250, windowed=False) == []

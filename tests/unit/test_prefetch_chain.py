@@ -15,14 +15,15 @@ import orjson
 import pytest
 
 from mailsync.graph.client import GraphClient
-from mailsync.graph.delta import early_next_link
+from mailsync.graph.delta import early_delta_link, early_next_link
 from mailsync.graph.prefetch import NextLink, PagePrefetch, Params, PrefetchClosedError, Sent
 from mailsync.sync import shutdown
 
 
 class Round:
     """A round of ``pages`` pages whose links are "1", "2", …: a fetch names the next link,
-    then finishes (``done`` records the finished fetches, in order)."""
+    then finishes (``done`` records the finished fetches, in order). The last page names
+    the round's deltaLink, "end-N"; any other url (another round's) is a one-page round."""
 
     def __init__(self, pages: int) -> None:
         self.pages = pages
@@ -39,13 +40,16 @@ class Round:
         sent: Sent,
         *,
         params: Params = None,
+        on_delta_link: NextLink | None = None,
     ) -> str:
         sent()
         with self.lock:
             self.asked.append(url)
         graph.api_calls += 1
-        if int(url) < self.pages:
+        if url.isdigit() and int(url) < self.pages:
             next_link(str(int(url) + 1))
+        elif on_delta_link is not None:
+            on_delta_link(f"end-{url}")
         with self.lock:
             self.done.append(url)
         return f"page {url}"
@@ -99,6 +103,66 @@ def test_a_chain_nobody_takes_is_dropped_and_asks_nothing_more() -> None:
     assert rounds.asked == ["1", "9"]
 
 
+class Following:
+    """A ``Then`` that records what it was told and asks for "next" (and the catch-up of a
+    round that did not end on its opening page)."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, bool]] = []
+
+    def __call__(self, delta_link: str, opening: bool) -> list[tuple[str, Params]]:
+        self.told.append((delta_link, opening))
+        catch_up: list[tuple[str, Params]] = [] if opening else [(delta_link, None)]
+        return [*catch_up, ("next", {"$select": "id"})]
+
+
+def test_a_rounds_end_requests_what_follows_it_at_once_each_once() -> None:
+    rounds, prefetch, following = Round(pages=3), PagePrefetch(), Following()
+    graph = client()
+    assert prefetch.page(graph, "1", 100, rounds.fetch, then=following) == "page 1"
+    rounds.wait_done(5)  # 2, 3 (its deltaLink read), then the catch-up and the next round
+    assert following.told == [("end-3", False)]
+    assert rounds.asked[:3] == ["1", "2", "3"]
+    assert sorted(rounds.asked[3:]) == ["end-3", "next"]
+
+    for link in ("2", "3"):  # taking the rest again with ``then`` asks nothing more
+        assert prefetch.page(graph, link, 100, rounds.fetch, then=following) == f"page {link}"
+    assert prefetch.take(graph, "end-3", 100) == "page end-3"
+    assert prefetch.take(graph, "next", 100, {"$select": "id"}) == "page next"
+    assert following.told == [("end-3", False)]
+    assert len(rounds.asked) == 5
+    assert graph.api_calls == 5  # every request charged to its taker
+    prefetch.close()
+
+
+def test_a_round_requested_ahead_follows_its_end_once_its_taker_says_what_follows() -> None:
+    """The next folder's first page was asked by the folder before; it was the whole round
+    (its deltaLink read before anyone took it): what follows it is asked when it is taken,
+    and a round from scratch of one page (its opening request) has no catch-up."""
+    rounds, prefetch, following = Round(pages=1), PagePrefetch(), Following()
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch, {"$select": "id"})  # as a ``Then`` does
+    rounds.wait_done(1)
+    assert rounds.asked == ["1"]  # its end was read, but nobody said what follows
+
+    page = prefetch.take(graph, "1", 100, {"$select": "id"}, then=following)
+    assert page == "page 1"
+    rounds.wait_done(2)
+    assert following.told == [("end-1", True)]  # the opening page: no catch-up
+    assert rounds.asked == ["1", "next"]
+    prefetch.close()
+
+
+def test_a_dropped_round_requests_nothing_after_its_end() -> None:
+    rounds, prefetch, following = Round(pages=1), PagePrefetch(max_age_s=0.0), Following()
+    graph = client()
+    prefetch.start(graph, "1", 100, rounds.fetch)
+    rounds.wait_done(1)
+    assert prefetch.take(graph, "1", 100, then=following) is None  # too old: dropped
+    assert following.told == [] and rounds.asked == ["1"]
+    prefetch.close()
+
+
 def page(link_key: str, link: str, *, before_value: bool = False) -> bytes:
     value = [{"id": "a", "body": {"content": 'say "@odata.nextLink": "https://evil"'}}]
     link_json = orjson.dumps(link).decode()
@@ -117,6 +181,8 @@ def test_the_next_link_is_read_off_the_raw_page_wherever_graph_writes_it() -> No
     assert early_next_link(page("@odata.deltaLink", link)) is None
     assert early_next_link(b'{"value":[],"@odata.nextLink":"https://cut-off') is None
     assert early_next_link(b'{"value":[],"@odata.nextLink":17}') is None
+    assert early_delta_link(page("@odata.deltaLink", link)) == link
+    assert early_delta_link(page("@odata.nextLink", link)) is None
 
 
 def test_a_page_requested_longer_ago_than_the_age_limit_is_asked_again_when_taken() -> None:
@@ -147,6 +213,7 @@ class Hanging:
         sent: Sent,
         *,
         params: Params = None,
+        on_delta_link: NextLink | None = None,
     ) -> str:
         sent()
         self.answer.wait(30)
