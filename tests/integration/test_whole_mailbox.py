@@ -25,6 +25,7 @@ from mailsync.sync.jobs import begin_job, load_store
 from mailsync.sync.planning import plan_job
 
 MAILBOX = "grace@contoso.example"
+MESSAGES = 1000  # Inbox 420 of them: a round of three chunks of 200, five pages of 100
 
 
 def rows(url: str, query: str, *params: Any) -> list[dict[str, Any]]:
@@ -47,13 +48,20 @@ def in_mailbox(box: Any) -> dict[str, tuple[str, bool]]:
 
 
 def sync(simulator: Any, **options: Any) -> dict[str, Any]:
-    options = {"chunk_size": 400, "page_size": 100, **options}
+    options = {"chunk_size": 200, "page_size": 100, **options}
     return sync_mailbox(mailbox=MAILBOX, folder="all", graph_url=simulator.url, **options)
+
+
+@pytest.fixture(autouse=True)
+def _no_attachments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folders, rounds and deletions are the subject here, not attachments (their own
+    tests: test_attachments.py): fetching every message's files was most of each test."""
+    monkeypatch.setenv("MAILSYNC_ATTACHMENTS", "none")
 
 
 @pytest.fixture()
 def box(simulator: Any) -> Any:
-    return simulator.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+    return simulator.add_mailbox(MAILBOX, MESSAGES, seed=41, folders=DEFAULT_TREE)
 
 
 def test_a_first_sync_stores_every_real_folder_once_and_nothing_of_search_folders(
@@ -71,7 +79,7 @@ def test_a_first_sync_stores_every_real_folder_once_and_nothing_of_search_folder
     nested = [r["path"] for r in listed if r["path"].count("/") >= 2]
     assert nested, "a folder two levels down is listed with its path"
     assert all(r["delta_link"] for r in rows(database_url, "SELECT delta_link FROM mail_folders"))
-    assert summary["emails_added"] == 2400 and summary["emails_deleted"] == 0
+    assert summary["emails_added"] == MESSAGES and summary["emails_deleted"] == 0
 
 
 def attachment_requests(simulator: Any) -> int:
@@ -154,7 +162,7 @@ def graph_moved(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     """The same mailbox (the ``box`` fixture's seed) on a second simulator, another port,
     configured as the Graph host: what a second `mailsync demo` meets."""
     with GraphSimulator() as moved:
-        again = moved.add_mailbox(MAILBOX, 2400, seed=41, folders=DEFAULT_TREE)
+        again = moved.add_mailbox(MAILBOX, MESSAGES, seed=41, folders=DEFAULT_TREE)
         monkeypatch.setenv("MAILSYNC_GRAPH_URL", moved.url)
         reset_runtime()
         yield moved, again
