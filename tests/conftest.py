@@ -82,11 +82,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MAILSYNC_RETRY_MAX_S", "0.5")
     os.environ.setdefault("MAILSYNC_HTTP_BACKOFF_BASE_S", "0.01")
     os.environ.setdefault("MAILSYNC_HTTP_BACKOFF_MAX_S", "0.2")
-    # Graph's budget of 10,000 requests per 10 minutes per mailbox paces a sync to ~16
-    # requests a second once its first 200 are spent: most of a test's wall time, for
-    # nothing it asserts. The limiter still takes its slots (tests/integration/test_limits.py
-    # and the e2e tests about the limits set budgets of their own).
-    os.environ.setdefault("MAILSYNC_GRAPH_MAILBOX_REQUESTS", "100000000")
     if not os.environ.get("PREFECT_API_URL"):
         from mailsync.prefect_server import PrefectServer  # no Prefect import: settings unread
 
