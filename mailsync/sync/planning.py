@@ -72,7 +72,7 @@ def plan_job(db: Database, graph: GraphClient, job: Row, store: Row, max_attempt
     everything = [_plan_folder(graph, job, store, folder) for folder in folders]
     plans, unchanged = _ask_rounds(graph, store["mailbox"], job, everything)
     chunks = chunk_rows(plans, job["chunk_size"], job["page_size"], windowed=_windowed(job))
-    with db.transaction(job["business_id"]) as session:
+    with db.pipelined(job["business_id"]) as session:
         row = session.one(
             "plan_sync_job",
             job_id=job["id"],
