@@ -25,7 +25,7 @@ from mailsync.errors import (
 from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
-from mailsync.tasks.fetch_attachments import fetch_job_attachments
+from mailsync.tasks.fetch_attachments import attachments_pending, fetch_job_attachments
 from mailsync.tasks.plan import plan_chunks
 from mailsync.tasks.sync_chunk import sync_chunk
 
@@ -93,7 +93,8 @@ def sync_mailbox(
         if outcome["status"] == "unfinished":  # later chunks start where this one stops
             break
     else:  # the pages are in: their attachments, before the job closes (a resume redoes it)
-        fetch_job_attachments(job_id, graph_url, attachments)
+        if attachments_pending(job, attachments):  # else no task run: nothing to fetch
+            fetch_job_attachments(job_id, graph_url, attachments)
     summary = finish_job(runtime.db, job)
     progress.close()
     publish_sync(summary)

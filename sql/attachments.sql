@@ -11,6 +11,16 @@ SELECT DISTINCT %(business_id)s::uuid, %(store_id)s::uuid, s.graph_id
  WHERE s.has_attachments OR (s.body_content_type = 'html' AND s.body ILIKE '%%cid:%%')
 ON CONFLICT (store_id, email_graph_id) DO NOTHING;
 
+-- name: store_attachments_pending
+-- Whether fetch-attachments has anything to do for the store: a message marked and not
+-- listed yet, and (content mode) an attachment without content not given up on. Both by
+-- the partial indexes of the pending rows. Nothing: the sync runs no fetch task at all.
+SELECT EXISTS (SELECT 1 FROM attachment_listings
+                WHERE store_id = %(store_id)s AND listed_at IS NULL) AS listings,
+       EXISTS (SELECT 1 FROM email_attachments
+                WHERE store_id = %(store_id)s AND fetched_at IS NULL AND fetch_error IS NULL
+                  AND kind <> 'reference') AS contents;
+
 -- name: claim_attachment_listing
 -- One message of the store whose attachments are not listed yet and that this run has not
 -- tried, taken for this run (run_id) in a short transaction of its own: no connection is
