@@ -26,7 +26,7 @@ from mailsync.run_logs import forward_to_run_logs
 from mailsync.runtime import get_runtime
 from mailsync.sync.jobs import begin_job, fail_job, finish_job, incomplete_message
 from mailsync.tasks.fetch_attachments import attachments_pending, fetch_job_attachments
-from mailsync.tasks.plan import plan_chunks
+from mailsync.tasks.plan import plan_here
 from mailsync.tasks.sync_chunk import sync_chunk
 
 
@@ -80,7 +80,7 @@ def sync_mailbox(
     # now, since it carries on from an earlier run.
     logger.log(logging.INFO if resumed else logging.DEBUG, "%s job %s", _verb(resumed), job_id)
     try:
-        plan = plan_chunks(job_id, graph_url)
+        plan = plan_here(job_id, graph_url)  # the plan-chunks task only to retry it
     except MailsyncError as exc:  # nothing can be synced without a plan
         fail_job(runtime.db, job, str(exc), exc.category)
         raise
