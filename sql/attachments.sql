@@ -2,13 +2,13 @@
 -- attachment_blobs once per (business, sha256), and the numbers a job reports.
 
 -- name: mark_attachment_listings
--- The staged page's messages that may have attachments, to be listed by fetch-attachments:
--- hasAttachments, or an html body that references a cid: part (inline-only mail reports
--- hasAttachments false). Once per message: a message changed later is not listed again.
+-- The page's messages that may have attachments (%(graph_ids)s, a JSON array, chosen by
+-- mailsync.sync.ingest: hasAttachments, or an html body that references a cid: part, as
+-- inline-only mail reports hasAttachments false), to be listed by fetch-attachments. Once
+-- per message: a message changed later is not listed again.
 INSERT INTO attachment_listings (business_id, store_id, email_graph_id)
-SELECT DISTINCT %(business_id)s::uuid, %(store_id)s::uuid, s.graph_id
-  FROM email_staging AS s
- WHERE s.has_attachments OR (s.body_content_type = 'html' AND s.body ILIKE '%%cid:%%')
+SELECT %(business_id)s::uuid, %(store_id)s::uuid, g.graph_id
+  FROM jsonb_array_elements_text(%(graph_ids)s) AS g (graph_id)
 ON CONFLICT (store_id, email_graph_id) DO NOTHING;
 
 -- name: store_attachments_pending
