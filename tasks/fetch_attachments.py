@@ -19,7 +19,8 @@ def attachments_pending(job: Row, mode: str | None = None) -> bool:
     """Whether the job's store has attachments to list or fetch (in ``mode``): one short
     statement instead of the task run. Most syncs of a mailbox kept current find nothing
     new, and the task's run, its job and store reads and its worker threads' claims were
-    about a quarter of such a sync's CPU (docs/benchmark.md, issue 23)."""
+    a large part of such a sync's CPU (with pipelining: 88 -> 53 ms a mailbox, process and
+    Postgres; docs/benchmark.md, issue 23)."""
     runtime = get_runtime()
     mode = attachments_mode(mode) if mode else runtime.settings.attachments
     if mode == "none":

@@ -351,7 +351,8 @@ class Database:
     # statement and the commit travel in one round trip (plus the pool's liveness check),
     # instead of one each. These helpers carry most of a quiet sync's statements (the
     # Graph limits' two per request, the job's reads), and each round trip is CPU on both
-    # sides: a no-change cycle's Postgres work fell by ... (docs/benchmark.md, issue 23).
+    # sides (with the fetch task skipped, a no-change cycle went from 88 to 53 ms of CPU a
+    # mailbox, process and Postgres: docs/benchmark.md, issue 23).
     def one(
         self, query: str, business_id: UUID | str | None = None, /, **params: Any
     ) -> Row | None:
