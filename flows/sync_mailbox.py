@@ -32,8 +32,8 @@ from mailsync.sync.jobs import (
     finish_job,
     incomplete_message,
 )
-from mailsync.tasks.fetch_attachments import fetch_job_attachments
-from mailsync.tasks.plan import plan_chunks
+from mailsync.tasks.fetch_attachments import attachments_pending, fetch_job_attachments
+from mailsync.tasks.plan import plan_here
 from mailsync.tasks.sync_chunk import sync_chunk
 
 
@@ -87,7 +87,7 @@ def sync_mailbox(
     # now, since it carries on from an earlier run.
     logger.log(logging.INFO if resumed else logging.DEBUG, "%s job %s", _verb(resumed), job_id)
     try:
-        plan = plan_chunks(job_id, graph_url)
+        plan = plan_here(job_id, graph_url)  # the plan-chunks task only to retry it
     except MailsyncError as exc:  # nothing can be synced without a plan
         fail_job(runtime.db, job, str(exc), exc.category)
         raise
@@ -100,7 +100,8 @@ def sync_mailbox(
         if outcome["status"] == "unfinished":  # later chunks start where this one stops
             break
     else:  # the pages are in: their attachments, before the job closes (a resume redoes it)
-        fetch_job_attachments(job_id, graph_url, attachments)
+        if attachments_pending(job, attachments):  # else no task run: nothing to fetch
+            fetch_job_attachments(job_id, graph_url, attachments)
     summary = finish_job(runtime.db, job)
     progress.close()
     publish_sync(summary)

@@ -2,19 +2,29 @@
 -- attachment_blobs once per (business, sha256), and the numbers a job reports.
 
 -- name: mark_attachment_listings
--- The staged page's messages that may have attachments, to be listed by fetch-attachments:
--- hasAttachments, or an html body that references a cid: part (inline-only mail reports
--- hasAttachments false). Once per message: a message changed later is not listed again.
+-- The page's messages that may have attachments (%(graph_ids)s, a JSON array, chosen by
+-- mailsync.sync.ingest: hasAttachments, or an html body that references a cid: part, as
+-- inline-only mail reports hasAttachments false), to be listed by fetch-attachments. Once
+-- per message: a message changed later is not listed again.
 INSERT INTO attachment_listings (business_id, store_id, email_graph_id)
-SELECT DISTINCT %(business_id)s::uuid, %(store_id)s::uuid, s.graph_id
-  FROM email_staging AS s
- WHERE s.has_attachments OR (s.body_content_type = 'html' AND s.body ILIKE '%%cid:%%')
+SELECT %(business_id)s::uuid, %(store_id)s::uuid, g.graph_id
+  FROM jsonb_array_elements_text(%(graph_ids)s) AS g (graph_id)
 ON CONFLICT (store_id, email_graph_id) DO NOTHING;
 
 -- name: commit_lazily
 -- This transaction's commit does not wait for its WAL flush (a claim: lost in a crash, its
 -- row is only pending again; mailsync.sync.attachments._claim).
 SET LOCAL synchronous_commit = off;
+
+-- name: store_attachments_pending
+-- Whether fetch-attachments has anything to do for the store: a message marked and not
+-- listed yet, and (content mode) an attachment without content not given up on. Both by
+-- the partial indexes of the pending rows. Nothing: the sync runs no fetch task at all.
+SELECT EXISTS (SELECT 1 FROM attachment_listings
+                WHERE store_id = %(store_id)s AND listed_at IS NULL) AS listings,
+       EXISTS (SELECT 1 FROM email_attachments
+                WHERE store_id = %(store_id)s AND fetched_at IS NULL AND fetch_error IS NULL
+                  AND kind <> 'reference') AS contents;
 
 -- name: claim_attachment_listing
 -- One message of the store whose attachments are not listed yet and that this run has not

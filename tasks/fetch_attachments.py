@@ -9,9 +9,24 @@ from prefect.cache_policies import NO_CACHE
 
 from mailsync.config import attachments_mode
 from mailsync.runtime import get_runtime
+from mailsync.store.rows import JobRow
 from mailsync.sync.attachments import Target, fetch_attachments
 from mailsync.sync.jobs import load_job, load_store
 from mailsync.tasks.retry import only_retryable
+
+
+def attachments_pending(job: JobRow, mode: str | None = None) -> bool:
+    """Whether the job's store has attachments to list or fetch (in ``mode``): one short
+    statement instead of the task run. Most syncs of a mailbox kept current find nothing
+    new, and the task's run, its job and store reads and its worker threads' claims were
+    a large part of such a sync's CPU (with pipelining: 88 -> 53 ms a mailbox, process and
+    Postgres; docs/benchmark.md, issue 23)."""
+    runtime = get_runtime()
+    mode = attachments_mode(mode) if mode else runtime.settings.attachments
+    if mode == "none":
+        return False
+    row = runtime.db.one("store_attachments_pending", job.business_id, store_id=job.store_id)
+    return bool(row and (row["listings"] or (mode == "content" and row["contents"])))
 
 
 # Retried only for what is worth it (a database outage): an attachment's own failures are

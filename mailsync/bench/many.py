@@ -36,6 +36,7 @@ from mailsync.bench.mailbox import (
     run_sync_child,
     set_latency,
     simulator_process,
+    warm_up_prefect,
 )
 from mailsync.errors import MailsyncError
 from mailsync.prefect_server import prefect_api
@@ -155,7 +156,6 @@ def run_bench_many(config: ManyConfig, child: Sequence[str]) -> dict[str, Any]:
 
 def measure_sync_all(spec: dict[str, Any], sync_all: Flow[..., dict[str, Any]]) -> dict[str, Any]:
     """The child's work: run sync-all, N mailboxes at a time; times, outcomes, peak RSS."""
-    from prefect import flow as prefect_flow
     from prefect.futures import PrefectFuture
     from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -166,7 +166,7 @@ def measure_sync_all(spec: dict[str, Any], sync_all: Flow[..., dict[str, Any]]) 
         "list_registered_mailboxes", spec["business_id"], business_id=spec["business_id"]
     )  # connecting: start-up
     # A process's first flow run pays Prefect's one-off costs: start-up, not sync.
-    prefect_flow(name="mailsync-bench-warm-up", log_prints=False)(_nothing)()
+    warm_up_prefect()
     runner = cast(
         "TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=spec["parallel"])
     )
@@ -196,10 +196,6 @@ def measure_sync_all(spec: dict[str, Any], sync_all: Flow[..., dict[str, Any]]) 
         ],
         "peak_rss_mb": ended.ru_maxrss / 1024,  # KiB on Linux
     }
-
-
-def _nothing() -> None:
-    return None
 
 
 def summarize(

@@ -320,6 +320,10 @@ class GraphClient:
     def serves(self, link: str) -> bool:
         """Whether a link Graph gave earlier points at this client's host: only there does
         the token go (mailsync.graph.auth)."""
+        # A link under the base URL is on its host (the authority ends at the first "/"),
+        # which spares parsing it: planning asks this of every folder's deltaLink.
+        if link.startswith(self.base_url + "/"):
+            return True
         return url_origin(link) == url_origin(self.base_url)
 
     def fork(self) -> GraphClient:

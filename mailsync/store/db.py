@@ -95,26 +95,31 @@ def check_connectable(url: str, timeout_s: int = 10) -> None:
 
 
 class Pending(Generic[T]):
-    """A statement sent in a pipelined transaction (``Session.send``) and its row, once it
-    has come."""
+    """A statement sent in a pipelined transaction (``Session.send``) and its rows, once
+    they have come."""
 
     def __init__(self, cursor: psycopg.Cursor[T]) -> None:
         self._cursor: psycopg.Cursor[T] | None = cursor
-        self._row: T | None = None
+        self._rows: list[T] = []
 
     def one(self) -> T | None:
         """The statement's row (or None). Read inside the transaction, it costs a round trip
         for everything sent so far; after it, nothing: the commit's trip brought it."""
+        rows = self.all()
+        return rows[0] if rows else None
+
+    def all(self) -> list[T]:
+        """Every row of the statement (read as ``one`` is)."""
         if self._cursor is not None:
             with self._cursor as cur:
                 try:
-                    self._row = cur.fetchone()  # pipelined: waits for the answer first
+                    self._rows = cur.fetchall()  # pipelined: waits for the answer first
                 except psycopg.ProgrammingError as exc:
                     if exc.sqlstate is not None:  # the server refused it: not ours to hide
                         raise
-                    self._row = None  # the statement returns no rows
+                    self._rows = []  # the statement returns no rows
             self._cursor = None
-        return self._row
+        return self._rows
 
 
 class Session:
@@ -367,27 +372,37 @@ class Database:
                 self.pool.check()
             raise translate_error(exc, self.safe_url) from exc
 
+    # One statement in a transaction of its own is pipelined: the begin, the tenant, the
+    # statement and the commit travel in one round trip (plus the pool's liveness check),
+    # instead of one each. These helpers carry most of a quiet sync's statements (the
+    # Graph limits' two per request, the job's reads), and each round trip is CPU on both
+    # sides (with the fetch task skipped, a no-change cycle went from 88 to 53 ms of CPU a
+    # mailbox, process and Postgres: docs/benchmark.md, issue 23).
     def one(
         self, query: str, business_id: UUID | str | None = None, /, **params: Any
     ) -> Row | None:
-        with self.transaction(business_id) as session:
-            return session.one(query, **params)
+        with self.pipelined(business_id) as session:
+            pending = session.send(query, **params)
+        return pending.one()
 
     def all(self, query: str, business_id: UUID | str | None = None, /, **params: Any) -> list[Row]:
-        with self.transaction(business_id) as session:
-            return session.all(query, **params)
+        with self.pipelined(business_id) as session:
+            pending = session.send(query, **params)
+        return pending.all()
 
     def one_as(
         self, cls: type[R], query: str, business_id: UUID | str | None = None, /, **params: Any
     ) -> R | None:
-        with self.transaction(business_id) as session:
-            return session.one_as(cls, query, **params)
+        with self.pipelined(business_id) as session:
+            pending = session.send_as(cls, query, **params)
+        return pending.one()
 
     def all_as(
         self, cls: type[R], query: str, business_id: UUID | str | None = None, /, **params: Any
     ) -> list[R]:
-        with self.transaction(business_id) as session:
-            return session.all_as(cls, query, **params)
+        with self.pipelined(business_id) as session:
+            pending = session.send_as(cls, query, **params)
+        return pending.all()
 
     def close(self) -> None:
         self.pool.close()

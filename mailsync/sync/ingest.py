@@ -46,6 +46,24 @@ class WriteResult:
     unchanged: int
 
 
+def may_have_attachments(messages: list[EmailRecord]) -> list[str]:
+    """The ids of the messages to list attachments of: hasAttachments, or an html body that
+    references a ``cid:`` part (inline-only mail reports hasAttachments false), in any case.
+
+    Chosen here rather than by ``ILIKE`` on the staged bodies: Postgres lowercased each html
+    body whole, locale-aware, for that one test; it cost about as much server CPU as the
+    upsert of the page (docs/benchmark.md, issue 23). ``str.lower`` of an ASCII body is a
+    fast copy."""
+    return list(
+        dict.fromkeys(
+            m.graph_id
+            for m in messages
+            if m.has_attachments
+            or (m.body_content_type == "html" and m.body and "cid:" in m.body.lower())
+        )
+    )
+
+
 def write_messages(
     session: Session,
     *,
@@ -66,8 +84,14 @@ def write_messages(
         "upsert_staged_emails", business_id=business_id, store_id=store_id, job_id=job_id
     )
     # Messages that may have attachments, for fetch-attachments to list (delta pages carry
-    # none: mailsync.sync.attachments); from the staged rows, in the same round trip.
-    session.execute("mark_attachment_listings", business_id=business_id, store_id=store_id)
+    # none: mailsync.sync.attachments), in the same round trip.
+    if listed := may_have_attachments(messages):
+        session.execute(
+            "mark_attachment_listings",
+            business_id=business_id,
+            store_id=store_id,
+            graph_ids=listed,
+        )
     counts = upserted.one()
     assert counts is not None  # an aggregate always returns its row
     written, inserted = counts["written"], counts["inserted"]

@@ -83,7 +83,7 @@ def plan_job(
     everything = [_plan_folder(graph, job, store, folder) for folder in folders]
     plans, unchanged = _ask_rounds(graph, store.mailbox, job, everything)
     chunks = chunk_rows(plans, job.chunk_size, job.page_size, windowed=job.windowed)
-    with db.transaction(job.business_id) as session:
+    with db.pipelined(job.business_id) as session:
         row = session.one(
             "plan_sync_job",
             job_id=job.id,

@@ -16,10 +16,11 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from mailsync.errors import SyncIncompleteError
+from mailsync.errors import ConfigError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
 from mailsync.simulator.attachments import content_length, content_of, content_sha256
 from mailsync.store.db import Database
+from mailsync.tasks.fetch_attachments import attachments_pending
 from mailsync.tasks.retention import RetentionPolicy, delete_expired
 from tests.e2e.helpers import wait_for
 
@@ -424,3 +425,26 @@ def test_the_cli_writes_one_attachments_bytes(
     assert refused.exit_code == 2 and "reference attachment has no content" in refused.output
     unknown = CliRunner().invoke(app, ["attachments", "get", "AAMkA-nope", *business])
     assert unknown.exit_code == 2 and "no attachment" in unknown.output
+
+
+def test_a_sync_runs_the_fetch_task_only_when_its_store_has_attachments_pending(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    # Each mode's sync leaves the next one's work: marked messages (none), then contents
+    # without bytes (metadata), then nothing (content). What is pending decides the task.
+    simulator.add_mailbox(MAILBOX, 120, seed=14)
+    marked = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url, attachments="none")
+    job = {"business_id": UUID(marked["business_id"]), "store_id": UUID(marked["store_id"])}
+    assert rows(database_url, "SELECT count(*) AS n FROM attachment_listings")[0]["n"] > 0
+    assert not attachments_pending(job, "none")
+    assert attachments_pending(job, "metadata") and attachments_pending(job, "content")
+
+    sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url, attachments="metadata")
+    assert not attachments_pending(job, "metadata")  # every message listed
+    assert attachments_pending(job, "content")  # their bytes not fetched yet
+
+    fetched = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url, attachments="content")
+    assert fetched["attachments_stored"] > 0
+    assert not attachments_pending(job, "content") and not attachments_pending(job, "metadata")
+    with pytest.raises(ConfigError):  # a mode that does not exist is said, not skipped
+        attachments_pending(job, "everything")

@@ -168,3 +168,19 @@ def test_content_hash_changes_only_with_stored_fields() -> None:
     c = parse_message({**msg(1, "2024-01-01T00:00:00Z"), "subject": "changed"})
     assert a.content_hash == b.content_hash != c.content_hash
     assert json.loads(a.to_recipients) == []
+
+
+@pytest.mark.parametrize(
+    ("link", "served"),
+    [
+        ("https://graph.test/v1.0/users/a/messages/delta?$deltatoken=x", True),
+        ("https://GRAPH.test:443/v1.0/users/a/messages/delta", True),  # the same origin, parsed
+        ("https://graph.test.evil.example/v1.0/users/a", False),
+        ("https://graph.test@evil.example/v1.0/users/a", False),
+        ("https://graph.test:8443/v1.0/users/a", False),
+        ("http://graph.test/v1.0/users/a", False),
+    ],
+)
+def test_a_link_is_served_only_on_the_clients_own_origin(link: str, served: bool) -> None:
+    graph = client(httpx.MockTransport(lambda request: httpx.Response(500)))
+    assert graph.serves(link) is served
