@@ -30,7 +30,7 @@ from mailsync.errors import (
 )
 from mailsync.sql import queries
 from mailsync.store import roles
-from mailsync.store.rows import TypedRow, typed_row
+from mailsync.store.rows import MissingColumnsError, TypedRow, typed_row
 
 Row = dict[str, Any]
 R = TypeVar("R", bound=TypedRow)
@@ -115,7 +115,8 @@ class Pending(Generic[T]):
                 try:
                     self._rows = cur.fetchall()  # pipelined: waits for the answer first
                 except psycopg.ProgrammingError as exc:
-                    if exc.sqlstate is not None:  # the server refused it: not ours to hide
+                    # The server refused it, or its rows lack columns: not ours to hide.
+                    if exc.sqlstate is not None or isinstance(exc, MissingColumnsError):
                         raise
                     self._rows = []  # the statement returns no rows
             self._cursor = None
@@ -365,6 +366,8 @@ class Database:
             raise DatabaseError(
                 f"no database connection available ({self.safe_url}): {exc}"
             ) from None
+        except MissingColumnsError:
+            raise  # ours, a programming error: not the database's
         except psycopg.Error as exc:
             if conn is not None and conn.closed:
                 # The server restarted or dropped us: the pool's idle connections are likely

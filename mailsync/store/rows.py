@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import BaseRowFactory, RowMaker, no_result
 
 if TYPE_CHECKING:
@@ -37,8 +38,13 @@ class TypedRow:
 R = TypeVar("R", bound=TypedRow)
 
 
-class MissingColumnsError(LookupError):
-    """A query does not answer every column its row class declares: a programming error."""
+class MissingColumnsError(psycopg.ProgrammingError):
+    """A query does not answer every column its row class declares: a programming error.
+
+    A psycopg error on purpose: raised while psycopg reads a pipeline's results, any other
+    exception left the rest of them unread and the connection unusable ("cannot exit
+    pipeline mode while busy", depending on when they came); psycopg reads on past its own
+    errors and raises the first one once the pipeline is done."""
 
 
 def typed_row(cls: type[R]) -> BaseRowFactory[R]:

@@ -20,6 +20,7 @@ from mailsync.errors import ConfigError, SyncIncompleteError
 from mailsync.flows.sync_mailbox import sync_mailbox
 from mailsync.simulator.attachments import content_length, content_of, content_sha256
 from mailsync.store.db import Database
+from mailsync.store.rows import JobRow
 from mailsync.tasks.fetch_attachments import attachments_pending
 from mailsync.tasks.retention import RetentionPolicy, delete_expired
 from tests.e2e.helpers import wait_for
@@ -434,7 +435,8 @@ def test_a_sync_runs_the_fetch_task_only_when_its_store_has_attachments_pending(
     # without bytes (metadata), then nothing (content). What is pending decides the task.
     simulator.add_mailbox(MAILBOX, 120, seed=14)
     marked = sync_mailbox(mailbox=MAILBOX, graph_url=simulator.url, attachments="none")
-    job = {"business_id": UUID(marked["business_id"]), "store_id": UUID(marked["store_id"])}
+    job = runtime.db.one_as(JobRow, "get_sync_job", marked["business_id"], job_id=marked["job_id"])
+    assert job is not None
     assert rows(database_url, "SELECT count(*) AS n FROM attachment_listings")[0]["n"] > 0
     assert not attachments_pending(job, "none")
     assert attachments_pending(job, "metadata") and attachments_pending(job, "content")

@@ -314,5 +314,11 @@ def test_typed_rows_take_their_columns_and_name_a_missing_one(conn: Any, databas
         assert store is not None and store.id == row.store_id and store.registered_at is None
         assert none.one() is None
         assert db.all_as(JobRow, "get_sync_job", uuid.uuid4(), job_id=job) == []  # RLS
-        with pytest.raises(MissingColumnsError, match="store_id"):
-            db.one_as(JobRow, "get_store", BUSINESS, store_id=row.store_id)
+        # Raised while psycopg reads the pipeline's results, the error once left some of
+        # them unread, and the connection refused its rollback (when they came late enough):
+        # a hundred times over, the pool's connections stay usable.
+        for _ in range(100):
+            with pytest.raises(MissingColumnsError, match="store_id"):
+                db.one_as(JobRow, "get_store", BUSINESS, store_id=row.store_id)
+            again = db.one_as(JobRow, "get_sync_job", BUSINESS, job_id=job)
+            assert again is not None and again.id == job
