@@ -65,6 +65,7 @@ def run_bench_notifications(config: NotificationsConfig, sync_mailbox: SyncFlow)
     from mailsync.runtime import reset_runtime
     from mailsync.simulator import GraphSimulator
 
+    spec = _deployment_spec()  # a missing prefect.yaml is said now, not after the servers
     with (
         prefect_api() as (api_url, _, _),
         GraphSimulator() as simulator,
@@ -78,7 +79,7 @@ def run_bench_notifications(config: NotificationsConfig, sync_mailbox: SyncFlow)
 
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                return _run(config, sync_mailbox, simulator, url, api_url, Path(workdir))
+                return _run(config, sync_mailbox, simulator, url, api_url, Path(workdir), spec)
         finally:
             reset_runtime()
 
@@ -90,6 +91,7 @@ def _run(
     url: str,
     api_url: str,
     workdir: Path,
+    spec: dict[str, Any],
 ) -> dict[str, Any]:
     from mailsync.notify.receiver import create_app
     from mailsync.notify.relay import PrefectEmitter, Relay
@@ -125,7 +127,7 @@ def _run(
         report = SubscriptionManager(runtime.db, runtime.graph(), business, receiver.url).sync()
         if report.failed:
             raise RuntimeError(f"subscriptions failed: {report.failed}")
-        deployment_id = _deploy()
+        deployment_id = _deploy(spec)
         worker = _start_worker(config, workdir, api_url)
         try:
             # Unmeasured: Prefect's triggers service loads a new automation a moment after
@@ -269,17 +271,29 @@ def _epoch(moment: datetime) -> float:
     return moment.timestamp()
 
 
-def _deploy() -> Any:
-    """sync-changed/on-change as prefect.yaml declares it (trigger included), on a process
-    pool of its own; its id."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+def _deployment_spec() -> dict[str, Any]:
+    """sync-changed/on-change as prefect.yaml (in the working directory) declares it."""
+    from mailsync.deployments.serve import PREFECT_FILE, load_specs
+    from mailsync.errors import ConfigError
 
-    from mailsync.deployments.serve import PREFECT_FILE, build_deployment, load_specs
-
+    if not PREFECT_FILE.is_file():
+        raise ConfigError(
+            f"bench --notifications deploys from {PREFECT_FILE}, and there is none here "
+            f"({Path.cwd()}): run it from the checkout's root"
+        )
     [spec] = [
         s for s in load_specs(PREFECT_FILE) if (s["entrypoint"], s["name"]) == SYNC_DEPLOYMENT
     ]
+    return spec
+
+
+def _deploy(spec: dict[str, Any]) -> Any:
+    """The deployment (trigger included) on a process pool of its own; its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from mailsync.deployments.serve import build_deployment
+
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
     return build_deployment({**spec, "schedules": []}).apply(work_pool_name=POOL)

@@ -3,6 +3,8 @@ rules, the relay's event ids, the bench's percentile."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mailsync.bench.notifications import percentile
@@ -83,3 +85,14 @@ def test_percentile_is_a_measured_value() -> None:
     assert percentile(values, 0.5) == 50.0
     assert percentile(values, 0.95) == 95.0
     assert percentile([3.0], 0.95) == 3.0
+
+
+def test_the_notifications_bench_says_at_once_that_prefect_yaml_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It deploys from prefect.yaml: asked elsewhere, it says so before starting any server.
+    from mailsync.bench.notifications import NotificationsConfig, run_bench_notifications
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="run it from the checkout's root"):
+        run_bench_notifications(NotificationsConfig(mailboxes=1, changes=1), sync_mailbox=None)  # type: ignore[arg-type]
