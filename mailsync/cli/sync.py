@@ -56,6 +56,13 @@ AttachmentsOpt = Annotated[
 
 def demo(
     messages: Annotated[int, typer.Option(help="Messages in the simulated mailbox.")] = 10_000,
+    changes: Annotated[
+        int | None,
+        typer.Option(
+            help="Changes made after the first sync (new mail, deletions, moves, messages "
+            "read), then synced again; default 1 % of the messages, 0: no second sync."
+        ),
+    ] = None,
     chunk_size: Annotated[int, typer.Option(help="Messages per chunk.")] = 2_000,
     page_size: Annotated[int | None, typer.Option(help="Messages per Graph page.")] = None,
     latency_ms: Annotated[float, typer.Option(help="Simulated Graph latency per page.")] = 0.0,
@@ -63,13 +70,18 @@ def demo(
     attachments: AttachmentsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sync a simulated mailbox into the embedded Postgres through the real flow."""
+    """Sync a simulated mailbox (the simulator's default folder tree) into the embedded
+    Postgres through the real flow; then change it and sync again, as a kept-current
+    mailbox is."""
     from mailsync.simulator import GraphSimulator
 
+    changes = max(4, messages // 100) if changes is None else changes
+    if changes < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--changes")
     with GraphSimulator() as simulator:
         simulator.faults.latency_ms = latency_ms
         mailbox = f"demo-{messages}@contoso.example"
-        simulator.add_mailbox(mailbox, messages, seed=seed)
+        box = simulator.add_mailbox(mailbox, messages, seed=seed, folders="default")
         os.environ.update(
             MAILSYNC_TENANT_ID="contoso-demo",
             MAILSYNC_CLIENT_ID=simulator.client_id,
@@ -82,15 +94,59 @@ def demo(
         request = SyncRequest.checked(
             business_id=default_business_id("contoso-demo"),
             mailbox=mailbox,
-            folder="inbox",
+            folder="all",
             sync_from=None,
             sync_to=None,
             chunk_size=chunk_size,
             page_size=page_size or runtime.settings.page_size,
         )
         if not as_json:
-            console.print(f"simulated Graph at {simulator.url}: {messages} messages in {mailbox}")
-        _sync_and_report(runtime, request, as_json, with_report=True)
+            console.print(
+                f"simulated Graph at {simulator.url}: {messages} messages in {mailbox}, "
+                "in the simulator's default folder tree"
+            )
+        if not changes:
+            _sync_and_report(runtime, request, as_json, with_report=True)
+            return
+        first = _sync(runtime, request, quiet=as_json)
+        if first["status"] != "completed" or not as_json:
+            _report(runtime, first, as_json)  # an incomplete job: says why, exit 1
+        # What a mailbox kept current meets between two syncs: a quarter of each kind.
+        part = changes // 4
+        box.add_messages(changes - 3 * part, "inbox")
+        box.delete_messages(part)
+        box.move_messages(part, "inbox", "archive")
+        box.mark_read(part, read=True)
+        again = _sync(runtime, request, quiet=as_json)
+        in_mailbox = len(box.messages())
+        rerun = {
+            "changes": changes,
+            "status": again["status"],
+            "sync_type": again["sync_type"],
+            "elapsed_s": again["elapsed_s"],
+            "api_calls": again["api_calls"],
+            "emails_added": again["emails_added"],
+            "emails_updated": again["emails_updated"],
+            "emails_deleted": again["emails_deleted"],
+            "emails_stored": again["emails_stored"],
+            "emails_in_mailbox": in_mailbox,
+            "equal": again["emails_stored"] == in_mailbox,
+        }
+        if as_json:  # one JSON object, the last line: the first sync's, with the second's
+            first["rerun"] = rerun  # type: ignore[typeddict-unknown-key]
+            _report(runtime, first, as_json)
+        else:
+            console.print(
+                f"then {changes} changes ({changes - 3 * part} new, {part} deleted, {part} "
+                f"moved, {part} read) and a second sync: {again['sync_type']}, "
+                f"{again['elapsed_s']} s, {again['api_calls']} Graph requests, "
+                f"{again['emails_added']} added, {again['emails_updated']} updated, "
+                f"{again['emails_deleted']} deleted; {again['emails_stored']} messages stored, "
+                f"{in_mailbox} in the mailbox"
+            )
+        if again["status"] != "completed" or not rerun["equal"]:
+            error_line("incomplete", f"the second sync: {again['status']}, {rerun}")
+            raise typer.Exit(1)
 
 
 def sync(
@@ -296,16 +352,30 @@ def _print_short_report(runtime: Runtime, store_id: str) -> None:
 def _sync_and_report(
     runtime: Runtime, request: SyncRequest, as_json: bool, with_report: bool = False
 ) -> JobSummary:
+    summary = _sync(runtime, request, quiet=as_json)
+    if with_report:
+        _report(runtime, summary, as_json)
+    else:
+        print_summary(summary, as_json)
+    return summary
+
+
+def _sync(runtime: Runtime, request: SyncRequest, *, quiet: bool) -> JobSummary:
+    """The request's job (a new one, or the store's unfinished one) run to its end."""
     started = time.perf_counter()
     job, resumed = open_job(runtime.db, request)
     if resumed:
         console.print(f"resuming the store's unfinished job {job.id}")
-    summary = run_sync(runtime, str(job.id), quiet=as_json)
+    summary = run_sync(runtime, str(job.id), quiet=quiet)
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     summary["database_url"] = redact_url(runtime.db.url)
-    if with_report and as_json:  # the JSON stays the last line of stdout
+    return summary
+
+
+def _report(runtime: Runtime, summary: JobSummary, as_json: bool) -> None:
+    """The job's summary and the store's chunk report (the JSON stays the last line)."""
+    if as_json:
         _print_short_report(runtime, summary["store_id"])
     print_summary(summary, as_json)
-    if with_report and not as_json:
+    if not as_json:
         _print_short_report(runtime, summary["store_id"])
-    return summary
