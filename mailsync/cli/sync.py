@@ -105,12 +105,12 @@ def demo(
                 f"simulated Graph at {simulator.url}: {messages} messages in {mailbox}, "
                 "in the simulator's default folder tree"
             )
-        if not changes:
-            _sync_and_report(runtime, request, as_json, with_report=True)
-            return
         first = _sync(runtime, request, quiet=as_json)
-        if first["status"] != "completed" or not as_json:
+        # --json: one object, the last line, so a second sync's is reported with the first.
+        if not (changes and as_json) or first["status"] != "completed":
             _report(runtime, first, as_json)  # an incomplete job: says why, exit 1
+        if not changes:
+            return
         # What a mailbox kept current meets between two syncs: a quarter of each kind.
         part = changes // 4
         box.add_messages(changes - 3 * part, "inbox")
@@ -132,7 +132,7 @@ def demo(
             "emails_in_mailbox": in_mailbox,
             "equal": again["emails_stored"] == in_mailbox,
         }
-        if as_json:  # one JSON object, the last line: the first sync's, with the second's
+        if as_json:
             first["rerun"] = rerun  # type: ignore[typeddict-unknown-key]
             _report(runtime, first, as_json)
         else:
@@ -196,7 +196,7 @@ def sync(
         full=full,
     )
     prepare_flow_run(runtime, graph=True)
-    _sync_and_report(runtime, request, as_json)
+    print_summary(_sync(runtime, request, quiet=as_json), as_json)
 
 
 def resume(
@@ -347,17 +347,6 @@ def _print_short_report(runtime: Runtime, store_id: str) -> None:
     from mailsync.report import short_report  # pandas: only the demo needs it here
 
     console.print(short_report(runtime.db, store_id=store_id))
-
-
-def _sync_and_report(
-    runtime: Runtime, request: SyncRequest, as_json: bool, with_report: bool = False
-) -> JobSummary:
-    summary = _sync(runtime, request, quiet=as_json)
-    if with_report:
-        _report(runtime, summary, as_json)
-    else:
-        print_summary(summary, as_json)
-    return summary
 
 
 def _sync(runtime: Runtime, request: SyncRequest, *, quiet: bool) -> JobSummary:
