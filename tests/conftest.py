@@ -14,11 +14,14 @@
 - The Graph simulator is cheap: one per test that wants one.
 - Everything lives in one temporary directory, removed when the session ends.
 - Under pytest-xdist (pyproject's addopts: `-n 2 --dist loadfile`), the controller owns
-  all of that: it starts the Prefect server and PostgreSQL and builds the template before
-  the workers exist, and hands them the URLs in the environment they inherit
-  (MAILSYNC_TEST_*), so two workers share one of each instead of starting their own (a
-  Prefect server costs ~20 s of CPU to start here). Modules that must not overlap share an
-  `xdist_group` mark, and take that group's file lock for as long as the module runs.
+  all of that: it starts PostgreSQL and builds the template before the workers exist, and
+  one Prefect server for each worker, and hands them the URLs in the environment they
+  inherit (MAILSYNC_TEST_*). The workers share PostgreSQL (a database per test) but not
+  Prefect: a server keeps its state in SQLite, whose one writer at a time made one
+  worker's API calls wait up to its 60 s busy timeout behind the other's (a 7 s test took
+  68 s); a second server costs ~12 CPU-s to start. Modules that must not overlap on one
+  server share an `xdist_group` mark, and take that group's file lock (one per server)
+  for as long as the module runs.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ UNIT_TESTS = Path(__file__).parent / "unit"
 SHARED_SESSION_DIR = "MAILSYNC_TEST_SESSION_DIR"
 SHARED_PG_URL = "MAILSYNC_TEST_PG_URL"
 SHARED_TEMPLATE = "MAILSYNC_TEST_TEMPLATE_DB"
+WORKER_PREFECT_URL = "MAILSYNC_TEST_PREFECT_URL_"  # + the worker's id (gw0, gw1, …)
 _session_dir: Path | None = None
 _prefect: PrefectServer | None = None  # the session's own server, when one is needed
+_worker_servers: list[PrefectServer] = []  # a controller's: one per xdist worker
 _shared_pg: tuple[Path, str, str] | None = None  # (home, admin URL, template) for workers
 
 
@@ -68,8 +73,15 @@ def is_controller(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     global _session_dir, _prefect
     if is_worker(config):
-        # The controller set everything up; its environment is ours.
+        # The controller set everything up; its environment is ours, and a Prefect server
+        # of our own among them (before anything imports Prefect: it reads the URL once).
         _session_dir = Path(os.environ[SHARED_SESSION_DIR])
+        worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+        if own_url := os.environ.get(WORKER_PREFECT_URL + worker):
+            os.environ["PREFECT_API_URL"] = own_url
+            home = _session_dir / "prefect" / worker
+            home.mkdir(parents=True, exist_ok=True)
+            os.environ["PREFECT_HOME"] = str(home)
         return
     _session_dir = Path(tempfile.mkdtemp(prefix="mailsync-tests-"))
     os.environ[SHARED_SESSION_DIR] = str(_session_dir)
@@ -92,7 +104,12 @@ def pytest_configure(config: pytest.Config) -> None:
         # server migrates in the background while PostgreSQL starts and the template is
         # built; a worker's first test that needs the server waits for its /health.
         if _prefect is not None:
-            _prefect.start()
+            _prefect = None  # the workers' own servers instead
+            for worker in range(len(config.getoption("tx"))):
+                server = PrefectServer(_session_dir / "prefect-server" / f"gw{worker}")
+                server.start()
+                os.environ[WORKER_PREFECT_URL + f"gw{worker}"] = server.api_url
+                _worker_servers.append(server)
         share_postgres(_session_dir)
 
 
@@ -169,7 +186,8 @@ def _wait_healthy(api_url: str, timeout_s: float = 180) -> None:
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            log = _session_dir / "prefect-server" / "server.log" if _session_dir else None
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+            log = _session_dir / "prefect-server" / worker / "server.log" if _session_dir else None
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"the controller's Prefect server at {api_url} not up\n{tail}")
         time.sleep(0.2)
@@ -178,6 +196,8 @@ def _wait_healthy(api_url: str, timeout_s: float = 180) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if is_worker(config):
         return  # the controller owns the servers and the directory
+    for server in _worker_servers:
+        server.stop()
     if _prefect is not None and _prefect.started:
         if "prefect" in sys.modules:
             # Ship queued logs and events before the server goes away, or the process
@@ -211,9 +231,13 @@ def _xdist_group_lock(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     import fcntl
+    import hashlib
 
     name = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
-    with open(session_dir() / f"xdist-group-{name}.lock", "w") as lock:
+    # What the group shares lives on a Prefect server: a worker with a server of its own
+    # waits for no one; workers given one PREFECT_API_URL take turns.
+    server = hashlib.sha256(os.environ["PREFECT_API_URL"].encode()).hexdigest()[:12]
+    with open(session_dir() / f"xdist-group-{name}-{server}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield
 
