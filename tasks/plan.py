@@ -54,7 +54,12 @@ def _plan(job_id: str, graph_url: str | None) -> Plan:
     job = load_job(runtime.db, job_id)
     store = load_store(runtime.db, job)
     planned, max_attempts = plan_job(
-        runtime.db, runtime.graph(graph_url), job, store, runtime.settings.max_attempts
+        runtime.db,
+        runtime.graph(graph_url),
+        job,
+        store,
+        runtime.settings.max_attempts,
+        runtime.prefetch,
     )
     get_run_logger().log(
         logging.INFO if planned.estimated_emails else logging.DEBUG,  # a poll: no news

@@ -132,9 +132,16 @@ def fetch_page(
         on_delta_link(end)
     body = graph.decode(raw)
     del raw  # a page is megabytes: not kept while it is parsed
-    page = DeltaPage([], [], [], *_links(graph, body))
+    page = page_from_body(graph, body)
     if early is not None and early != page.next_link:
         logger.warning("a delta page's nextLink read early differs from the parsed one")
+    return page
+
+
+def page_from_body(graph: GraphClient, body: dict[str, Any]) -> DeltaPage:
+    """A delta page from its JSON body (a response's, or a ``$batch`` item's); BadDataError
+    when it is not one."""
+    page = DeltaPage([], [], [], *_links(graph, body))
     _parse_items(body, page)
     return page
 

@@ -143,6 +143,35 @@ class PagePrefetch:
         the same way."""
         self._next(_Chain(graph, page_size, fetch), url, params)
 
+    def offer(
+        self,
+        graph: GraphClient,
+        url: str,
+        page_size: int,
+        fetch: Fetch,
+        page: Page,
+        delta_link: str | None,
+    ) -> None:
+        """A page already in hand for whoever asks ``url`` next (a round's first page,
+        answered in the plan's ``$batch``: mailsync.sync.planning), taken like a page
+        requested ahead, within ``max_age_s``. Nothing more is requested now: its taker asks
+        for its nextLink, and what follows the round (``delta_link``: the page ends it) is
+        requested once the taker names it."""
+        done: Future[Page] = Future()
+        done.set_result(page)
+        sent = threading.Event()
+        sent.set()
+        chain = _Chain(graph, page_size, fetch, waiting=1)
+        if delta_link is not None:  # the round's only page: its end is known
+            chain.ended = (delta_link, False)
+        key = _key(url, page_size, None)  # a link carries its options
+        with self._lock:
+            if self._closed or key in self._pending:
+                return
+            self._drop_stale()
+            # A fork that made no request: the page is charged to nobody (the batch was).
+            self._pending[key] = _Request(time.monotonic(), graph.fork(), done, chain, sent)
+
     def page(
         self,
         graph: GraphClient,

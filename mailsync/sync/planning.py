@@ -21,9 +21,11 @@ incremental folder's round is asked at once, in one JSON ``$batch`` (mailsync.gr
 of their deltaLinks. A folder whose round comes back empty, with a new deltaLink, has
 nothing to sync: its new link is stored with the plan and it gets no chunk, task run or
 chunk row (the job counts it, ``folders_unchanged``). A folder with changes gets its chunk
-as before, which asks its round again from the same deltaLink (its first page is asked
-twice: one request per changed folder, against a task run and a chunk row per unchanged
-one). A no-change cycle of a mailbox is two requests: the folder delta and the batch.
+as before; the batch's answer, its round's first page, is handed to the chunk through the
+process's prefetcher (mailsync.graph.prefetch, ``offer``), so the chunk does not ask it again
+(another process's chunk, or one after ``max_age_s``, does). A no-change cycle of a mailbox
+is two requests: the folder delta and the batch; a changed folder whose round is one page
+adds none.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from mailsync.errors import InvalidInputError, SyncStateExpiredError
+from mailsync.errors import BadDataError, InvalidInputError, SyncStateExpiredError
 from mailsync.graph.batch import get_many
 from mailsync.graph.client import GraphClient
+from mailsync.graph.delta import fetch_page, page_from_body
 from mailsync.graph.folders import (
     Folder,
     FolderTreeDelta,
@@ -47,6 +50,7 @@ from mailsync.graph.folders import (
     tree_of,
     well_known_ids,
 )
+from mailsync.graph.prefetch import PagePrefetch
 from mailsync.store.db import Database, Session
 from mailsync.store.rows import FolderRow, JobRow, StoreRow
 from mailsync.sync import shutdown
@@ -69,10 +73,16 @@ class Planned(NamedTuple):
 
 
 def plan_job(
-    db: Database, graph: GraphClient, job: JobRow, store: StoreRow, max_attempts: int
+    db: Database,
+    graph: GraphClient,
+    job: JobRow,
+    store: StoreRow,
+    max_attempts: int,
+    prefetch: PagePrefetch | None = None,
 ) -> Planned:
     """Plan the job once (a planned job keeps its plan); the job's row with the chunks'
-    ``max_attempts``."""
+    ``max_attempts``. A changed folder's first page, answered in the plan's batch, is
+    offered to ``prefetch`` for its chunk, which then does not ask it again."""
     if job.total_chunks is not None:
         return Planned(job, _planned_max_attempts(db, job, max_attempts))
     calls_before = graph.api_calls
@@ -81,7 +91,7 @@ def plan_job(
     else:
         folders = _record_folders(db, job, [resolve_folder(graph, store.mailbox, job.folder)])
     everything = [_plan_folder(graph, job, store, folder) for folder in folders]
-    plans, unchanged = _ask_rounds(graph, store.mailbox, job, everything)
+    plans, unchanged = _ask_rounds(graph, store.mailbox, job, everything, prefetch)
     chunks = chunk_rows(plans, job.chunk_size, job.page_size, windowed=job.windowed)
     with db.pipelined(job.business_id) as session:
         row = session.one(
@@ -253,7 +263,11 @@ def _plan_folder(graph: GraphClient, job: JobRow, store: StoreRow, folder: Folde
 
 
 def _ask_rounds(
-    graph: GraphClient, mailbox: str, job: JobRow, plans: list[FolderPlan]
+    graph: GraphClient,
+    mailbox: str,
+    job: JobRow,
+    plans: list[FolderPlan],
+    prefetch: PagePrefetch | None,
 ) -> tuple[list[FolderPlan], list[dict[str, str]]]:
     """Every incremental folder's round, asked at once (``$batch``): the plans that still
     need a chunk, and the new deltaLinks of the folders whose round came back empty. A
@@ -277,8 +291,23 @@ def _ask_rounds(
                 logger.info(
                     "folder %s: its round, asked in a batch: %s", plan.folder_id, answer.error
                 )
+            elif answer.body is not None and prefetch is not None and plan.start_link:
+                _hand_over(graph, prefetch, plan.start_link, job.page_size, answer.body)
             kept.append(plan)
     return kept, unchanged
+
+
+def _hand_over(
+    graph: GraphClient, prefetch: PagePrefetch, link: str, page_size: int, body: dict[str, Any]
+) -> None:
+    """The round's first page, from the batch, for the folder's chunk: the request it would
+    make again (one a changed folder). A page that does not parse is not offered: the chunk
+    asks for it and meets what is wrong with it, as it would have."""
+    try:
+        page = page_from_body(graph, body)
+    except BadDataError:
+        return
+    prefetch.offer(graph, link, page_size, fetch_page, page, page.delta_link)
 
 
 def _empty_round(graph: GraphClient, body: dict[str, Any]) -> str | None:

@@ -96,6 +96,27 @@ def test_a_change_in_one_folder_gets_that_folder_a_chunk_and_is_exact(
     assert live(database_url) == in_mailbox(box)
 
 
+def test_a_changed_folders_first_page_comes_from_the_batch_not_asked_again(
+    runtime: Any, simulator: Any, box: Any, database_url: str
+) -> None:
+    sync(simulator)
+    archive = box.folder("archive").id
+    deleted = box.delete_messages(3, "archive")
+    box.mark_read(4, "archive")
+    before = simulator.stats.as_dict()
+
+    summary = sync(simulator)
+
+    after = simulator.stats.as_dict()
+    kinds = {k: n - before["by_kind"].get(k, 0) for k, n in after["by_kind"].items()}
+    # The folder delta and the batch; the archive's round (one page) came in the batch.
+    assert after["data_requests"] - before["data_requests"] == 2, kinds
+    assert kinds.get("delta", 0) == 0 and kinds["batch"] == 1, kinds
+    assert [c["folder_id"] for c in chunks_of(database_url, summary["job_id"])] == [archive]
+    assert summary["emails_deleted"] == len(deleted)
+    assert live(database_url) == in_mailbox(box)
+
+
 def test_folders_added_and_removed_come_from_the_folder_delta(
     runtime: Any, simulator: Any, box: Any, database_url: str
 ) -> None:

@@ -288,10 +288,10 @@ def test_a_malformed_delta_page_fails_that_folder_only(
     runtime: Any, simulator: Any, box: Any, database_url: str
 ) -> None:
     sync(simulator)
-    box.add_messages(30, "inbox")
+    box.add_messages(130, "inbox")
     box.add_messages(30, "archive")
-    # Planning asks every folder's round in one $batch (a delta page each); the first page
-    # after those is Inbox's chunk's.
+    # Planning asks every folder's round in one $batch (a delta page each), whose answers
+    # are handed to the chunks: the first page after those is Inbox's second (pages of 100).
     real = [f for f in describe_folders(box) if not f["isSearchFolder"]]
     simulator.faults.malformed_delta_page_at = len(real) + 1
 
@@ -359,13 +359,13 @@ def test_the_cli_syncs_every_folder_shows_them_and_exits_non_zero_when_incomplet
     assert "per folder" in first.stdout and "Inbox" in first.stdout
     assert live(database_url) == in_mailbox(box)
 
-    box.add_messages(20, "inbox")
-    # The folders' rounds are asked in one $batch at planning: Inbox's chunk's page is next.
+    box.add_messages(120, "inbox")
+    # The folders' rounds are asked in one $batch at planning, their first pages handed to
+    # the chunks: the page asked next is Inbox's second (pages of 100).
     real = [f for f in describe_folders(box) if not f["isSearchFolder"]]
     simulator.faults.malformed_delta_page_at = len(real) + 1
-    broken = runner.invoke(
-        app, ["sync", "--mailbox", MAILBOX, "--graph-url", simulator.url, "--json"]
-    )
+    options = ["--graph-url", simulator.url, "--page-size", "100", "--json"]
+    broken = runner.invoke(app, ["sync", "--mailbox", MAILBOX, *options])
     assert broken.exit_code == 1, broken.output
     summary = json.loads(broken.stdout.strip().splitlines()[-1])  # still printed, as JSON
     assert summary["status"] == "partial_failure" and summary["sync_type"] == "incremental"

@@ -153,6 +153,30 @@ def test_a_round_requested_ahead_follows_its_end_once_its_taker_says_what_follow
     prefetch.close()
 
 
+def test_an_offered_page_is_taken_once_charged_to_nobody_and_its_end_followed() -> None:
+    rounds, prefetch, following = Round(pages=1), PagePrefetch(), Following()
+    graph = client()
+    prefetch.offer(graph, "link", 100, rounds.fetch, "page from a batch", "end-link")
+    assert rounds.asked == []  # nothing is requested before its taker comes
+
+    assert prefetch.page(graph, "link", 100, rounds.fetch, then=following) == "page from a batch"
+    rounds.wait_done(2)  # the taker named what follows the round: asked at once
+    assert following.told == [("end-link", False)]
+    assert sorted(rounds.asked) == ["end-link", "next"]
+    assert prefetch.page(graph, "link", 100, rounds.fetch) == "page link"  # offered once
+    assert graph.api_calls == 1  # the offered page cost nothing; the second take asked
+    prefetch.close()
+
+
+def test_an_offered_page_older_than_the_age_limit_is_asked_again() -> None:
+    rounds, prefetch = Round(pages=1), PagePrefetch(max_age_s=0.0)
+    graph = client()
+    prefetch.offer(graph, "link", 100, rounds.fetch, "page from a batch", None)
+    assert prefetch.page(graph, "link", 100, rounds.fetch) == "page link"
+    assert rounds.asked == ["link"]
+    prefetch.close()
+
+
 def test_a_dropped_round_requests_nothing_after_its_end() -> None:
     rounds, prefetch, following = Round(pages=1), PagePrefetch(max_age_s=0.0), Following()
     graph = client()
