@@ -101,6 +101,8 @@ def test_a_changed_folders_first_page_comes_from_the_batch_not_asked_again(
 ) -> None:
     sync(simulator)
     archive = box.folder("archive").id
+    # The test above's changes but no new mail: a new message's attachments cost requests
+    # of their own (listing, content), and this one counts the sync's requests exactly.
     deleted = box.delete_messages(3, "archive")
     box.mark_read(4, "archive")
     before = simulator.stats.as_dict()
