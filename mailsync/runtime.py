@@ -170,6 +170,7 @@ class Runtime:
             prefetch, self._prefetch = self._prefetch, None
         # First, and outside the lock: its threads finish their requests through the HTTP
         # clients, and Graph's limits (their slots) ask ``db`` for the pool, under the lock.
+        # A request that hangs is not waited for past a moment: its slot's lease ends later.
         if prefetch is not None:
             prefetch.close()
         with self._lock:

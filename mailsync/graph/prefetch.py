@@ -20,7 +20,8 @@ only the requests run ahead.
 Every request, the first of a round too, runs in one of this object's threads, and the
 caller waits for its page with ``wait`` (the runtime's: one that a stop wakes,
 mailsync.sync.shutdown.result). So a stop that lands while a Graph request hangs (or
-waits out its retries) is seen at once, and the chunk is released without waiting for it.
+waits out its retries) is seen at once, and the chunk is released without waiting for it;
+and the process exits without waiting for it either: the threads are daemons (``_Threads``).
 
 When a chunk stops in the middle of a round, the requests on their way stay for whichever
 attempt continues the round from the same link: in this process, the next chunk of the
@@ -28,7 +29,8 @@ folder, which takes them over instead of asking again. A page requested more tha
 ``max_age_s`` ago is not handed over: it is dropped when it is taken (and asked again) or
 when another request is made (another worker took the next chunk, or the job stopped), and
 its chain with it; so is the oldest when ``max_pending`` are waiting. ``close`` drops every
-request and joins the threads (mailsync.runtime closes it with the process's resources).
+request and waits a moment for those on the wire (mailsync.runtime closes it with the
+process's resources).
 
 Nothing here writes: a page taken over is written under its taker's claim and fence, like
 any page, and its requests (retries included) are counted by its taker's client. A request
@@ -39,11 +41,13 @@ changes meanwhile comes in the next round.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -65,6 +69,9 @@ Key = tuple[str, int, tuple[tuple[str, str], ...]]
 # parses its own page: a parse holds the GIL for tens of milliseconds (orjson does not let
 # it go), and the new request would wait behind it.
 SEND_WAIT_S = 0.05
+# How long ``close`` waits for the requests on the wire: enough for an answer on its way (its
+# Graph slot is then freed at once), not for one that hangs (its slot's lease ends later).
+CLOSE_WAIT_S = 1.0
 
 
 class Fetch(Protocol):
@@ -85,6 +92,56 @@ class Fetch(Protocol):
 
 class PrefetchClosedError(RuntimeError):
     """A page asked of a prefetcher that was closed (its runtime's resources are gone)."""
+
+
+class _Threads:
+    """Calls run in daemon threads, at most ``max_workers`` at once, each a thread of its
+    own (started when submitted, waiting its turn in it).
+
+    Not a ThreadPoolExecutor: the interpreter joins that one's threads when it exits, so a
+    Graph request that hung held a stopped process until its HTTP timeout (60 s); a run
+    cancelled from the UI was killed by its worker 30 s later instead of ending at once. A
+    request nobody will take is worth nothing: here the process leaves it behind."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._turns = threading.BoundedSemaphore(max_workers)
+        self._name, self._numbers = name, itertools.count()
+        self._lock = threading.Lock()
+        self._unfinished: set[Future[Any]] = set()
+
+    def submit(self, call: Callable[..., P], *args: Any) -> Future[P]:
+        future: Future[P] = Future()
+        with self._lock:
+            self._unfinished.add(future)
+        future.add_done_callback(self._finished)
+        name = f"{self._name}_{next(self._numbers)}"
+        threading.Thread(
+            target=self._run, args=(future, call, args), name=name, daemon=True
+        ).start()
+        return future
+
+    def _run(self, future: Future[P], call: Callable[..., P], args: tuple[Any, ...]) -> None:
+        with self._turns:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled before its turn: never called
+            try:
+                result = call(*args)
+            except BaseException as exc:  # the taker raises it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def _finished(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._unfinished.discard(future)
+
+    def close(self, wait_s: float) -> None:
+        """Cancel what has not started; wait at most ``wait_s`` for what has."""
+        with self._lock:
+            unfinished = list(self._unfinished)
+        for future in unfinished:
+            future.cancel()
+        wait_all(unfinished, timeout=wait_s)
 
 
 @dataclass
@@ -126,8 +183,8 @@ class PagePrefetch:
         name: str = "page-prefetch",
     ) -> None:
         # A thread per request on its way: mailboxes synced in parallel in one process each
-        # keep their own round going, ``depth`` requests each. Threads start as needed.
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix=name)
+        # keep their own round going, ``depth`` requests each.
+        self._pool = _Threads(max_workers, name)
         self._lock = threading.Lock()
         self._pending: OrderedDict[Key, _Request] = OrderedDict()
         self._closed = False
@@ -257,14 +314,15 @@ class PagePrefetch:
         finally:
             upcoming.cancel()  # not started: never sent; started: its page is nobody's
 
-    def close(self) -> None:
-        """Drop every request waiting to be taken and join the threads (a request on the
-        wire is answered first: httpx cannot abandon one from another thread)."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Drop every request waiting to be taken, and wait at most ``wait_s`` for those on
+        the wire: httpx cannot abandon a request from another thread, and one that hangs is
+        left to its daemon thread (the process may exit meanwhile)."""
         with self._lock:
             self._closed = True
             while self._pending:
                 self._drop(self._pending.popitem(last=False)[1])
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close(wait_s)
 
     def _submit(self, call: Callable[..., P], *args: Any) -> Future[P]:
         with self._lock:

@@ -206,9 +206,10 @@ def test_a_sync_killed_in_a_delta_round_resumes_from_its_last_page(
 def test_a_stopped_sync_releases_its_chunk_at_once_and_resumes_exactly(
     runtime: Any, simulator: Any, database_url: str, processes: Processes, stop: signal.Signals
 ) -> None:
-    """SIGTERM (a worker stopping, a flow run cancelled through its worker) or Ctrl-C: the
-    chunk is claimable again at once, its attempt not counted; the job resumes from the last
-    committed page and ends exact."""
+    """SIGTERM (a worker stopping, a flow run cancelled through its worker) or Ctrl-C while
+    Graph holds a page: the process gives the chunk back and exits without waiting for that
+    page, the chunk is claimable again at once, its attempt not counted; the job resumes
+    from the last committed page and ends exact."""
     from mailsync.flows.sync_mailbox import sync_mailbox
 
     box = simulator.add_mailbox(MAILBOX, 1500, seed=43)
@@ -235,10 +236,10 @@ def test_a_stopped_sync_releases_its_chunk_at_once_and_resumes_exactly(
         wait_held()
         victim = _part_way(database_url)
         sync.send_signal(stop)
-    # Its page answered, the attempt sees the stop before the next one, gives the chunk back
-    # and the process exits: the chunk is claimable at once, not after the stuck threshold
-    # (30 s by default).
-    sync.wait(30)
+        # The page is still held (for 120 s): the stop wakes the attempt's wait, the chunk
+        # is given back and the process exits, leaving the request behind. The chunk is
+        # claimable at once, not after the stuck threshold (30 s by default).
+        sync.wait(30)
     row = query(
         database_url,
         "SELECT status, attempts, error_category, worker_id FROM chunked_sync_jobs WHERE id = %s",
