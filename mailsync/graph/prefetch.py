@@ -21,7 +21,7 @@ Every request, the first of a round too, runs in one of this object's threads, a
 caller waits for its page with ``wait`` (the runtime's: one that a stop wakes,
 mailsync.sync.shutdown.result). So a stop that lands while a Graph request hangs (or
 waits out its retries) is seen at once, and the chunk is released without waiting for it;
-and the process exits without waiting for it either: the threads are daemons (``_Threads``).
+and the process exits without waiting for it either (mailsync.threads).
 
 When a chunk stops in the middle of a round, the requests on their way stay for whichever
 attempt continues the round from the same link: in this process, the next chunk of the
@@ -41,17 +41,16 @@ changes meanwhile comes in the next round.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailsync.graph.client import GraphClient
+from mailsync.threads import DaemonThreads
 
 P = TypeVar("P")
 Page = Any  # what a fetch returns (mailsync.graph.delta: a parsed DeltaPage)
@@ -94,56 +93,6 @@ class PrefetchClosedError(RuntimeError):
     """A page asked of a prefetcher that was closed (its runtime's resources are gone)."""
 
 
-class _Threads:
-    """Calls run in daemon threads, at most ``max_workers`` at once, each a thread of its
-    own (started when submitted, waiting its turn in it).
-
-    Not a ThreadPoolExecutor: the interpreter joins that one's threads when it exits, so a
-    Graph request that hung held a stopped process until its HTTP timeout (60 s); a run
-    cancelled from the UI was killed by its worker 30 s later instead of ending at once. A
-    request nobody will take is worth nothing: here the process leaves it behind."""
-
-    def __init__(self, max_workers: int, name: str) -> None:
-        self._turns = threading.BoundedSemaphore(max_workers)
-        self._name, self._numbers = name, itertools.count()
-        self._lock = threading.Lock()
-        self._unfinished: set[Future[Any]] = set()
-
-    def submit(self, call: Callable[..., P], *args: Any) -> Future[P]:
-        future: Future[P] = Future()
-        with self._lock:
-            self._unfinished.add(future)
-        future.add_done_callback(self._finished)
-        name = f"{self._name}_{next(self._numbers)}"
-        threading.Thread(
-            target=self._run, args=(future, call, args), name=name, daemon=True
-        ).start()
-        return future
-
-    def _run(self, future: Future[P], call: Callable[..., P], args: tuple[Any, ...]) -> None:
-        with self._turns:
-            if not future.set_running_or_notify_cancel():
-                return  # cancelled before its turn: never called
-            try:
-                result = call(*args)
-            except BaseException as exc:  # the taker raises it
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-    def _finished(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._unfinished.discard(future)
-
-    def close(self, wait_s: float) -> None:
-        """Cancel what has not started; wait at most ``wait_s`` for what has."""
-        with self._lock:
-            unfinished = list(self._unfinished)
-        for future in unfinished:
-            future.cancel()
-        wait_all(unfinished, timeout=wait_s)
-
-
 @dataclass
 class _Chain:
     """One round requested ahead: each page as soon as the one before named its link."""
@@ -184,7 +133,7 @@ class PagePrefetch:
     ) -> None:
         # A thread per request on its way: mailboxes synced in parallel in one process each
         # keep their own round going, ``depth`` requests each.
-        self._pool = _Threads(max_workers, name)
+        self._pool = DaemonThreads(max_workers, name)
         self._lock = threading.Lock()
         self._pending: OrderedDict[Key, _Request] = OrderedDict()
         self._closed = False

@@ -39,11 +39,10 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from threading import Lock
+from threading import Event, Lock
 from typing import IO, TypeVar
 from uuid import UUID
 
@@ -58,6 +57,8 @@ from mailsync.graph.client import GraphClient
 from mailsync.store.blobs import copy_bytea
 from mailsync.store.db import Database, Session
 from mailsync.store.rows import AttachmentClaim, ListingClaim
+from mailsync.sync import shutdown
+from mailsync.threads import DaemonThreads
 
 logger = logging.getLogger(__name__)
 
@@ -141,15 +142,24 @@ def fetch_attachments(
 
 
 def _drain(workers: int, step: Callable[[], bool]) -> None:
-    """Run ``step`` in ``workers`` threads until each one says there is nothing left."""
+    """Run ``step`` in ``workers`` threads until each one says there is nothing left.
+
+    A stop ends it after each thread's current step, without waiting for those steps: a
+    stop asked of the process (``shutdown``: its wait wakes at once), or one raised in this
+    thread (Prefect's ``TerminationSignal`` in a worker's flow run), or an error. A step
+    left behind is an attachment claimed by this run: the next run takes it again."""
+    ended = Event()
 
     def loop() -> None:
-        while step():
+        while not ended.is_set() and not shutdown.STOP.is_set() and step():
             pass
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="attachments") as pool:
-        for future in [pool.submit(loop) for _ in range(workers)]:
-            future.result()  # a database error ends the run: the job stays resumable
+    threads = DaemonThreads(workers, "attachments")
+    try:
+        for future in [threads.submit(loop) for _ in range(workers)]:
+            shutdown.result(future)  # a database error ends the run: the job stays resumable
+    finally:
+        ended.set()
 
 
 # What a step's Graph work leaves to record: a statement or two in the recording transaction,
