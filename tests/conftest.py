@@ -242,6 +242,21 @@ def _xdist_group_lock(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_flow_heartbeats() -> Iterator[None]:
+    """Prefect's flow-run heartbeats off for the flows tests run in this process, as the
+    `mailsync` command has them (mailsync.cli): joining the heartbeat's thread, which
+    sleeps in 1 s steps, added up to a second to every flow run (Prefect's own test suite
+    turns them off too). Flows in subprocesses keep what the command or worker gives them."""
+    if "prefect" not in sys.modules:  # unit tests: no flow, no Prefect import
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> str:
     """The session's Prefect API, answering."""

@@ -6,6 +6,7 @@ same numbers SQL users see) until the flow ends.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
@@ -251,7 +252,9 @@ def _with_progress(runtime: Runtime, job_id: str, run: Callable[[], object], qui
         except BaseException as exc:
             error.append(exc)
 
-    worker = threading.Thread(target=target, name="sync-flow", daemon=True)
+    # In a copy of this thread's context: Prefect's settings for the command (cli.main).
+    context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(target,), name="sync-flow", daemon=True)
     worker.start()
     columns = (
         TextColumn("[bold]sync[/]"),
