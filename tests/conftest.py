@@ -13,7 +13,7 @@
   A PREFECT_API_URL set by the caller is used as is, and no server is started.
 - The Graph simulator is cheap: one per test that wants one.
 - Everything lives in one temporary directory, removed when the session ends.
-- Under pytest-xdist (pyproject's addopts: `-n 2 --dist loadfile`), the controller owns
+- Under pytest-xdist (pyproject's addopts: `-n 3 --dist loadfile`), the controller owns
   all of that: it starts PostgreSQL and builds the template before the workers exist, and
   one Prefect server for each worker, and hands them the URLs in the environment they
   inherit (MAILSYNC_TEST_*). The workers share PostgreSQL (a database per test) but not
