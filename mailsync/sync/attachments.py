@@ -160,6 +160,7 @@ def _drain(workers: int, step: Callable[[], bool]) -> None:
             shutdown.result(future)  # a database error ends the run: the job stays resumable
     finally:
         ended.set()
+        threads.close(wait_s=0)  # each thread ends after its current step
 
 
 # What a step's Graph work leaves to record: a statement or two in the recording transaction,
