@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 P = TypeVar("P")
@@ -35,13 +35,9 @@ class DaemonThreads:
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._unfinished: set[Future[Any]] = set()
 
     def submit(self, call: Callable[..., P], *args: Any) -> Future[P]:
         future: Future[P] = Future()
-        with self._lock:
-            self._unfinished.add(future)
-        future.add_done_callback(self._finished)
         self._calls.put((future, call, args))
         if self._idle.acquire(timeout=0):
             return future  # an idle thread takes it
@@ -71,17 +67,18 @@ class DaemonThreads:
         else:
             future.set_result(result)
 
-    def _finished(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._unfinished.discard(future)
-
     def close(self, wait_s: float) -> None:
         """Cancel what has not started, and join the threads, each after its current call,
         for at most ``wait_s`` in all: one that hangs is left to end with the process."""
+        while True:  # what no thread has taken yet (ThreadPoolExecutor's cancel_futures)
+            try:
+                item = self._calls.get_nowait()
+            except Empty:
+                break
+            if item is not None:
+                item[0].cancel()
         with self._lock:
-            unfinished, threads = list(self._unfinished), list(self._threads)
-        for future in unfinished:
-            future.cancel()
+            threads = list(self._threads)
         for _ in threads:
             self._calls.put(None)
         deadline = time.monotonic() + wait_s

@@ -251,9 +251,9 @@ def _no_flow_heartbeats() -> Iterator[None]:
     if "prefect" not in sys.modules:  # unit tests: no flow, no Prefect import
         yield
         return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from mailsync.cli import no_flow_heartbeats
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with no_flow_heartbeats():
         yield
 
 

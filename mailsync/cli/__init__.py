@@ -100,13 +100,13 @@ def main() -> None:
 
     gc.freeze()
     try:
-        with _no_flow_heartbeats():
+        with no_flow_heartbeats():
             app()
     except Exception as exc:  # typer has handled usage errors; this is the command's failure
         sys.exit(report_error(exc))
 
 
-def _no_flow_heartbeats() -> AbstractContextManager[object]:
+def no_flow_heartbeats() -> AbstractContextManager[object]:
     """Prefect's flow-run heartbeats off for the flows this command runs in-process.
 
     Prefect 3.8 sends them by default (every 180 s, for its zombie-run automation) from a
@@ -115,7 +115,8 @@ def _no_flow_heartbeats() -> AbstractContextManager[object]:
     command killed outright leaves its flow run Running in the UI, as before Prefect 3.8
     (its chunks are taken back by the cleanup's stuck-chunk recovery either way).
     Deployment runs keep Prefect's default. The setting lives in a context: a thread that
-    runs a flow takes a copy (sync._with_progress)."""
+    runs a flow takes a copy (sync._with_progress). The test suite runs its in-process
+    flows under it too (tests/conftest.py)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
