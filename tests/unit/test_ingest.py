@@ -23,9 +23,11 @@ def test_attachments_flagged_or_an_html_body_naming_a_cid_part_in_any_case() -> 
         message("flagged", has=True),
         message("inline", body='<img src="cid:image001.png@01DA">'),
         message("upper", body='<IMG SRC="CID:logo">'),
+        message("mixed", body='<p>Grüße 👋</p><img src="Cid:x">'),  # not ASCII, mixed case
+        message("dotted", body='<img src="cİd:x">'),  # İ lowercases to i + a combining dot
         message("plain", body="<p>no parts here</p>"),
         message("text", body="see cid:x", kind="text"),  # only html bodies reference parts
         message("empty", body=""),
         message("flagged", has=True),  # twice in a page: listed once
     ]
-    assert may_have_attachments(page) == ["flagged", "inline", "upper"]
+    assert may_have_attachments(page) == ["flagged", "inline", "upper", "mixed"]
