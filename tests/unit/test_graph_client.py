@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from typing import Any
 
 import httpx
@@ -184,3 +186,22 @@ def test_content_hash_changes_only_with_stored_fields() -> None:
 def test_a_link_is_served_only_on_the_clients_own_origin(link: str, served: bool) -> None:
     graph = client(httpx.MockTransport(lambda request: httpx.Response(500)))
     assert graph.serves(link) is served
+
+
+def test_a_read_answer_is_freed_without_the_garbage_collector() -> None:
+    """A page's response (megabytes) goes as soon as its last use ends: httpx's response and
+    its stream refer to each other, and ``send`` breaks that cycle once the body is read."""
+    answers: list[weakref.ref[httpx.Response]] = []
+
+    def read(response: httpx.Response) -> bytes:
+        answers.append(weakref.ref(response))
+        return response.read()
+
+    graph = client(httpx.MockTransport(lambda request: httpx.Response(200, content=b"x" * 1000)))
+    request = graph.http.build_request("GET", "https://graph.test/v1.0/users/a/messages")
+    gc.disable()
+    try:
+        assert graph.send(request, read) == b"x" * 1000
+        assert answers[0]() is None
+    finally:
+        gc.enable()
