@@ -85,6 +85,9 @@ app.add_typer(notifications.notifications_app, name="notifications")
 app.add_typer(notifications.subscriptions_app, name="subscriptions")
 
 
+GC_YOUNG_THRESHOLD = 10_000  # docs/benchmark.md: the A/B against Python's default 700
+
+
 def main() -> None:
     # Prefect makes its home when imported, but not the home's parents. Make them here; a
     # home that cannot be made is reported by the commands that run flows (startup).
@@ -99,6 +102,12 @@ def main() -> None:
         import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
 
     gc.freeze()
+    # A page's parse makes ~6,000 containers (500 messages' dicts) that all die together
+    # when the page is written. With the default threshold (700) each page set off about
+    # eight young collections, which promoted the page to older generations and set off
+    # full ones: ~10% of a sync's CPU. Pages free themselves (no cycles: see
+    # mailsync.graph.client._unbind), so the young generation is collected less often.
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     try:
         with no_flow_heartbeats():
             app()
