@@ -33,6 +33,7 @@ from mailsync.bench.mailbox import (
     fetch_token,
     fresh_database,
     measure_floor,
+    peak_rss_mb,
     run_sync_child,
     set_latency,
     simulator_process,
@@ -194,7 +195,7 @@ def measure_sync_all(spec: dict[str, Any], sync_all: Flow[..., dict[str, Any]]) 
             }
             for j in jobs
         ],
-        "peak_rss_mb": ended.ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

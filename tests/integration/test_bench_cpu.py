@@ -1,7 +1,11 @@
-"""How the bench reads the local Postgres server's CPU: a session that just ended is counted
-once its backend is gone, and the bench waits for that instead of racing it."""
+"""How the bench reads the local Postgres server's CPU (a session that just ended is counted
+once its backend is gone, and the bench waits for that instead of racing it) and a child's
+peak memory."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import psutil
 import psycopg
@@ -47,3 +51,13 @@ def test_waiting_for_a_session_that_stays_open_says_so(database_url: str) -> Non
     with psycopg.connect(database_url):
         with pytest.raises(MailsyncError, match=f"backends of {database} still running"):
             backends_gone(postmaster, database, timeout_s=0.3)
+
+
+def test_a_spawned_childs_peak_rss_is_its_own_not_its_parents() -> None:
+    """A child started while this process holds 300 MB reports its own peak (tens of MB):
+    ``ru_maxrss`` would report the parent's, and did in the benches' figures until now."""
+    held = b"\1" * (300 * 2**20)  # written, so resident
+    code = "from mailsync.bench.mailbox import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < float(child.stdout) < 200
+    del held
