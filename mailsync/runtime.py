@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from mailsync import collector
 from mailsync.config import GRAPH_URL, Settings, load_settings
 from mailsync.errors import ConfigError, InvalidInputError
 from mailsync.graph.auth import GraphAuth, RoutedHttpClient, TokenProvider
@@ -193,6 +194,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
+            collector.settle()  # a deployment's flow run: the first flow of its process
             _runtime = Runtime(load_settings())
         return _runtime
 

@@ -36,6 +36,7 @@ from typing import Annotated
 
 import typer
 
+from mailsync import collector
 from mailsync.cli import (
     attachments,
     bench,
@@ -85,30 +86,16 @@ app.add_typer(notifications.notifications_app, name="notifications")
 app.add_typer(notifications.subscriptions_app, name="subscriptions")
 
 
-GC_YOUNG_THRESHOLD = 50_000  # docs/benchmark.md: the A/B against Python's default 700
-
-
 def main() -> None:
     # Prefect makes its home when imported, but not the home's parents. Make them here; a
     # home that cannot be made is reported by the commands that run flows (startup).
     with suppress(ConfigError):
         make_directory(prefect_home(), "PREFECT_HOME")
-    # Prefect leaves ~150,000 long-lived objects from its imports; the garbage collector
-    # rescanned them all through a sync (~13% of its CPU). Freeze what exists by now.
-    import gc
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
         import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
 
-    gc.freeze()
-    # A page's parse makes ~6,000 containers (500 messages' dicts) that all die together
-    # when the page is written. With the default threshold (700) each page set off about
-    # eight young collections, which promoted it and set off full ones: ~10% of a sync's
-    # CPU, ~18% with eight mailboxes' pages in flight. Pages free themselves (no cycles:
-    # mailsync.graph.client._unbind), so the young generation is collected after 50,000
-    # objects, more than eight pages' worth: few collections, none of them during a page.
-    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    collector.settle()
     try:
         with no_flow_heartbeats():
             app()

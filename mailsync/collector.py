@@ -1,0 +1,36 @@
+"""The process's garbage-collector policy, set once, by the first of the ``mailsync``
+command and the first flow that asks for the runtime (a deployment's flow run, in a
+process of its own, never runs the command).
+
+- **Freeze what exists.** Prefect's imports leave ~150,000 long-lived objects; the
+  collector rescanned them all through a sync (~13 % of its CPU).
+- **Collect the young generation after 50,000 objects, not 700.** A page's parse makes
+  ~6,000 containers (500 messages' dicts) that all die together when the page is written.
+  At 700 each page set off about eight young collections, which promoted it and set off
+  full ones: ~10 % of a sync's CPU, ~18 % with eight mailboxes' pages in flight. Pages
+  free themselves (no cycles: ``mailsync.graph.client._unbind``), so waiting for 50,000 (more
+  than eight pages' worth) leaves few collections and none during a page; peak RSS is
+  unchanged (docs/benchmark.md, the A/B).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+YOUNG_THRESHOLD = 50_000
+
+_lock = threading.Lock()
+_settled = False
+
+
+def settle() -> None:
+    """Freeze the objects that exist now and raise the young generation's threshold; once
+    per process (later calls do nothing, so the first caller decides what is frozen)."""
+    global _settled
+    with _lock:
+        if _settled:
+            return
+        _settled = True
+        gc.freeze()
+        gc.set_threshold(YOUNG_THRESHOLD)
