@@ -8,7 +8,7 @@ process of its own, never runs the command).
   ~6,000 containers (500 messages' dicts) that all die together when the page is written.
   At 700 each page set off about eight young collections, which promoted it and set off
   full ones: ~10 % of a sync's CPU, ~18 % with eight mailboxes' pages in flight. Pages
-  free themselves (no cycles: ``mailsync.graph.client._unbind``), so waiting for 50,000 (more
+  free themselves (no cycles: ``mailsync.graph.client.unbind``), so waiting for 50,000 (more
   than eight pages' worth) leaves few collections and none during a page; peak RSS is
   unchanged (docs/benchmark.md, the A/B).
 """

@@ -285,7 +285,7 @@ def whole_body(response: httpx.Response) -> bytes:
     return response.read()
 
 
-def _unbind(response: httpx.Response) -> None:
+def unbind(response: httpx.Response) -> None:
     """Break the cycle between a closed response and its stream, so that the response (a
     page's megabytes) is freed when its last use ends rather than at the garbage collector's
     next pass. httpx's client wraps the stream in one that refers back to the response to
@@ -420,7 +420,7 @@ class GraphClient:
                     response.read()
                 finally:
                     response.close()
-                    _unbind(response)
+                    unbind(response)
             except httpx.TimeoutException as exc:
                 if last:
                     raise TransientError(f"Graph request timed out: {type(exc).__name__}") from None
