@@ -194,7 +194,7 @@ def get_runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            collector.settle()  # a deployment's flow run: the first flow of its process
+            collector.set_gc_policy()  # a deployment's flow run: the first flow of its process
             _runtime = Runtime(load_settings())
         return _runtime
 

@@ -395,13 +395,16 @@ def peak_rss_mb() -> float:
     """This process's peak resident set, import and all.
 
     Linux's ``VmHWM``, not ``getrusage``'s ``ru_maxrss``: a spawned child's ``ru_maxrss``
-    starts at its parent's peak (the kernel keeps the larger across exec), so the child of a
-    bench whose floor had held 375 MB of pages reported 375 MB whatever it used itself."""
+    starts at its parent's peak (after a vfork, as ``subprocess`` spawns; after a plain
+    fork, at the parent's RSS then), because the kernel keeps the larger across exec. The
+    child of a bench whose floor had held 375 MB of pages reported 375 MB, whatever it used."""
     with suppress(OSError), open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB, elsewhere
+    # Elsewhere: ru_maxrss, with the parent's peak in it (bytes on macOS, KiB on the BSDs).
+    unit = 2**20 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
 
 
 def _own_cpu_s() -> float:

@@ -95,7 +95,7 @@ def main() -> None:
         warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
         import prefect  # noqa: F401  # imported first, so that the freeze covers its objects
 
-    collector.settle()
+    collector.set_gc_policy()
     try:
         with no_flow_heartbeats():
             app()

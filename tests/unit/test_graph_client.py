@@ -199,9 +199,11 @@ def test_a_read_answer_is_freed_without_the_garbage_collector() -> None:
 
     graph = client(httpx.MockTransport(lambda request: httpx.Response(200, content=b"x" * 1000)))
     request = graph.http.build_request("GET", "https://graph.test/v1.0/users/a/messages")
+    enabled = gc.isenabled()
     gc.disable()
     try:
         assert graph.send(request, read) == b"x" * 1000
         assert answers[0]() is None
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
