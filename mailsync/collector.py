@@ -22,7 +22,7 @@ import threading
 YOUNG_THRESHOLD = 50_000
 
 _lock = threading.Lock()
-_settled = False
+_done = False
 
 
 def set_gc_policy() -> None:
@@ -32,10 +32,10 @@ def set_gc_policy() -> None:
     No collection first: what is unreachable at the freeze stays for good, but it is only
     what the imports left (80 objects after the command's, against 63 ms for a full
     collection on every command's start), and nothing frozen later joins it."""
-    global _settled
+    global _done
     with _lock:
-        if _settled:
+        if _done:
             return
-        _settled = True
+        _done = True
         gc.freeze()
         gc.set_threshold(YOUNG_THRESHOLD)
