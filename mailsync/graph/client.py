@@ -230,20 +230,34 @@ def parse_message(raw: Any) -> EmailRecord:
         get("parentFolderId"),
         categories,
     )
+    return record_of(fields, received_at, sent_at, _attachments(get("attachments")))
+
+
+def record_of(
+    fields: tuple[Any, ...],
+    received_at: datetime,
+    sent_at: datetime | None,
+    attachments: tuple[Attachment, ...],
+) -> EmailRecord:
+    """The record of a message's stored ``fields`` as Graph sent them (``EMAIL_COLUMNS`` up
+    to ``categories``, with Graph's own timestamp strings and ``isRead`` as sent), their
+    times parsed, and its attachments. Both parsers of a message end here
+    (mailsync.graph.wire is the other), so its content hash has one definition."""
     # Hash of what we store, so an unchanged message costs no write on replay. orjson: the
     # body is most of a message, and escaping it to ASCII (json.dumps) cost more than the
     # rest of the parse together; SHA-256 runs in hardware. 128 bits of it are plenty.
     content_hash = hashlib.sha256(orjson.dumps(fields)).hexdigest()[:32]
+    is_read = fields[15]
     return EmailRecord(
-        graph_id,
+        fields[0],
         fields[1],
         fields[2],
         fields[3],
-        sender_name,
-        sender_address,
-        from_address,
-        to_json,
-        cc_json,
+        fields[4],
+        fields[5],
+        fields[6],
+        fields[7],
+        fields[8],
         received_at,
         sent_at,
         fields[11],
@@ -253,10 +267,10 @@ def parse_message(raw: Any) -> EmailRecord:
         is_read if isinstance(is_read, bool) else None,
         fields[16],
         fields[17],
-        categories,
+        fields[18],
         content_hash,
-        received_raw,  # type: ignore[arg-type]  # checked by _parse_time
-        _attachments(get("attachments")),
+        fields[9],  # received_raw: Graph's own string (checked by the caller's time parse)
+        attachments,
     )
 
 

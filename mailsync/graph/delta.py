@@ -33,6 +33,7 @@ from mailsync.graph.client import (
     parse_message,
 )
 from mailsync.graph.prefetch import PagePrefetch, Then
+from mailsync.graph.wire import decode_delta_page
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +131,13 @@ def fetch_page(
         on_next_link(early)
     elif on_delta_link is not None and (end := early_delta_link(raw)) is not None:
         on_delta_link(end)
-    body = graph.decode(raw)
-    del raw  # a page is megabytes: not kept while it is parsed
-    page = page_from_body(graph, body)
+    fast = decode_delta_page(raw)
+    if fast is not None:
+        page = DeltaPage(fast.messages, fast.removed_ids, [], *_links(graph, fast.links))
+    else:  # off the expected shape: the general parse names what is wrong
+        body = graph.decode(raw)
+        del raw  # a page is megabytes: not kept while it is parsed
+        page = page_from_body(graph, body)
     if early is not None and early != page.next_link:
         logger.warning("a delta page's nextLink read early differs from the parsed one")
     return page
