@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -65,6 +66,7 @@ MAX_ROUNDS_KEPT = 256  # per mailbox; an evicted round's nextLinks answer 410, a
 _TOKEN_KEYS = ("$skiptoken", "$deltatoken")
 _REFUSED = ("$top", "$filter", "$orderby", "$skip", "$count", "$search")
 _REMOVED = b'"@removed":{"reason":"deleted"}}'
+_RECEIVED = re.compile(rb'"receivedDateTime":"[^"]*",')  # a rendered message's time field
 
 
 @dataclass
@@ -260,6 +262,8 @@ class DeltaApi:
         parts += [link, b"}"]
         body = b"".join(parts)
         events = self._faults.count_delta_page()
+        if events.untimed_message:  # valid JSON; its first message cannot be stored
+            body = _RECEIVED.sub(b"", body, count=1)
         if events.malformed:
             body = body[: len(body) // 2]  # a 200 whose JSON stops mid-item
         self._stats.record_delta_page(items, removed)

@@ -23,6 +23,7 @@ MESSAGE_PAGE_TRIGGERS = (
 )
 DELTA_PAGE_TRIGGERS = (
     "malformed_delta_page_at",
+    "untimed_message_in_delta_page_at",
     "expire_delta_tokens_after_pages",
     "mutate_after_delta_pages",
 )
@@ -45,6 +46,7 @@ class DeltaPageEvents:
     """What counting one delta page set off; the caller acts on it."""
 
     malformed: bool = False  # serve this page cut in half
+    untimed_message: bool = False  # serve this page's first message without its time
     expire_delta_tokens: bool = False  # every delta/skip token dies once this page is out
     mutations: tuple[Mutation, ...] = ()  # apply to this page's mailbox once it is out
 
@@ -74,6 +76,8 @@ class Faults:
     ``ErrorQuotaExceeded`` while ``delta_quota_exceeded`` (ordinary listings keep working);
     410 ``delta_expired_code`` for a token minted before the tokens were expired. Counting
     delta pages: ``malformed_delta_page_at = N`` serves the Nth cut in half;
+    ``untimed_message_in_delta_page_at = N`` serves the Nth's first message without its
+    ``receivedDateTime`` (valid JSON, one message off the shape we store);
     ``expire_delta_tokens_after_pages = N`` expires every delta and skip token once the Nth
     is out (its own link is dead then); ``mutate_after_delta_pages = N`` applies
     ``delta_mutations`` (``mailsync.simulator.mutations`` JSON) to that page's mailbox once
@@ -114,6 +118,7 @@ class Faults:
     delta_quota_exceeded: bool = False
     delta_expired_code: str = SYNC_STATE_CODES[0]
     malformed_delta_page_at: int | None = None
+    untimed_message_in_delta_page_at: int | None = None
     expire_delta_tokens_after_pages: int | None = None
     mutate_after_delta_pages: int | None = None
     delta_mutations: list[dict[str, Any]] = field(default_factory=list)
@@ -263,6 +268,7 @@ class Faults:
                 mutations = tuple(parse_mutations(self.delta_mutations))
             return DeltaPageEvents(
                 "malformed_delta_page_at" in fired,
+                "untimed_message_in_delta_page_at" in fired,
                 "expire_delta_tokens_after_pages" in fired,
                 mutations,
             )

@@ -269,6 +269,24 @@ def test_a_malformed_page_fails_its_chunk_as_bad_data(
     assert len(ids) == len(set(ids))
 
 
+def test_a_message_off_the_shape_is_counted_failed_and_the_rest_stored(
+    runtime: Any, simulator: Any, database_url: str
+) -> None:
+    """A delta page that is valid JSON with one message Graph sent without its time: that
+    message is counted failed, its page's others and every other page are stored."""
+    box = simulator.add_mailbox(MAILBOX, 1000, seed=29)
+    simulator.faults.untimed_message_in_delta_page_at = 3
+    summary = sync_mailbox(mailbox=MAILBOX, chunk_size=400, page_size=100, graph_url=simulator.url)
+    simulator.faults.untimed_message_in_delta_page_at = None
+    rows = chunks(database_url, summary["job_id"])
+    assert sum(c["emails_failed"] for c in rows) == 1
+    assert sum(c["emails_processed"] for c in rows) == 999
+    assert summary["emails_failed"] == 1, summary
+    ids = stored_ids(database_url)
+    assert len(ids) == len(set(ids)) == 999
+    assert set(ids) < box.ids()
+
+
 def test_resuming_takes_back_a_dead_workers_chunk(
     runtime: Any, simulator: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
