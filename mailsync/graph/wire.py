@@ -85,6 +85,8 @@ class _DeltaPage(msgspec.Struct, gc=False):
     delta_link: Any = msgspec.field(name="@odata.deltaLink", default=None)
 
 
+# One decoder for every prefetch thread: its methods are threadsafe since msgspec 0.16
+# (msgspec#402; pyproject asks for 0.18 or newer).
 _decoder = msgspec.json.Decoder(_DeltaPage)
 _NO_PARTY = _Party()
 _NO_ADDRESS = _Address()
