@@ -144,7 +144,8 @@ def build_records(count: int, seed: int) -> list[Any]:
     """The messages as the sync stores them: generated, rendered as Graph JSON, parsed."""
     import orjson
 
-    from mailsync.graph.client import SELECT_FIELDS, parse_message
+    from mailsync.graph.client import SELECT_FIELDS
+    from mailsync.graph.messages import parse_message
     from mailsync.simulator.generator import generate_messages
 
     select = SELECT_FIELDS.split(",")

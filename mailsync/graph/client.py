@@ -16,12 +16,10 @@ Graph's ``Retry-After`` (else bounded exponential backoff with jitter) before gi
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
@@ -44,6 +42,8 @@ from mailsync.errors import (
 from mailsync.graph.auth import url_origin
 from mailsync.graph.backoff import retry_delay
 from mailsync.graph.limits import STREAM_EXTENSION
+from mailsync.graph.messages import EmailRecord, parse_message
+from mailsync.graph.wire import decode_page
 
 SELECT_FIELDS = (
     "id,internetMessageId,conversationId,subject,from,sender,toRecipients,ccRecipients,"
@@ -82,50 +82,16 @@ class Cursor:
         return cls(data.get("received_after"), tuple(data.get("seen_ids") or ()))
 
 
-@dataclass(frozen=True)
-class Attachment:
-    graph_attachment_id: str
-    name: str | None
-    content_type: str | None
-    size_bytes: int | None
-    is_inline: bool
+_NOT_AN_OBJECT = object()  # the time of an item that is not a JSON object: a tie with nothing
 
 
-class EmailRecord(NamedTuple):
-    """One message, as stored: the staging table's columns in order (``row``), then what
-    the pager and the attachments need. A tuple, not a frozen dataclass: a page builds 500
-    of them, and a frozen dataclass's ``__init__`` cost a quarter of the parse."""
+class Listed(NamedTuple):
+    """A listing's page, parsed: each message in order, as a record or as the id of one that
+    failed its parse, with the receivedDateTime Graph sent for it; and the page's links
+    (its JSON object, or the links the typed decode found)."""
 
-    graph_id: str
-    internet_message_id: str | None
-    conversation_id: str | None
-    subject: str | None
-    sender_name: str | None
-    sender_address: str | None
-    from_address: str | None
-    to_recipients: str  # JSON text
-    cc_recipients: str  # JSON text
-    received_at: datetime
-    sent_at: datetime | None
-    body_content_type: str | None
-    body: str | None
-    body_preview: str | None
-    has_attachments: bool
-    is_read: bool | None
-    importance: str | None
-    parent_folder_id: str | None
-    categories: str  # JSON text: the user's category names
-    content_hash: str
-    received_raw: str  # Graph's own timestamp string (a keyset cursor's value)
-    attachments: tuple[Attachment, ...] = ()
-
-    def row(self) -> tuple[Any, ...]:
-        """The stored columns (``EMAIL_COLUMNS``), in order."""
-        return self[:_STORED]
-
-
-EMAIL_COLUMNS: tuple[str, ...] = EmailRecord._fields[: EmailRecord._fields.index("received_raw")]
-_STORED = len(EMAIL_COLUMNS)
+    items: list[tuple[EmailRecord | str, Any]]
+    links: dict[str, Any]
 
 
 @dataclass
@@ -135,143 +101,6 @@ class Page:
     cursor: Cursor  # the position after this page
     exhausted: bool  # nothing more in the window
     last: bool = False  # the pager stops after this page (exhausted, or its limit reached)
-
-
-def _parse_time(value: Any, graph_id: str, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise BadDataError(f"message {graph_id[:20]}: {what} is missing or not a string")
-    try:
-        return datetime.fromisoformat(value)  # Python 3.11 reads Graph's trailing Z as UTC
-    except ValueError:
-        raise BadDataError(
-            f"message {graph_id[:20]}: {what} {value[:40]!r} is not an ISO 8601 datetime"
-        ) from None
-
-
-def _address(party: Any) -> tuple[str | None, str | None]:
-    if not isinstance(party, dict):
-        return None, None
-    email = party.get("emailAddress") or {}
-    return email.get("name"), email.get("address")
-
-
-def _recipients_json(value: Any, what: str) -> str:
-    if not value:
-        if value is None or isinstance(value, list):
-            return "[]"
-        raise BadDataError(f"{what} is not a list")
-    if not isinstance(value, list):
-        raise BadDataError(f"{what} is not a list")
-    return orjson.dumps([{"name": n, "address": a} for n, a in map(_address, value)]).decode()
-
-
-def _attachments(value: Any) -> tuple[Attachment, ...]:
-    if not value:
-        return ()
-    return tuple(
-        Attachment(
-            graph_attachment_id=str(a.get("id")),
-            name=a.get("name"),
-            content_type=a.get("contentType"),
-            size_bytes=a.get("size") if isinstance(a.get("size"), int) else None,
-            is_inline=bool(a.get("isInline")),
-        )
-        for a in value
-        if isinstance(a, dict) and a.get("id")
-    )
-
-
-def _categories_json(value: Any) -> str:
-    if value is None:
-        return "[]"
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise BadDataError("categories is not a list of strings")
-    return orjson.dumps(value).decode()
-
-
-def parse_message(raw: Any) -> EmailRecord:
-    """Graph JSON → EmailRecord, or BadDataError naming what is wrong."""
-    if not isinstance(raw, dict):
-        raise BadDataError("a message is not a JSON object")
-    get = raw.get
-    graph_id = get("id")
-    if not isinstance(graph_id, str) or not graph_id:
-        raise BadDataError("a message has no id")
-    received_raw = get("receivedDateTime")
-    received_at = _parse_time(received_raw, graph_id, "receivedDateTime")
-    sent_raw = get("sentDateTime")
-    sent_at = _parse_time(sent_raw, graph_id, "sentDateTime") if sent_raw else None
-    body = get("body") or {}
-    if not isinstance(body, dict):
-        raise BadDataError(f"message {graph_id[:20]}: body is not an object")
-    sender_name, sender_address = _address(get("sender"))
-    from_address = _address(get("from"))[1]
-    to_json = _recipients_json(get("toRecipients"), "toRecipients")
-    cc_json = _recipients_json(get("ccRecipients"), "ccRecipients")
-    is_read, categories = get("isRead"), _categories_json(get("categories"))
-    fields = (
-        graph_id,
-        get("internetMessageId"),
-        get("conversationId"),
-        get("subject"),
-        sender_name,
-        sender_address,
-        from_address,
-        to_json,
-        cc_json,
-        received_raw,
-        sent_raw,
-        body.get("contentType"),
-        body.get("content"),
-        get("bodyPreview"),
-        bool(get("hasAttachments")),
-        is_read,
-        get("importance"),
-        get("parentFolderId"),
-        categories,
-    )
-    return record_of(fields, received_at, sent_at, _attachments(get("attachments")))
-
-
-def record_of(
-    fields: tuple[Any, ...],
-    received_at: datetime,
-    sent_at: datetime | None,
-    attachments: tuple[Attachment, ...],
-) -> EmailRecord:
-    """The record of a message's stored ``fields`` as Graph sent them (``EMAIL_COLUMNS`` up
-    to ``categories``, with Graph's own timestamp strings and ``isRead`` as sent), their
-    times parsed, and its attachments. Both parsers of a message end here
-    (mailsync.graph.wire is the other), so its content hash has one definition."""
-    # Hash of what we store, so an unchanged message costs no write on replay. orjson: the
-    # body is most of a message, and escaping it to ASCII (json.dumps) cost more than the
-    # rest of the parse together; SHA-256 runs in hardware. 128 bits of it are plenty.
-    content_hash = hashlib.sha256(orjson.dumps(fields)).hexdigest()[:32]
-    is_read = fields[15]
-    return EmailRecord(
-        fields[0],
-        fields[1],
-        fields[2],
-        fields[3],
-        fields[4],
-        fields[5],
-        fields[6],
-        fields[7],
-        fields[8],
-        received_at,
-        sent_at,
-        fields[11],
-        fields[12],
-        fields[13],
-        fields[14],
-        is_read if isinstance(is_read, bool) else None,
-        fields[16],
-        fields[17],
-        fields[18],
-        content_hash,
-        fields[9],  # received_raw: Graph's own string (checked by the caller's time parse)
-        attachments,
-    )
 
 
 def _graph_error_detail(response: httpx.Response) -> tuple[str | None, str]:
@@ -570,7 +399,7 @@ class GraphClient:
         while True:
             want = None if limit is None else max(1, limit - delivered)
             if next_link:
-                body = self.get_json(next_link)  # inside a tie run: followed exactly as given
+                raw = self.get_bytes(next_link)  # inside a tie run: followed exactly as given
             else:
                 # The messages stored at the cursor's own timestamp come back first and are
                 # dropped: ask for that many more, so that a page still brings page_size new
@@ -578,7 +407,7 @@ class GraphClient:
                 top = page_size if want is None else min(page_size, want)
                 asked = min(MAX_TOP, top + len(cursor.seen_ids))
                 start = cursor.received_after or since
-                body = self.get_json(
+                raw = self.get_bytes(
                     url,
                     {
                         "$filter": self.window_filter(start, until),
@@ -587,43 +416,57 @@ class GraphClient:
                         "$select": SELECT_FIELDS,  # no $expand: see mailsync.graph.delta
                     },
                 )
-            page = self._page(body, cursor, want)
+            listed = self.listed(raw)
+            del raw  # megabytes: not kept alive while the caller writes
+            page = self._page(listed, cursor, want)
             delivered += len(page.messages)
             page.last = page.exhausted or (limit is not None and delivered >= limit)
             cursor = page.cursor
-            link = self.link(body)
-            next_link = link if link and self._only_ties(body, cursor, asked) else None
-            del body  # megabytes of parsed JSON: not kept alive while the caller writes
+            link = self.link(listed.links)
+            next_link = link if link and self._only_ties(listed, cursor, asked) else None
             yield page
             if page.last:
                 return
 
-    @staticmethod
-    def _only_ties(body: dict[str, Any], cursor: Cursor, page_size: int) -> bool:
-        """A full page whose messages all share the cursor's timestamp: no keyset progress."""
-        value = body.get("value") or []
-        return len(value) >= page_size and all(
-            isinstance(m, dict) and m.get("receivedDateTime") == cursor.received_after
-            for m in value
-        )
-
-    @staticmethod
-    def _page(body: dict[str, Any], cursor: Cursor, want: int | None = None) -> Page:
-        """The new messages of a page (at most ``want``) and the cursor after them."""
+    def listed(self, raw: bytes) -> Listed:
+        """A listing's page: each message parsed (or the id of one that failed), with its
+        own receivedDateTime, and the page's links. The typed decode first; a page off its
+        shape goes to the general parse, message by message (mailsync.graph.wire)."""
+        fast = decode_page(raw)
+        if fast is not None and not fast.removed_ids:
+            return Listed([(m, m.received_raw) for m in fast.messages], fast.links)
+        body = self.decode(raw)
         value = body.get("value")
         if not isinstance(value, list):
             raise BadDataError("Graph's page has no 'value' list")
+        items: list[tuple[EmailRecord | str, Any]] = []
+        for item in value:
+            received = item.get("receivedDateTime") if isinstance(item, dict) else _NOT_AN_OBJECT
+            try:
+                items.append((parse_message(item), received))
+            except BadDataError:
+                items.append((str(item.get("id")) if isinstance(item, dict) else "?", received))
+        return Listed(items, body)
+
+    @staticmethod
+    def _only_ties(listed: Listed, cursor: Cursor, page_size: int) -> bool:
+        """A full page whose messages all share the cursor's timestamp: no keyset progress."""
+        return len(listed.items) >= page_size and all(
+            received == cursor.received_after for _, received in listed.items
+        )
+
+    @staticmethod
+    def _page(listed: Listed, cursor: Cursor, want: int | None = None) -> Page:
+        """The new messages of a page (at most ``want``) and the cursor after them."""
         at, ids = cursor.received_after, list(cursor.seen_ids)
         seen = set(ids)
         messages: list[EmailRecord] = []
         failed: list[str] = []
         consumed = 0
-        for raw in value:
+        for record, _ in listed.items:
             consumed += 1
-            try:
-                record = parse_message(raw)
-            except BadDataError:
-                failed.append(str(raw.get("id")) if isinstance(raw, dict) else "?")
+            if isinstance(record, str):
+                failed.append(record)  # the id of a message that failed its parse
                 continue
             if record.received_raw == at:
                 if record.graph_id in seen:
@@ -635,5 +478,5 @@ class GraphClient:
             messages.append(record)
             if want is not None and len(messages) >= want:
                 break  # the rest is the next page's: the cursor stops here
-        exhausted = consumed == len(value) and "@odata.nextLink" not in body
+        exhausted = consumed == len(listed.items) and "@odata.nextLink" not in listed.links
         return Page(messages, failed, Cursor(at, tuple(ids)), exhausted)

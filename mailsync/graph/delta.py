@@ -26,14 +26,10 @@ from typing import Any
 import orjson
 
 from mailsync.errors import BadDataError
-from mailsync.graph.client import (
-    SELECT_FIELDS,
-    EmailRecord,
-    GraphClient,
-    parse_message,
-)
+from mailsync.graph.client import SELECT_FIELDS, GraphClient
+from mailsync.graph.messages import EmailRecord, parse_message
 from mailsync.graph.prefetch import PagePrefetch, Then
-from mailsync.graph.wire import decode_delta_page
+from mailsync.graph.wire import decode_page
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +127,7 @@ def fetch_page(
         on_next_link(early)
     elif on_delta_link is not None and (end := early_delta_link(raw)) is not None:
         on_delta_link(end)
-    fast = decode_delta_page(raw)
+    fast = decode_page(raw)
     if fast is not None:
         page = DeltaPage(fast.messages, fast.removed_ids, [], *_links(graph, fast.links))
     else:  # off the expected shape: the general parse names what is wrong

@@ -1,4 +1,4 @@
-"""A delta page's bytes decoded straight into typed structs (msgspec): the sync's hot parse.
+"""A page's bytes decoded straight into typed structs (msgspec): the sync's hot parse.
 
 ``orjson`` builds a dict for every message and every nested object of a page, and the parse
 then reads each field back out of them with a check: about 15 µs a message, a third of the
@@ -11,8 +11,10 @@ Only the expected shape takes this path. Anything else on a page (a field of ano
 type, a message without an id or a valid receivedDateTime, an item that is not an object,
 JSON that does not parse) returns None, and the caller parses the page the general way
 (``GraphClient.decode`` and ``parse_message``), which names what is wrong and counts a bad
-message as failed without failing the page. One difference, on purpose: a number too large
-for a double in a field we do not read is skipped here, where orjson refuses the page.
+message as failed without failing the page. Both kinds of page take this path: a folder's
+delta pages (mailsync.graph.delta) and a window's listed pages (``GraphClient.listed``).
+One difference, on purpose: a number too large for a double in a field we do not read is
+skipped here, where orjson refuses the page.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from mailsync.graph.client import Attachment, EmailRecord, record_of
+from mailsync.graph.messages import Attachment, EmailRecord, record_of
 
 
 # Graph's own field names (camelCase), so that msgspec maps them without a rename each.
@@ -81,8 +83,10 @@ class _Item(msgspec.Struct, gc=False):
 
 class _DeltaPage(msgspec.Struct, gc=False):
     value: list[_Item]
-    next_link: Any = msgspec.field(name="@odata.nextLink", default=None)
-    delta_link: Any = msgspec.field(name="@odata.deltaLink", default=None)
+    # UNSET when the page has no such key: a key sent as null is kept, as the general
+    # parse keeps it (a listing with a null nextLink is not exhausted by it)
+    next_link: Any = msgspec.field(name="@odata.nextLink", default=msgspec.UNSET)
+    delta_link: Any = msgspec.field(name="@odata.deltaLink", default=msgspec.UNSET)
 
 
 # One decoder for every prefetch thread: its methods are threadsafe since msgspec 0.16
@@ -99,11 +103,11 @@ class _OffShape(Exception):
 
 class FastPage(msgspec.Struct, gc=False):
     messages: list[EmailRecord]
-    removed_ids: list[str]
+    removed_ids: list[str]  # a delta page's items that left the folder
     links: dict[str, Any]  # the page's "@odata.nextLink"/"@odata.deltaLink", unchecked
 
 
-def decode_delta_page(raw: bytes) -> FastPage | None:
+def decode_page(raw: bytes) -> FastPage | None:
     """The page's messages, removed ids and links; None when anything on it is off the
     expected shape (the caller then parses it the general way)."""
     try:
@@ -119,9 +123,9 @@ def decode_delta_page(raw: bytes) -> FastPage | None:
         # DecodeError includes ValidationError; ValueError: an invalid ISO 8601 time
         return None
     links = {}
-    if page.next_link is not None:
+    if page.next_link is not msgspec.UNSET:
         links["@odata.nextLink"] = page.next_link
-    if page.delta_link is not None:
+    if page.delta_link is not msgspec.UNSET:
         links["@odata.deltaLink"] = page.delta_link
     return FastPage(messages, removed, links)
 

@@ -34,7 +34,8 @@ from mailsync.errors import (
     is_retryable,
 )
 from mailsync.graph.backoff import retry_delay
-from mailsync.graph.client import Cursor, EmailRecord, GraphClient, Page
+from mailsync.graph.client import Cursor, GraphClient, Page
+from mailsync.graph.messages import EmailRecord
 from mailsync.graph.prefetch import PagePrefetch
 from mailsync.store.db import Database, Row, Session
 from mailsync.store.rows import ChunkRow, JobRow, StoreRow

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from mailsync.graph.client import EMAIL_COLUMNS, EmailRecord
+from mailsync.graph.messages import EMAIL_COLUMNS, EmailRecord
 from mailsync.store.db import Session
 
 # The staging table's column types (sql/queries.sql, create_email_staging), for the binary

@@ -18,7 +18,8 @@ from mailsync.errors import (
     PermissionDeniedError,
     ThrottledError,
 )
-from mailsync.graph.client import Cursor, GraphClient, parse_message
+from mailsync.graph.client import Cursor, GraphClient
+from mailsync.graph.messages import parse_message
 
 
 def msg(i: int, ts: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailsync.graph.client import EmailRecord, parse_message
+from mailsync.graph.messages import EmailRecord, parse_message
 from mailsync.sync.ingest import may_have_attachments
 
 

@@ -15,7 +15,8 @@ import pytest
 from mailsync.errors import BadDataError
 from mailsync.graph.client import GraphClient
 from mailsync.graph.delta import DeltaPage, _links, fetch_page, page_from_body
-from mailsync.graph.wire import decode_delta_page
+from mailsync.graph.messages import parse_message
+from mailsync.graph.wire import decode_page
 
 BASE = "https://graph.test"
 NEXT = f"{BASE}/v1.0/users/u/mailFolders/f/messages/delta?$skiptoken=abc"
@@ -80,7 +81,7 @@ def message(i: int, rng: random.Random) -> dict[str, Any]:
 
 def both(body: dict[str, Any]) -> tuple[DeltaPage | None, DeltaPage]:
     raw = orjson.dumps(body)
-    fast = decode_delta_page(raw)
+    fast = decode_page(raw)
     general = page_from_body(GRAPH, orjson.loads(raw))
     if fast is None:
         return None, general
@@ -141,7 +142,7 @@ OFF_SHAPE = {
 @pytest.mark.parametrize("name", OFF_SHAPE)
 def test_a_page_off_the_shape_goes_to_the_general_parse(name: str) -> None:
     body = off(OFF_SHAPE[name])
-    assert decode_delta_page(orjson.dumps(body)) is None
+    assert decode_page(orjson.dumps(body)) is None
     try:
         page = page_from_body(GRAPH, body)
     except BadDataError:
@@ -153,7 +154,7 @@ def test_a_bad_message_fails_alone_not_its_page() -> None:
     """What the fallback keeps: one message without a time is counted failed, the others
     are stored, exactly as before the typed decode."""
     body = off(set_in("receivedDateTime", None))
-    assert decode_delta_page(orjson.dumps(body)) is None
+    assert decode_page(orjson.dumps(body)) is None
     page = page_from_body(GRAPH, body)
     assert page.failed_ids == [body["value"][2]["id"]]
     assert len(page.messages) == 4
@@ -169,7 +170,7 @@ def test_a_bad_message_fails_alone_not_its_page() -> None:
     ],
 )
 def test_bytes_that_are_not_a_page_go_to_the_general_parse(raw: bytes) -> None:
-    assert decode_delta_page(raw) is None
+    assert decode_page(raw) is None
     with pytest.raises(BadDataError):
         page_from_body(GRAPH, GRAPH.decode(raw))
 
@@ -193,6 +194,26 @@ def test_fetch_page_takes_the_typed_path_and_the_general_one_alike() -> None:
 
 def test_a_link_off_the_graph_host_is_refused_on_the_typed_path_too() -> None:
     body = off(lambda b: b.update({"@odata.deltaLink": "https://evil.example/x"}))
-    assert decode_delta_page(orjson.dumps(body)) is not None
+    assert decode_page(orjson.dumps(body)) is not None
     with pytest.raises(BadDataError, match="not a link to"):
         fetched(body)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_windows_listed_page_gets_the_general_parses_items(seed: int) -> None:
+    """The keyset listing (``GraphClient.listed``) takes the typed decode too: the same
+    records, with the times Graph sent, as the general parse gives message by message."""
+    rng = random.Random(seed)
+    body: dict[str, Any] = {"value": [message(i, rng) for i in range(40)], "@odata.nextLink": NEXT}
+    listed = GRAPH.listed(orjson.dumps(body))
+    assert listed.items == [(parse_message(m), m["receivedDateTime"]) for m in body["value"]]
+    assert listed.links == {"@odata.nextLink": NEXT}
+
+
+def test_a_null_next_link_is_kept_as_sent() -> None:
+    """Sent as null, a nextLink is still a key of the page, as the general parse sees it:
+    the listing asks once more rather than call the window done."""
+    body = {"value": [message(1, random.Random(1))], "@odata.nextLink": None}
+    assert GRAPH.listed(orjson.dumps(body)).links == {"@odata.nextLink": None}
+    fast = decode_page(orjson.dumps(body))
+    assert fast is not None and fast.links == {"@odata.nextLink": None}
