@@ -77,6 +77,8 @@ def _address(party: Any) -> tuple[str | None, str | None]:
     if not isinstance(party, dict):
         return None, None
     email = party.get("emailAddress") or {}
+    if not isinstance(email, dict):
+        raise BadDataError("an emailAddress is not an object")
     return email.get("name"), email.get("address")
 
 
@@ -155,7 +157,28 @@ def parse_message(raw: Any) -> EmailRecord:
         get("parentFolderId"),
         categories,
     )
+    for at, what in _TEXT_FIELDS:
+        if not isinstance(fields[at], str | None):
+            raise BadDataError(f"message {graph_id[:20]}: {what} is not a string")
     return record_of(fields, received_at, sent_at, _attachments(get("attachments")))
+
+
+# The stored text columns among a message's fields, by position: a value of another JSON
+# type is the message's own fault (it is counted failed), not the page's; left to the COPY,
+# one such message failed the whole page's write with a TypeError.
+_TEXT_FIELDS = (
+    (1, "internetMessageId"),
+    (2, "conversationId"),
+    (3, "subject"),
+    (4, "the sender's name"),
+    (5, "the sender's address"),
+    (6, "the from address"),
+    (11, "body.contentType"),
+    (12, "body.content"),
+    (13, "bodyPreview"),
+    (16, "importance"),
+    (17, "parentFolderId"),
+)
 
 
 def record_of(
