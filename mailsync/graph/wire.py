@@ -81,7 +81,7 @@ class _Item(msgspec.Struct, gc=False):
     attachments: list[_Attachment] | None = None
 
 
-class _DeltaPage(msgspec.Struct, gc=False):
+class _Page(msgspec.Struct, gc=False):
     value: list[_Item]
     # UNSET when the page has no such key: a key sent as null is kept, as the general
     # parse keeps it (a listing with a null nextLink is not exhausted by it)
@@ -91,7 +91,7 @@ class _DeltaPage(msgspec.Struct, gc=False):
 
 # One decoder for every prefetch thread: its methods are threadsafe since msgspec 0.16
 # (msgspec#402; pyproject asks for 0.18 or newer).
-_decoder = msgspec.json.Decoder(_DeltaPage)
+_decoder = msgspec.json.Decoder(_Page)
 _NO_PARTY = _Party()
 _NO_ADDRESS = _Address()
 _NO_BODY = _Body()
