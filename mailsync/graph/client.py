@@ -82,13 +82,14 @@ class Cursor:
         return cls(data.get("received_after"), tuple(data.get("seen_ids") or ()))
 
 
+_LINKS = ("@odata.nextLink", "@odata.deltaLink")
 _NOT_AN_OBJECT = object()  # the time of an item that is not a JSON object: a tie with nothing
 
 
 class Listed(NamedTuple):
     """A listing's page, parsed: each message in order, as a record or as the id of one that
-    failed its parse, with the receivedDateTime Graph sent for it; and the page's links
-    (its JSON object, or the links the typed decode found)."""
+    failed its parse, with the receivedDateTime Graph sent for it; and the page's link keys
+    as sent (a key present with null is kept)."""
 
     items: list[tuple[EmailRecord | str, Any]]
     links: dict[str, Any]
@@ -424,6 +425,7 @@ class GraphClient:
             cursor = page.cursor
             link = self.link(listed.links)
             next_link = link if link and self._only_ties(listed, cursor, asked) else None
+            del listed  # the page's records: the caller holds the ones it writes
             yield page
             if page.last:
                 return
@@ -446,7 +448,7 @@ class GraphClient:
                 items.append((parse_message(item), received))
             except BadDataError:
                 items.append((str(item.get("id")) if isinstance(item, dict) else "?", received))
-        return Listed(items, body)
+        return Listed(items, {k: body[k] for k in _LINKS if k in body})
 
     @staticmethod
     def _only_ties(listed: Listed, cursor: Cursor, page_size: int) -> bool:

@@ -1,7 +1,8 @@
 """A message as mailsync stores it (``EmailRecord``), and the general parse of Graph's JSON
 into one (``parse_message``): every field checked, and a message off the shape named in a
-``BadDataError``. The sync's delta pages take the typed decode of mailsync.graph.wire
-first; both end in ``record_of``, so a message's content hash has one definition.
+``BadDataError``. The sync's pages (delta and listed) take the typed decode of
+mailsync.graph.wire first; both end in ``record_of``, so a message's content hash has one
+definition.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def _recipients_json(value: Any, what: str) -> str:
 def _attachments(value: Any) -> tuple[Attachment, ...]:
     if not value:
         return ()
+    if not isinstance(value, list):
+        raise BadDataError("attachments is not a list")
     return tuple(
         Attachment(
             graph_attachment_id=str(a.get("id")),

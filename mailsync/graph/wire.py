@@ -13,8 +13,10 @@ JSON that does not parse) returns None, and the caller parses the page the gener
 (``GraphClient.decode`` and ``parse_message``), which names what is wrong and counts a bad
 message as failed without failing the page. Both kinds of page take this path: a folder's
 delta pages (mailsync.graph.delta) and a window's listed pages (``GraphClient.listed``).
-One difference, on purpose: a number too large for a double in a field we do not read is
-skipped here, where orjson refuses the page.
+A message with attachments inline (never asked for: no ``$expand``) takes the general
+parse too. Where the two differ, on purpose: a value in a field we do not read is skipped
+unchecked here, so a number too large for a double or bytes that are not UTF-8 there pass,
+where orjson refuses the page; nothing of them is stored.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from mailsync.graph.messages import Attachment, EmailRecord, record_of
+from mailsync.graph.messages import EmailRecord, record_of
 
 
 # Graph's own field names (camelCase), so that msgspec maps them without a rename each.
@@ -45,14 +47,6 @@ class _Body(msgspec.Struct, gc=False):
 
 class _Removed(msgspec.Struct, gc=False):
     reason: str | None = None
-
-
-class _Attachment(msgspec.Struct, gc=False):
-    id: str | None = None
-    name: str | None = None
-    contentType: str | None = None
-    size: int | None = None
-    isInline: bool | None = None
 
 
 class _Item(msgspec.Struct, gc=False):
@@ -78,7 +72,7 @@ class _Item(msgspec.Struct, gc=False):
     importance: str | None = None
     parentFolderId: str | None = None
     categories: list[str] | None = None
-    attachments: list[_Attachment] | None = None
+    attachments: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET  # present: the general parse
 
 
 class _Page(msgspec.Struct, gc=False):
@@ -119,8 +113,9 @@ def decode_page(raw: bytes) -> FastPage | None:
                 removed.append(item.id)
             else:
                 messages.append(_record(item))
-    except (msgspec.DecodeError, _OffShape, ValueError):
-        # DecodeError includes ValidationError; ValueError: an invalid ISO 8601 time
+    except (msgspec.DecodeError, _OffShape, RecursionError):
+        # DecodeError includes ValidationError. RecursionError: JSON nested deeper than
+        # msgspec goes (~1,000 levels; orjson names the page bad at 1,024)
         return None
     links = {}
     if page.next_link is not msgspec.UNSET:
@@ -141,17 +136,16 @@ def _recipients(parties: list[_Party] | None) -> str:
     ).decode()
 
 
-def _attachments(items: list[_Attachment] | None) -> tuple[Attachment, ...]:
-    if not items:
-        return ()
-    return tuple(
-        Attachment(a.id, a.name, a.contentType, a.size, bool(a.isInline)) for a in items if a.id
-    )
+def _time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _OffShape from None
 
 
 def _record(m: _Item) -> EmailRecord:
     graph_id, received_raw, sent_raw = m.id, m.receivedDateTime, m.sentDateTime
-    if not graph_id or received_raw is None:
+    if not graph_id or received_raw is None or m.attachments is not msgspec.UNSET:
         raise _OffShape
     body = m.body or _NO_BODY
     sender = (m.sender or _NO_PARTY).emailAddress or _NO_ADDRESS
@@ -178,9 +172,4 @@ def _record(m: _Item) -> EmailRecord:
         m.parentFolderId,
         "[]" if categories is None else orjson.dumps(categories).decode(),
     )
-    return record_of(
-        fields,
-        datetime.fromisoformat(received_raw),
-        datetime.fromisoformat(sent_raw) if sent_raw else None,
-        _attachments(m.attachments),
-    )
+    return record_of(fields, _time(received_raw), _time(sent_raw) if sent_raw else None, ())

@@ -1,4 +1,4 @@
-"""The typed decode of a delta page (mailsync.graph.wire) against the general parse: the
+"""The typed decode of a page (mailsync.graph.wire) against the general parse: the
 same records, content hashes included, for every shape Graph sends; None, so that the
 general parse judges, for anything else."""
 
@@ -36,7 +36,7 @@ def party(rng: random.Random) -> Any:
     )
 
 
-def message(i: int, rng: random.Random) -> dict[str, Any]:
+def message(i: int, rng: random.Random, *, with_attachments: bool = False) -> dict[str, Any]:
     """A message as Graph sends it, each optional field present, null, empty or absent."""
     full: dict[str, Any] = {
         "@odata.etag": 'W/"CQAAAB"',
@@ -67,7 +67,7 @@ def message(i: int, rng: random.Random) -> dict[str, Any]:
         "categories": rng.choice([[], ["Red category", "Ünïcode"], None]),
         "flag": {"flagStatus": "notFlagged"},  # a field we do not store: skipped
     }
-    if rng.random() < 0.2:
+    if with_attachments:  # never asked for (no $expand): the general parse's
         full["attachments"] = [
             {"id": "att-1", "name": "a.pdf", "contentType": "application/pdf", "size": 10},
             {"id": "att-2", "isInline": True, "size": None},
@@ -165,6 +165,30 @@ def test_a_page_off_the_shape_goes_to_the_general_parse(name: str) -> None:
     else:
         assert page.failed_ids == [] and odd_id in {m.graph_id for m in page.messages}
     assert len(page.messages) + len(page.failed_ids) == len(body["value"])
+
+
+def test_attachments_inline_take_the_general_parse() -> None:
+    rng = random.Random(3)
+    body = {"value": [message(i, rng, with_attachments=i == 2) for i in range(5)]}
+    body["@odata.deltaLink"] = NEXT
+    assert decode_page(orjson.dumps(body)) is None
+    page = page_from_body(GRAPH, body)
+    assert [a.graph_attachment_id for a in page.messages[2].attachments] == ["att-1", "att-2"]
+
+
+def test_json_nested_deeper_than_the_decoder_goes_takes_the_general_parse() -> None:
+    """msgspec stops near 1,000 levels with RecursionError; the page goes to the general
+    parse, which reads it (orjson's limit is 1,024), or names it bad beyond that."""
+    for depth, readable in ((1000, True), (1100, False)):
+        raw = orjson.dumps(off(lambda b: None)).replace(
+            b'"value":[', b'"zz":' + b"[" * depth + b"]" * depth + b',"value":[', 1
+        )
+        assert decode_page(raw) is None
+        if readable:
+            assert len(page_from_body(GRAPH, GRAPH.decode(raw)).messages) == 5
+        else:
+            with pytest.raises(BadDataError, match="not valid JSON"):
+                GRAPH.decode(raw)
 
 
 def test_a_bad_message_fails_alone_not_its_page() -> None:
