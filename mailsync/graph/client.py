@@ -42,7 +42,7 @@ from mailsync.errors import (
 from mailsync.graph.auth import url_origin
 from mailsync.graph.backoff import retry_delay
 from mailsync.graph.limits import STREAM_EXTENSION
-from mailsync.graph.messages import EmailRecord, parse_message
+from mailsync.graph.messages import EmailRecord, parse_item
 from mailsync.graph.wire import decode_page
 
 SELECT_FIELDS = (
@@ -444,10 +444,7 @@ class GraphClient:
         items: list[tuple[EmailRecord | str, Any]] = []
         for item in value:
             received = item.get("receivedDateTime") if isinstance(item, dict) else _NOT_AN_OBJECT
-            try:
-                items.append((parse_message(item), received))
-            except BadDataError:
-                items.append((str(item.get("id")) if isinstance(item, dict) else "?", received))
+            items.append((parse_item(item), received))
         return Listed(items, {k: body[k] for k in _LINKS if k in body})
 
     @staticmethod

@@ -27,7 +27,7 @@ import orjson
 
 from mailsync.errors import BadDataError
 from mailsync.graph.client import SELECT_FIELDS, GraphClient
-from mailsync.graph.messages import EmailRecord, parse_message
+from mailsync.graph.messages import EmailRecord, parse_item
 from mailsync.graph.prefetch import PagePrefetch, Then
 from mailsync.graph.wire import decode_page
 
@@ -69,10 +69,11 @@ def _parse_items(body: dict[str, Any], page: DeltaPage) -> None:
                 raise BadDataError("Graph's delta page removes an item without an id")
             page.removed_ids.append(item["id"])
             continue
-        try:
-            page.messages.append(parse_message(item))
-        except BadDataError:
-            page.failed_ids.append(str(item.get("id")) if isinstance(item, dict) else "?")
+        parsed = parse_item(item)
+        if isinstance(parsed, str):
+            page.failed_ids.append(parsed)
+        else:
+            page.messages.append(parsed)
 
 
 def early_next_link(raw: bytes) -> str | None:

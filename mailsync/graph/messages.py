@@ -8,6 +8,7 @@ definition.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -90,7 +91,13 @@ def _recipients_json(value: Any, what: str) -> str:
         raise BadDataError(f"{what} is not a list")
     if not isinstance(value, list):
         raise BadDataError(f"{what} is not a list")
-    return orjson.dumps([{"name": n, "address": a} for n, a in map(_address, value)]).decode()
+    return recipients_json(map(_address, value))
+
+
+def recipients_json(parties: Iterable[tuple[str | None, str | None]]) -> str:
+    """Recipients as stored (JSON text of name and address each): one definition for both
+    parsers, since it is hashed into the content hash."""
+    return orjson.dumps([{"name": name, "address": address} for name, address in parties]).decode()
 
 
 def _attachments(value: Any) -> tuple[Attachment, ...]:
@@ -182,6 +189,15 @@ _TEXT_FIELDS = (
     (16, "importance"),
     (17, "parentFolderId"),
 )
+
+
+def parse_item(raw: Any) -> EmailRecord | str:
+    """A page's item as a record, or the id (``?`` when it has none) of a message that
+    fails its parse: counted failed, without failing its page."""
+    try:
+        return parse_message(raw)
+    except BadDataError:
+        return str(raw.get("id")) if isinstance(raw, dict) else "?"
 
 
 def record_of(

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from mailsync.graph.messages import EmailRecord, record_of
+from mailsync.graph.messages import EmailRecord, recipients_json, record_of
 
 
 # Graph's own field names (camelCase), so that msgspec maps them without a rename each.
@@ -128,12 +128,8 @@ def decode_page(raw: bytes) -> FastPage | None:
 def _recipients(parties: list[_Party] | None) -> str:
     if not parties:
         return "[]"
-    return orjson.dumps(
-        [
-            {"name": a.name, "address": a.address}
-            for a in (p.emailAddress or _NO_ADDRESS for p in parties)
-        ]
-    ).decode()
+    addresses = (p.emailAddress or _NO_ADDRESS for p in parties)
+    return recipients_json((a.name, a.address) for a in addresses)
 
 
 def _time(value: str) -> datetime:
