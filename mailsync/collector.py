@@ -5,13 +5,16 @@ takes it from its first runtime too).
 
 - **Freeze what exists.** Prefect's imports leave ~150,000 long-lived objects; the
   collector rescanned them all through a sync (~13 % of its CPU).
-- **Collect the young generation after 50,000 objects, not 700.** A page's parse makes
-  ~6,000 containers (500 messages' dicts) that all die together when the page is written.
-  At 700 each page set off about eight young collections, which promoted it and set off
-  full ones: ~10 % of a sync's CPU, ~18 % with eight mailboxes' pages in flight. Pages
-  free themselves (no cycles: ``mailsync.graph.client.unbind``), so waiting for 50,000 (more
-  than eight pages' worth) leaves few collections and none during a page; peak RSS is
-  unchanged (docs/benchmark.md, the A/B).
+- **Collect the young generation after 50,000 objects, not 700.** A page parsed into
+  dicts made ~6,000 containers (500 messages' dicts) that all die together when the page
+  is written. At 700 each page set off about eight young collections, which promoted it
+  and set off full ones: ~10 % of a sync's CPU, ~18 % with eight mailboxes' pages in
+  flight. Pages free themselves (no cycles: ``mailsync.graph.client.unbind``), so waiting
+  for 50,000 (more than eight pages' worth) leaves few collections and none during a page;
+  peak RSS is unchanged (docs/benchmark.md, the A/B). Since the typed decode
+  (mailsync.graph.wire) a page's structs are untracked and the dicts are left to the
+  general parse and ``$batch`` answers; the threshold was measured before that and not
+  since.
 """
 
 from __future__ import annotations
