@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -123,6 +124,24 @@ def prefect_api() -> Iterator[tuple[str, float, bool]]:
             yield api, server.start_s or 0.0, True
         finally:
             server.stop()
+
+
+def local_server_pid(api_url: str) -> int | None:
+    """The pid of the process of this host that listens for ``api_url``; None when the API
+    is on another host or no process of ours listens there (the benches count its CPU)."""
+    import psutil
+
+    url = urlsplit(api_url)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1") or url.port is None:
+        return None
+    try:
+        listening = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in listening:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == url.port:
+            return int(conn.pid) if conn.pid is not None else None
+    return None
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[Any], timeout_s: float) -> None:

@@ -39,7 +39,7 @@ import httpx
 import orjson
 
 from mailsync.errors import MailsyncError
-from mailsync.prefect_server import prefect_api, stop_process
+from mailsync.prefect_server import local_server_pid, prefect_api, stop_process
 
 if TYPE_CHECKING:
     from mailsync.simulator import GraphSimulator
@@ -243,14 +243,18 @@ def postmaster_pid(database_url: str) -> int | None:
 
 
 def cpu_during(
-    run: Callable[[], dict[str, Any]], database_url: str, sim_pid: int
+    run: Callable[[], dict[str, Any]], database_url: str, sim_pid: int, prefect_api_url: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """``run()`` (the measured child) and the CPU seconds the simulator and the local
-    Postgres server (when it is a process of this host) spent meanwhile. The server is read
-    only once the database's sessions have ended: the bench's own before, the sync's after."""
+    """``run()`` (the measured child) and the CPU seconds the simulator, the local Postgres
+    server and the local Prefect server (each when it is a process of this host) spent
+    meanwhile: from the child's spawn to its end, its start-up flow run included. Postgres
+    is read only once the database's sessions have ended: the bench's own before, the
+    sync's after."""
     from psycopg.conninfo import conninfo_to_dict
 
     watched = {"simulator": sim_pid}
+    if (prefect_pid := local_server_pid(prefect_api_url)) is not None:
+        watched["prefect_server"] = prefect_pid
     database = str(conninfo_to_dict(database_url)["dbname"])
     if (postmaster := postmaster_pid(database_url)) is not None:
         watched["postgres"] = postmaster
@@ -477,7 +481,7 @@ def run_bench(config: BenchConfig, child: Sequence[str]) -> dict[str, Any]:
                 "graph_url": sim_url,
             }
             measured, cpu = cpu_during(
-                lambda: run_sync_child(child, spec, env), database_url, sim_pid
+                lambda: run_sync_child(child, spec, env), database_url, sim_pid, api_url
             )
     cpu["sync_process"] = measured["cpu_s"]
     return summarize(config, floor, measured, cpu, prefect_start_s, own_server)

@@ -75,7 +75,7 @@ def run_bench_tenant(config: TenantConfig, child: Sequence[str]) -> dict[str, An
             _make_due(database_url)
             http.post(f"{sim_url}/_sim/stats/reset").raise_for_status()
             measured, cpu = cpu_during(
-                lambda: run_sync_child(child, spec, env), database_url, sim_pid
+                lambda: run_sync_child(child, spec, env), database_url, sim_pid, api_url
             )
             stats = http.get(f"{sim_url}/_sim/stats").raise_for_status().json()
             return _figures(config, measured, cpu, stats)
@@ -122,5 +122,9 @@ def _figures(
         "process_cpu_ms_per_mailbox": round(measured["cpu_s"] * 1000 / config.mailboxes, 1),
         "postgres_cpu_ms_per_mailbox": round(cpu.get("postgres", 0.0) * 1000 / config.mailboxes, 1),
         "simulator_cpu_s": round(cpu.get("simulator", 0.0), 2),
+        # the local Prefect server's, when there is one: mailsync's cost beyond the two above
+        "prefect_server_cpu_ms_per_mailbox": round(
+            cpu.get("prefect_server", 0.0) * 1000 / config.mailboxes, 1
+        ),
         "by_kind": stats["by_kind"],
     }

@@ -49,3 +49,11 @@ def test_bench_of_many_mailboxes_reports_its_figures_and_no_request_over_the_lim
     assert result["throttled_requests"] == result["over_limit_requests"] == 0
     assert 1 <= result["peak_in_flight_per_mailbox"] <= 4
     assert result["peak_rss_mb"] > 0 and result["msgs_per_s"] > 0
+    # The suite's Prefect server is a process of this host: its CPU is counted, and every
+    # process's CPU makes the machine's bound, the sync's own (process and Postgres) within it.
+    cpu_s = result["cpu_s"]
+    assert cpu_s["prefect_server"] > 0 and cpu_s["simulator"] > 0
+    assert result["machine_bound_s"] == pytest.approx(
+        sum(cpu_s.values()) / result["cores"], abs=0.01
+    )
+    assert result["machine_bound_s"] > result["cpu_bound_s"] > 0

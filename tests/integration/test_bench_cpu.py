@@ -4,6 +4,8 @@ peak memory."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from mailsync.bench.mailbox import backends_gone, postmaster_pid, process_cpu_s
 from mailsync.errors import MailsyncError
+from mailsync.prefect_server import local_server_pid
 
 BURN = "SELECT count(*) FROM generate_series(1, 4000000) AS g WHERE g % 7 = 0"
 
@@ -60,3 +63,13 @@ def test_a_spawned_childs_peak_rss_is_its_own_not_its_parents() -> None:
     code = "from mailsync.bench.mailbox import peak_rss_mb; print(peak_rss_mb())"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < float(child.stdout) < 200 < len(held) / 2**20
+
+
+def test_the_process_listening_for_a_local_api_is_found_and_no_other() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        assert local_server_pid(f"http://127.0.0.1:{port}/api") == os.getpid()
+        assert local_server_pid(f"http://localhost:{port}/api") == os.getpid()
+        # the same port on another host is not a process of this one
+        assert local_server_pid(f"https://prefect.example:{port}/api") is None
+    assert local_server_pid(f"http://127.0.0.1:{port}/api") is None  # closed: nobody listens
