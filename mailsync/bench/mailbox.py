@@ -191,23 +191,32 @@ def process_cpu_s(pid: int) -> float:
     """CPU seconds of a process and of its children, the exited ones included (Postgres'
     backends are the postmaster's children; it collects each one's CPU when it exits).
 
-    A child that is reaped between the two reads is in neither: read it once no child is
-    exiting (``backends_gone`` for a database whose sessions just closed)."""
+    A child that exits while this reads is read again: once reaped it is in its parent's
+    count, before that in its own, never in both or neither. The set of children must be the
+    same before and after a read that kept every child's figure; an autovacuum worker that
+    ended mid-read lost its seconds of CPU from a reading (3 runs in ~60, 2026-12-07)."""
     import psutil
 
     proc = psutil.Process(pid)
-    total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
-    for child in proc.children(recursive=True):
-        with suppress(psutil.Error):  # gone meanwhile: collected by its parent
-            total += sum(child.cpu_times()[:2])
-    return float(total)
+    for _ in range(1000):
+        children = proc.children(recursive=True)
+        total = sum(proc.cpu_times()[:4])  # user, system, children_user, children_system
+        try:
+            total += sum(sum(child.cpu_times()[:2]) for child in children)
+        except psutil.NoSuchProcess:  # reaped meanwhile: perhaps already in the parent's
+            pass
+        else:
+            if {c.pid for c in proc.children(recursive=True)} == {c.pid for c in children}:
+                return float(total)
+        time.sleep(0.001)
+    raise MailsyncError(f"the children of process {pid} kept changing while read")
 
 
 def backends_gone(postmaster: int, database: str, timeout_s: float = 10.0) -> None:
     """Wait until no backend of ``database`` is left under the postmaster, not even as a
     zombie: its CPU is then in the postmaster's own count. The sync's backends exit as its
-    process does, just when the bench reads the server's CPU; one reaped between
-    ``process_cpu_s``'s two reads was counted nowhere (Postgres' CPU read near 0)."""
+    process does, just when the bench reads the server's CPU: read before they are gone, the
+    reading would miss what they spend on the way out."""
     import psutil
 
     def exiting(child: psutil.Process) -> bool:
