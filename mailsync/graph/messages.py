@@ -119,11 +119,17 @@ def _attachments(value: Any) -> tuple[Attachment, ...]:
 
 
 def _categories_json(value: Any) -> str:
-    if value is None:
-        return "[]"
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+    if value is not None and (
+        not isinstance(value, list) or not all(isinstance(c, str) for c in value)
+    ):
         raise BadDataError("categories is not a list of strings")
-    return orjson.dumps(value).decode()
+    return categories_json(value)
+
+
+def categories_json(names: list[str] | None) -> str:
+    """The user's category names as stored (JSON text): one definition for both parsers,
+    since it is hashed into the content hash."""
+    return "[]" if names is None else orjson.dumps(names).decode()
 
 
 def parse_message(raw: Any) -> EmailRecord:

@@ -25,9 +25,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import orjson
 
-from mailsync.graph.messages import EmailRecord, recipients_json, record_of
+from mailsync.graph.messages import EmailRecord, categories_json, recipients_json, record_of
 
 
 # Graph's own field names (camelCase), so that msgspec maps them without a rename each.
@@ -146,7 +145,6 @@ def _record(m: _Item) -> EmailRecord:
     body = m.body or _NO_BODY
     sender = (m.sender or _NO_PARTY).emailAddress or _NO_ADDRESS
     from_ = (m.from_ or _NO_PARTY).emailAddress or _NO_ADDRESS
-    categories = m.categories
     fields = (
         graph_id,
         m.internetMessageId,
@@ -166,6 +164,6 @@ def _record(m: _Item) -> EmailRecord:
         m.isRead,
         m.importance,
         m.parentFolderId,
-        "[]" if categories is None else orjson.dumps(categories).decode(),
+        categories_json(m.categories),
     )
     return record_of(fields, _time(received_raw), _time(sent_raw) if sent_raw else None, ())
